@@ -1,0 +1,107 @@
+"""The FastAPI application: `create_app(settings)` builds one API process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.deps import Services
+from app.api.errors import install_error_handlers, problem_of
+from app.api.routes import health, models, points, sessions
+from app.catalog import read_catalog
+from app.config import Settings, SettingsError
+from app.errors import PayloadTooLarge
+from app.jobs.queue import JobQueue, ensure_group
+from app.store.keys import Keys
+from app.store.sessions import SessionStore
+
+log = logging.getLogger("memserve.api")
+
+KINDS = ("memnet",)
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, before they are read in full."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"the body is over {self.limit} bytes (MEMSERVE_MAX_BODY_BYTES)")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await problem_of(too_large, scope.get("path"))(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+async def _connect(settings: Settings) -> aioredis.Redis:
+    url = settings.require_redis_url()
+    r = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    for attempt in range(20):
+        try:
+            await r.ping()
+            return r
+        except RedisError as e:
+            if attempt == 19:
+                raise SettingsError(f"cannot reach Redis at {url} ({e}): check MEMSERVE_REDIS_URL") from e
+            await asyncio.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """One API process: stateless; any number of them may share one Redis."""
+    settings.check_checkpoints()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        r = await _connect(settings)
+        keys = Keys(settings.key_prefix)
+        for kind in KINDS:
+            await ensure_group(r, keys.stream(kind))
+        queue = JobQueue(r, keys, settings.queue_cap)
+        await queue.start()
+        app.state.services = Services(
+            settings=settings, redis=r, keys=keys, sessions=SessionStore(r, keys),
+            queue=queue, catalog=read_catalog(settings.checkpoint_dir),
+        )  # fmt: skip
+        log.info("API ready; models: %s", ", ".join(sorted(app.state.services.catalog)))
+        try:
+            yield
+        finally:
+            await queue.stop()
+            await r.aclose()
+
+    app = FastAPI(
+        title="memserve",
+        version="0.1.0",
+        summary="Memory-augmented models (VMA, MemNet) with per-session memory in Redis",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (sessions.router, points.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

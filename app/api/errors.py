@@ -1,0 +1,98 @@
+"""The one mapping from exceptions to `application/problem+json` responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    InvalidRequest,
+    MemserveError,
+    MethodNotAllowed,
+    NotFound,
+    RedisUnavailable,
+)
+
+log = logging.getLogger("memserve.api")
+
+PROBLEM = "application/problem+json"
+
+
+def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def problem_of(exc: MemserveError, instance: str | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": exc.type_uri(),
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(exc.extra)
+    return problem_response(exc.status, body, exc.headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ())]
+        out.append({"loc": loc, "msg": e.get("msg", ""), "type": e.get("type", "")})
+    return out
+
+
+async def _on_memserve(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MemserveError)
+    return problem_of(exc, request.url.path)
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc)
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(p for p in first["loc"] if p != "body") or "body"
+    err = InvalidRequest(f"{where}: {first['msg']}", errors=errors)
+    return problem_of(err, request.url.path)
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return problem_of(NotFound(f"no route {request.url.path}"), request.url.path)
+    if exc.status_code == 405:
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        return problem_of(err, request.url.path)
+    body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code}
+    return problem_response(exc.status_code, body, dict(exc.headers or {}))
+
+
+async def _on_redis(request: Request, exc: Exception) -> Response:
+    log.warning("redis unreachable during %s %s: %s", request.method, request.url.path, exc)
+    err = RedisUnavailable("the session store is unreachable; try again shortly")
+    err.headers = {"Retry-After": "1"}
+    return problem_of(err, request.url.path)
+
+
+async def _on_unknown(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(500, {"type": "about:blank", "title": "Internal Server Error", "status": 500})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through the problem+json contract."""
+    app.add_exception_handler(MemserveError, _on_memserve)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(RedisConnectionError, _on_redis)
+    app.add_exception_handler(RedisTimeoutError, _on_redis)
+    app.add_exception_handler(Exception, _on_unknown)

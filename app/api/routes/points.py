@@ -1,0 +1,38 @@
+"""MemNet streaming: post points, get next-step predictions and forecasts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from app.api.deps import ServicesDep
+from app.api.schemas import PointsRequest, PointsResponse
+from app.errors import InvalidRequest, WrongSessionKind, from_slug
+from app.jobs.points import chunk_array, points_job
+
+router = APIRouter(prefix="/v1/sessions", tags=["memnet"])
+
+
+@router.post("/{sid}/points", response_model=PointsResponse)
+async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, request: Request) -> Response:
+    """Apply a chunk of points to the session in order and return a prediction per point.
+
+    `seq` must equal the session's step count (409 otherwise, with `expected_seq`), except
+    for a repeat of the last applied chunk, which returns the same predictions again.
+    """
+    meta = await svc.sessions.meta(sid)
+    if meta.kind != "memnet":
+        raise WrongSessionKind(f"session {sid} is a {meta.kind} session; points need a memnet session")
+    if body.horizon > svc.settings.max_horizon:
+        raise InvalidRequest(
+            f"horizon is at most {svc.settings.max_horizon}", max_horizon=svc.settings.max_horizon
+        )
+    chunk = chunk_array(body.values, meta.input_dim, svc.settings.max_points_per_request)
+    job = points_job(
+        sid, meta.model, chunk, body.seq, body.horizon, svc.queue.channel,
+        request.headers.get("x-request-id", ""),
+    )  # fmt: skip
+    reply = await svc.queue.run(svc.keys.stream("memnet"), job, svc.settings.request_timeout_s)
+    if not reply.ok:
+        raise from_slug(reply.slug, reply.detail, **(reply.extra or {}))
+    # The worker's JSON is the response body as is: no second encoding of the predictions.
+    return Response(reply.body, media_type="application/json")

@@ -1,0 +1,78 @@
+"""Sessions: create, inspect, end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from app.api.deps import Services, ServicesDep
+from app.api.schemas import CreateSession, SessionInfo
+from app.catalog import ModelInfo
+from app.errors import InvalidRequest, ModelNotFound
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+DEFAULT_VMA_CAPACITY = 4096
+
+
+def _pick_model(svc: Services, kind: str, name: str | None) -> ModelInfo:
+    if name is None:
+        if kind == "memnet":
+            name = svc.settings.default_memnet_model
+        else:
+            name = next((m.name for m in svc.catalog.values() if m.kind == kind), None)
+            if name is None:
+                raise ModelNotFound(f"no {kind} model is loaded", kind=kind)
+    info = svc.catalog.get(name)
+    if info is None:
+        known = ", ".join(sorted(m.name for m in svc.catalog.values() if m.kind == kind)) or "none"
+        raise ModelNotFound(f"no model {name!r}; {kind} models: {known}", model=name)
+    if info.kind != kind:
+        raise InvalidRequest(f"model {name!r} is a {info.kind} model, not {kind}")
+    return info
+
+
+def _capacity(kind: str, info: ModelInfo, asked: int | None) -> int:
+    if kind != "memnet":
+        return asked or DEFAULT_VMA_CAPACITY
+    fixed = int(info.config.get("capacity", 0))
+    if asked is not None and asked != fixed:
+        raise InvalidRequest(f"a MemNet session's capacity is fixed by its model ({fixed})")
+    return fixed
+
+
+def _info(sid: str, data: dict[str, Any]) -> SessionInfo:
+    m = data["meta"]
+    return SessionInfo(
+        id=sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
+        ttl_s=m.ttl_s, expires_in_s=data["expires_in_s"], capacity=m.capacity,
+        input_dim=m.input_dim, step=data["step"], version=data["version"],
+        memory_bytes=data["memory_bytes"],
+    )  # fmt: skip
+
+
+@router.post("", response_model=SessionInfo, status_code=status.HTTP_201_CREATED)
+async def create_session(body: CreateSession, svc: ServicesDep, response: Response) -> SessionInfo:
+    """Start a session holding its own memory; it expires after `ttl_s` idle seconds."""
+    info = _pick_model(svc, body.kind, body.model)
+    ttl = body.ttl_s or svc.settings.default_ttl_s
+    if ttl > svc.settings.max_ttl_s:
+        raise InvalidRequest(f"ttl_s is at most {svc.settings.max_ttl_s}", max_ttl_s=svc.settings.max_ttl_s)
+    capacity = _capacity(body.kind, info, body.capacity)
+    meta = await svc.sessions.create(body.kind, info.name, info.version, ttl, info.input_dim, capacity)
+    response.headers["Location"] = f"/v1/sessions/{meta.sid}"
+    return _info(meta.sid, await svc.sessions.info(meta.sid))
+
+
+@router.get("/{sid}", response_model=SessionInfo)
+async def get_session(sid: str, svc: ServicesDep) -> SessionInfo:
+    """The session's model, progress, expiry and memory footprint."""
+    return _info(sid, await svc.sessions.info(sid))
+
+
+@router.delete("/{sid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_session(sid: str, svc: ServicesDep) -> Response:
+    """End the session and drop its memory."""
+    await svc.sessions.delete(sid)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,178 @@
+"""`memserve`: run the service, its parts, training and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import sys
+import threading
+from multiprocessing.process import BaseProcess
+
+from app.config import Settings, SettingsError
+from app.logs import setup_logging
+
+log = logging.getLogger("memserve")
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def _run_api(settings: Settings) -> None:
+    import uvicorn
+
+    from app.api.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        access_log=False, loop="auto", http="auto",
+    )  # fmt: skip
+    uvicorn.Server(config).run()
+
+
+class WorkerPool:
+    """Worker processes (spawn start method), restarted if one dies while serving."""
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        gpus = _gpu_count()
+        self.settings_of = []
+        for i in range(count):
+            device = settings.device
+            if device == "auto" and gpus:
+                device = f"cuda:{i % gpus}"  # one worker per GPU
+            self.settings_of.append(settings.model_copy(update={"device": device}))
+        self.ctx = mp.get_context("spawn")
+        self.procs: list[BaseProcess] = []
+        self.stopping = threading.Event()
+
+    def _start(self, i: int) -> BaseProcess:
+        from app.worker.main import run_worker
+
+        p = self.ctx.Process(target=run_worker, args=(self.settings_of[i],), name=f"worker-{i}")
+        p.start()
+        return p
+
+    def start(self) -> None:
+        self.procs = [self._start(i) for i in range(len(self.settings_of))]
+        threading.Thread(target=self._watch, daemon=True, name="worker-watch").start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            for i, p in enumerate(self.procs):
+                if not p.is_alive() and not self.stopping.is_set():
+                    log.warning("worker %d exited (code %s); starting a new one", i, p.exitcode)
+                    self.procs[i] = self._start(i)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping.set()
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: finish the batch in hand, ack, exit
+        for p in self.procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Embedded Redis (unless configured), workers, API; Ctrl-C stops all of them."""
+    embedded = None
+    if not settings.redis_url:
+        from app.embedded import EmbeddedRedis
+
+        embedded = EmbeddedRedis(settings.data_dir)
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+    settings.check_checkpoints()
+    count = settings.workers if settings.workers is not None else max(_gpu_count(), 1)
+    pool = WorkerPool(settings, count)
+    pool.start()
+    print(f"memserve: http://{settings.host}:{settings.port} (docs at /docs), {count} worker(s), "
+          f"Redis {settings.redis_url}", file=sys.stderr)  # fmt: skip
+    try:
+        _run_api(settings)
+    finally:
+        pool.stop()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_redis_url()
+    _run_api(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from app.worker.main import run_worker
+
+    settings.require_redis_url()
+    settings.check_checkpoints()
+    run_worker(settings)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memserve", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, helptext in [
+        ("serve", "run everything: embedded Redis (unless MEMSERVE_REDIS_URL), workers, API"),
+        ("api", "run one API process (needs MEMSERVE_REDIS_URL)"),
+        ("worker", "run one worker process (needs MEMSERVE_REDIS_URL)"),
+    ]:
+        s = sub.add_parser(name, help=helptext)
+        if name != "worker":
+            s.add_argument("--host", help="listen address (MEMSERVE_HOST)")
+            s.add_argument("--port", type=int, help="listen port (MEMSERVE_PORT)")
+        if name != "api":
+            s.add_argument("--device", help="auto | cpu | cuda | cuda:N (MEMSERVE_DEVICE)")
+        if name == "serve":
+            s.add_argument("--workers", type=int, help="worker processes (MEMSERVE_WORKERS)")
+    sub.add_parser("train", help="train a checkpoint: memserve train memnet --data ...", add_help=False)
+    sub.add_parser("bench", help="benchmarks: memserve bench stream --url ...", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `memserve` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from models.train import main as train_main
+
+        return int(train_main(argv[1:]) or 0)
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    args = _parser().parse_args(argv)
+    overrides = {
+        k: v for k in ("host", "port", "device", "workers") if (v := getattr(args, k, None)) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+        setup_logging(settings.log_level)
+        return {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}[args.cmd](args, settings)
+    except SettingsError as e:
+        print(f"memserve: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _bench(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("stream",):
+        print("usage: memserve bench stream --url URL [options]  (see --help)", file=sys.stderr)
+        return 2
+    from app.bench.stream import main as stream_main
+
+    return int(stream_main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

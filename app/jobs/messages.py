@@ -1,0 +1,113 @@
+"""Job and reply messages on the wire.
+
+A job carries everything needed to run it again (the points themselves, not a reference
+to them), so a job re-delivered after a worker died is re-run idempotently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+def digest(data: bytes) -> str:
+    """Short content hash of a chunk, to tell a client's retry from a different chunk."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True)
+class PointsJob:
+    """A chunk of T points of dimension D for one MemNet session."""
+
+    job_id: str
+    sid: str
+    model: str
+    seq: int | None
+    values: bytes  # T*D float32 little-endian, client units
+    length: int
+    dim: int
+    horizon: int
+    reply_to: str
+    request_id: str = ""
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        return {
+            "op": "points",
+            "job": self.job_id,
+            "sid": self.sid,
+            "model": self.model,
+            "seq": "" if self.seq is None else str(self.seq),
+            "values": self.values,
+            "t": str(self.length),
+            "d": str(self.dim),
+            "horizon": str(self.horizon),
+            "reply_to": self.reply_to,
+            "rid": self.request_id,
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict[bytes, bytes]) -> PointsJob:
+        seq = f.get(b"seq", b"")
+        return cls(
+            job_id=f[b"job"].decode(),
+            sid=f[b"sid"].decode(),
+            model=f[b"model"].decode(),
+            seq=int(seq) if seq else None,
+            values=f[b"values"],
+            length=int(f[b"t"]),
+            dim=int(f[b"d"]),
+            horizon=int(f[b"horizon"]),
+            reply_to=f[b"reply_to"].decode(),
+            request_id=f.get(b"rid", b"").decode(),
+        )
+
+    @property
+    def digest(self) -> str:
+        return digest(self.values)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A worker's answer to one job.
+
+    On the wire: a JSON header line, then (for a success) the HTTP body as JSON, passed to
+    the client byte for byte so the API never re-encodes predictions.
+    """
+
+    job_id: str
+    ok: bool
+    body: bytes = b""
+    status: int = 200
+    slug: str = ""
+    detail: str = ""
+    extra: dict[str, Any] | None = None
+
+
+def ok_reply(job_id: str, body: dict[str, Any]) -> bytes:
+    """A success reply: `body` (numpy arrays allowed) is what the HTTP client receives."""
+    head = orjson.dumps({"job": job_id, "ok": True})
+    return head + b"\n" + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_reply(job_id: str, status: int, slug: str, detail: str, **extra: Any) -> bytes:
+    """A refusal decided by the worker (unknown session, seq conflict, ...)."""
+    head = {"job": job_id, "ok": False, "status": status, "slug": slug, "detail": detail}
+    return orjson.dumps({**head, "extra": extra})
+
+
+def parse_reply(raw: bytes) -> Reply:
+    """Decode a reply published or stored by a worker."""
+    head_raw, _, body = raw.partition(b"\n")
+    head: dict[str, Any] = orjson.loads(head_raw)
+    return Reply(
+        job_id=str(head.get("job", "")),
+        ok=bool(head.get("ok")),
+        body=body,
+        status=int(head.get("status", 200)),
+        slug=str(head.get("slug", "")),
+        detail=str(head.get("detail", "")),
+        extra=head.get("extra") or {},
+    )

@@ -1,0 +1,120 @@
+"""API side of the job queue: submit a job to a Redis stream and wait for its reply.
+
+Each API process subscribes to one pub/sub channel of its own; workers publish a job's
+reply there and also keep it under the job's reply key, so a reply published while the
+subscription was down is still found (at the deadline) rather than lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from app.errors import QueueFull, ReplyTimeout
+from app.jobs.messages import PointsJob, Reply, parse_reply
+from app.store import scripts
+from app.store.keys import GROUP, Keys
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_group(r: aioredis.Redis, stream: str) -> None:
+    """Create the stream and its consumer group if they do not exist yet."""
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+class JobQueue:
+    """Submits jobs and routes replies back to the coroutines waiting for them."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, queue_cap: int) -> None:
+        self.r = r
+        self.keys = keys
+        self.queue_cap = queue_cap
+        self.api_id = secrets.token_hex(8)
+        self.channel = keys.reply_channel(self.api_id)
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._submit = r.register_script(scripts.SUBMIT)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="reply-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+
+    async def _listen(self) -> None:
+        # Reconnects with a pause when Redis goes away; waiters still find their reply under
+        # the reply key at their deadline.
+        while True:
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        self._deliver(msg["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("reply subscription lost (%s); reconnecting", e)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            reply = parse_reply(raw)
+        except ValueError:
+            log.warning("dropping undecodable reply")
+            return
+        fut = self._waiting.get(reply.job_id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def run(self, stream: str, job: PointsJob, timeout_s: float) -> Reply:
+        """Queue `job` on `stream` and return the worker's reply."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[job.job_id] = fut
+        try:
+            fields = job.to_fields()
+            args: list[Any] = [self.queue_cap]
+            for k, v in fields.items():
+                args += [k, v]
+            entry = await self._submit(keys=[stream], args=args)
+            if entry is None:
+                raise QueueFull(
+                    f"{self.queue_cap} jobs are already waiting; retry later",
+                    headers={"Retry-After": "1"},
+                )
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout_s)
+            except TimeoutError:
+                raw: Any = await self.r.get(self.keys.reply(job.sid, job.job_id))
+                if raw is not None:
+                    return parse_reply(raw)
+                raise ReplyTimeout(
+                    f"no worker answered within {timeout_s:g} s; the chunk may still be applied: "
+                    "retry it with the same seq to get its predictions"
+                ) from None
+        finally:
+            self._waiting.pop(job.job_id, None)
+
+    async def backlog(self, stream: str) -> int:
+        return int(await self.r.xlen(stream))

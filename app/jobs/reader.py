@@ -1,0 +1,127 @@
+"""Worker side of the job queue: read batches, reclaim orphaned jobs, acknowledge.
+
+A batch closes when it holds `max_batch` jobs or `max_wait_ms` after its first job,
+whichever comes first. Jobs left pending by a worker whose heartbeat has expired are
+claimed (XCLAIM) and run again; the commit script makes that re-run idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from app.store.keys import GROUP, Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Delivery:
+    """One stream entry handed to this worker."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+
+class BatchReader:
+    """Reads jobs of one stream for one consumer of the `workers` group."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        stream: str,
+        consumer: str,
+        max_batch: int,
+        max_wait_ms: float,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.stream = stream
+        self.consumer = consumer
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def _read(self, count: int, block_ms: int | None) -> list[Delivery]:
+        resp: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        out: list[Delivery] = []
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                if fields:  # an entry deleted while pending reads back empty
+                    out.append(Delivery(entry_id, fields))
+        return out
+
+    def read_batch(self, block_ms: int = 1000) -> list[Delivery]:
+        """Up to `max_batch` new jobs; waits `block_ms` for the first one."""
+        batch = self._read(self.max_batch, block_ms)
+        if not batch or self.max_wait_ms <= 0:
+            return batch
+        deadline = time.monotonic() + self.max_wait_ms / 1000
+        while len(batch) < self.max_batch:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = self._read(self.max_batch - len(batch), left_ms)
+            if not more:
+                break
+            batch += more
+        return batch
+
+    def ack(self, entry_ids: list[bytes]) -> None:
+        """Acknowledge and delete: the stream's length stays the backlog (the queue cap)."""
+        if not entry_ids:
+            return
+        with self.r.pipeline(transaction=False) as p:
+            p.xack(self.stream, GROUP, *entry_ids)
+            p.xdel(self.stream, *entry_ids)
+            p.execute()
+
+    def claim_orphans(self, live_workers: set[str]) -> list[Delivery]:
+        """Claim the pending jobs of consumers that are no longer alive."""
+        claimed: list[Delivery] = []
+        try:
+            consumers: Any = self.r.xinfo_consumers(self.stream, GROUP)
+        except ResponseError:
+            return claimed
+        for c in consumers:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            if name == self.consumer or name in live_workers:
+                continue
+            if int(c.get("pending", 0)) == 0:
+                self.r.xgroup_delconsumer(self.stream, GROUP, name)
+                continue
+            claimed += self._claim_from(name)
+        return claimed
+
+    def _claim_from(self, consumer: str) -> list[Delivery]:
+        pending: Any = self.r.xpending_range(
+            self.stream, GROUP, min="-", max="+", count=self.max_batch * 4, consumername=consumer
+        )
+        if not pending:
+            return []
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        entries: Any = self.r.xclaim(self.stream, GROUP, self.consumer, 0, list(counts))
+        out: list[Delivery] = []
+        dead: list[bytes] = []
+        for entry_id, fields in entries:
+            if fields:
+                out.append(Delivery(entry_id, fields, counts.get(entry_id, 1) + 1))
+            else:
+                dead.append(entry_id)
+        self.ack(dead)
+        if out:
+            log.warning("claimed %d jobs of dead worker %s", len(out), consumer)
+        return out

@@ -1,0 +1,57 @@
+"""Tensors as raw little-endian bytes with their dtype and shape beside them.
+
+Never JSON, never pickle: a float32 tensor of n elements takes 4n bytes in Redis. The
+layout (dtype and shape of each field) is stored once per session as a short JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+_DTYPES: dict[str, np.dtype[Any]] = {"f4": np.dtype("<f4"), "u1": np.dtype("u1"), "i8": np.dtype("<i8")}
+
+
+class CodecError(ValueError):
+    """Stored bytes do not match their declared layout."""
+
+
+def encode_array(a: np.ndarray) -> tuple[bytes, list[object]]:
+    """Raw bytes of `a` and its layout entry [dtype code, shape]."""
+    for code, dt in _DTYPES.items():
+        if a.dtype == dt or (a.dtype.kind == dt.kind and a.dtype.itemsize == dt.itemsize):
+            return np.ascontiguousarray(a, dtype=dt).tobytes(), [code, list(a.shape)]
+    raise CodecError(f"unsupported dtype {a.dtype}")
+
+
+def decode_array(raw: bytes, entry: list[Any]) -> np.ndarray:
+    """The array stored as `raw` under layout entry [dtype code, shape]."""
+    code, shape = entry
+    dt = _DTYPES[str(code)]
+    dims = tuple(int(s) for s in shape)
+    expected = int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+    if len(raw) != expected:
+        raise CodecError(f"{len(raw)} bytes stored, {expected} expected for {code}{list(dims)}")
+    return np.frombuffer(raw, dtype=dt).reshape(dims)
+
+
+def encode_fields(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """Hash fields for `arrays`, plus a `layout` field describing them."""
+    out: dict[str, bytes] = {}
+    layout: dict[str, list[object]] = {}
+    for name, a in arrays.items():
+        out[name], layout[name] = encode_array(a)
+    out["layout"] = json.dumps(layout, separators=(",", ":")).encode()
+    return out
+
+
+def decode_fields(fields: Mapping[bytes, bytes]) -> dict[str, np.ndarray]:
+    """The arrays named in the `layout` field of a stored hash."""
+    raw_layout = fields.get(b"layout")
+    if raw_layout is None:
+        return {}
+    layout = json.loads(raw_layout)
+    return {name: decode_array(fields[name.encode()], entry) for name, entry in layout.items()}

@@ -1,0 +1,59 @@
+"""The Redis key schema (DESIGN.md).
+
+All keys of one session carry the hash tag ``{<sid>}`` so that they live on one Redis
+Cluster shard and a Lua script may touch all of them in one atomic step.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+# 128-bit random ids, hex: unguessable, and safe inside a hash tag (no braces).
+SESSION_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_session_id() -> str:
+    """A fresh 128-bit random session id."""
+    return secrets.token_hex(16)
+
+
+def new_job_id() -> str:
+    """A fresh 128-bit random job id."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds every key and channel name under one prefix (tests use a prefix of their own)."""
+
+    prefix: str = "ms"
+
+    def meta(self, sid: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:meta"
+
+    def state(self, sid: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:state"
+
+    def reply(self, sid: str, job_id: str) -> str:
+        return f"{self.prefix}:{{{sid}}}:reply:{job_id}"
+
+    def session_keys(self, sid: str) -> list[str]:
+        """The keys that make up a session's lasting data (not its transient replies)."""
+        return [self.meta(sid), self.state(sid)]
+
+    def stream(self, kind: str) -> str:
+        return f"{self.prefix}:jobs:{kind}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:workers:{worker_id}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}:workers:*"
+
+    def reply_channel(self, api_id: str) -> str:
+        return f"{self.prefix}:replies:{api_id}"
+
+
+GROUP = "workers"

@@ -1,0 +1,125 @@
+"""Session records in Redis, as the API sees them (async).
+
+A session's meta hash is written once at creation; its state is written by workers. The
+API keeps a short-lived cache of meta (kind, model, dimensions never change) so a point
+request costs one round trip to Redis; the worker re-checks that the session still
+exists before it applies anything, so a stale cache entry cannot resurrect a session.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from app.errors import SessionNotFound
+from app.store import scripts
+from app.store.keys import SESSION_ID_RE, Keys, new_session_id
+
+_CACHE_S = 2.0
+_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True)
+class SessionMeta:
+    """The unchanging facts of a session."""
+
+    sid: str
+    kind: str
+    model: str
+    model_version: str
+    created: str
+    ttl_s: int
+    input_dim: int
+    capacity: int
+    owner: str = ""
+
+    def to_hash(self) -> dict[str, str | int]:
+        return {
+            "kind": self.kind, "model": self.model, "model_version": self.model_version,
+            "created": self.created, "ttl": self.ttl_s, "input_dim": self.input_dim,
+            "capacity": self.capacity, "owner": self.owner, "version": 0,
+        }  # fmt: skip
+
+    @classmethod
+    def from_hash(cls, sid: str, h: dict[bytes, bytes]) -> SessionMeta:
+        g = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            sid=sid, kind=g["kind"], model=g["model"], model_version=g.get("model_version", "1"),
+            created=g.get("created", ""), ttl_s=int(g.get("ttl", "0")),
+            input_dim=int(g.get("input_dim", "1")), capacity=int(g.get("capacity", "0")),
+            owner=g.get("owner", ""),
+        )  # fmt: skip
+
+
+class SessionStore:
+    """Create, look up and end sessions."""
+
+    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._cache: dict[str, tuple[float, SessionMeta]] = {}
+        self._touch = r.register_script(scripts.TOUCH)
+
+    async def create(
+        self, kind: str, model: str, model_version: str, ttl_s: int, input_dim: int, capacity: int
+    ) -> SessionMeta:
+        """A new session; nothing but its meta exists until its first job is applied."""
+        created = datetime.now(UTC).isoformat(timespec="milliseconds")
+        meta = SessionMeta(new_session_id(), kind, model, model_version, created, ttl_s, input_dim, capacity)
+        key = self.keys.meta(meta.sid)
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(key, mapping=meta.to_hash())  # type: ignore[arg-type]
+            p.expire(key, ttl_s)
+            await p.execute()
+        return meta
+
+    async def meta(self, sid: str) -> SessionMeta:
+        """The session's meta (cached briefly); SessionNotFound when it does not exist."""
+        now = time.monotonic()
+        hit = self._cache.get(sid)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        if not SESSION_ID_RE.match(sid):
+            raise SessionNotFound(f"session {sid} does not exist")
+        h: dict[bytes, bytes] = await self.r.hgetall(self.keys.meta(sid))  # type: ignore[assignment]
+        if not h:
+            self._cache.pop(sid, None)
+            raise SessionNotFound(f"session {sid} does not exist")
+        meta = SessionMeta.from_hash(sid, h)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[sid] = (now + _CACHE_S, meta)
+        return meta
+
+    async def info(self, sid: str) -> dict[str, Any]:
+        """Meta, progress and the Redis memory the session takes; slides its TTL."""
+        self._cache.pop(sid, None)
+        meta = await self.meta(sid)
+        meta_key, state_key = self.keys.meta(sid), self.keys.state(sid)
+        await self._touch(keys=[meta_key, state_key])
+        async with self.r.pipeline(transaction=False) as p:
+            p.hget(state_key, "step")
+            p.hget(meta_key, "version")
+            p.ttl(meta_key)
+            p.memory_usage(meta_key)
+            p.memory_usage(state_key)
+            step, version, ttl, mem_meta, mem_state = await p.execute()
+        return {
+            "meta": meta,
+            "step": int(step or 0),
+            "version": int(version or 0),
+            "expires_in_s": max(int(ttl), 0),
+            "memory_bytes": int(mem_meta or 0) + int(mem_state or 0),
+        }
+
+    async def delete(self, sid: str) -> None:
+        """End the session: its keys go at once; jobs still queued for it are refused."""
+        await self.meta(sid)
+        self._cache.pop(sid, None)
+        removed = await self.r.delete(*self.keys.session_keys(sid))
+        if not removed:
+            raise SessionNotFound(f"session {sid} does not exist")

@@ -1,0 +1,184 @@
+"""The worker process: loads checkpoints, reads batches of jobs, runs the models.
+
+Start it with `memserve worker` or, from `memserve serve`, as a spawned process. It
+heartbeats into Redis (the API's readiness and other workers' orphan claiming read it),
+and on SIGTERM/SIGINT it finishes the batch in hand, acknowledges it and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import redis
+import torch
+
+from app.catalog import read_catalog
+from app.config import Settings, SettingsError
+from app.jobs.reader import BatchReader, Delivery
+from app.logs import setup_logging
+from app.store.keys import Keys
+from app.worker.memnet_runner import MemNetRunner, ServedMemNet
+from models.checkpoint import load_checkpoint
+
+log = logging.getLogger("memserve.worker")
+
+
+def pick_device(setting: str) -> torch.device:
+    """The device named by MEMSERVE_DEVICE; `auto` takes the first GPU when there is one."""
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(setting)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"MEMSERVE_DEVICE={setting} but no CUDA device is visible")
+    return dev
+
+
+@dataclass
+class Counters:
+    """Cumulative work done, published in the heartbeat (the benchmark reads them)."""
+
+    batches: int = 0
+    jobs: int = 0
+    steps: int = 0
+    reclaimed: int = 0
+    errors: int = 0
+    last_batch: list[int] = field(default_factory=list)
+
+
+class Worker:
+    """One worker: a consumer of the `workers` group on every model kind's stream."""
+
+    def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.r = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=30)
+        self.device = pick_device(settings.device)
+        self.counters = Counters()
+        self.stopping = threading.Event()
+        self.models = self._load_models()
+        self.runner = MemNetRunner(
+            self.r, self.keys, self.models, settings.reply_ttl_s, settings.max_deliveries
+        )
+        self.reader = BatchReader(
+            self.r, self.keys, self.keys.stream("memnet"), self.id,
+            settings.max_batch, settings.max_wait_ms,
+        )  # fmt: skip
+        self._retry: list[Delivery] = []
+
+    def _load_models(self) -> dict[str, ServedMemNet]:
+        catalog = read_catalog(self.settings.checkpoint_dir)
+        served = {}
+        for name, info in catalog.items():
+            if info.kind != "memnet":
+                continue
+            model, card = load_checkpoint(name, self.settings.checkpoint_dir)
+            served[name] = ServedMemNet(model, card, self.device)  # type: ignore[arg-type]
+            log.info("loaded %s (version %s) on %s", name, info.version, self.device)
+        if not served:
+            raise SettingsError(
+                f"no MemNet checkpoint in {self.settings.checkpoint_dir}: set MEMSERVE_CHECKPOINT_DIR"
+            )
+        return served
+
+    def heartbeat(self) -> None:
+        """Publish liveness and counters; expires unless renewed."""
+        c = self.counters
+        beat = {
+            "id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
+            "device": str(self.device), "backend": "torch", "models": sorted(self.models),
+            "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
+            "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
+        }  # fmt: skip
+        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        self.r.set(self.keys.worker(self.id), json.dumps(beat), px=ttl_ms)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.settings.heartbeat_interval_s):
+            try:
+                self.heartbeat()
+            except redis.RedisError as e:
+                log.warning("heartbeat failed: %s", e)
+
+    def live_workers(self) -> set[str]:
+        prefix = self.keys.worker("")
+        names = self.r.scan_iter(match=self.keys.workers_pattern(), count=1000)
+        return {n.decode()[len(prefix) :] for n in names}
+
+    def run(self) -> None:
+        """Serve until asked to stop."""
+        self.reader.ensure_group()
+        self.heartbeat()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        log.info(
+            "worker %s ready (device %s, max_batch %d)",
+            self.id,
+            self.device,
+            self.settings.max_batch,
+        )
+        next_claim = 0.0
+        while not self.stopping.is_set():
+            try:
+                if time.monotonic() >= next_claim:
+                    claimed = self.reader.claim_orphans(self.live_workers())
+                    self.counters.reclaimed += len(claimed)
+                    self._retry += claimed
+                    next_claim = time.monotonic() + self.settings.claim_interval_s
+                self._one_batch()
+            except redis.RedisError as e:
+                # Unacknowledged jobs stay pending; they are re-run once Redis is back.
+                log.warning("redis error: %s; retrying in 1 s", e)
+                self.stopping.wait(1.0)
+        self.r.delete(self.keys.worker(self.id))
+        log.info("worker %s stopped", self.id)
+
+    def _one_batch(self) -> None:
+        retry, self._retry = self._retry, []
+        batch = retry
+        if len(retry) < self.settings.max_batch:
+            batch = retry + self.reader.read_batch(block_ms=1 if retry else 500)
+        if not batch:
+            return
+        if self.settings.fault_batch_delay_ms:
+            time.sleep(self.settings.fault_batch_delay_ms / 1000)
+        try:
+            out = self.runner.process(batch)
+        except redis.RedisError:
+            self._retry = batch
+            raise
+        except Exception:
+            # Unknown failure: try again, counting it; past max_deliveries a job is refused.
+            log.exception("batch of %d jobs failed", len(batch))
+            self.counters.errors += 1
+            for d in batch:
+                d.deliveries += 1
+            self._retry = batch
+            return
+        self.reader.ack(out.ack)
+        self._retry += out.retry
+        self.counters.batches += 1
+        self.counters.jobs += len(out.ack)
+        self.counters.steps += out.steps
+
+
+def run_worker(settings: Settings, worker_id: str | None = None) -> None:
+    """Entry point of a worker process (also the target of spawned workers)."""
+    setup_logging(settings.log_level)
+    torch.set_num_threads(settings.torch_threads)
+    worker = Worker(settings, worker_id)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the batch in hand", signum)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run()

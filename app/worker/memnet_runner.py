@@ -1,0 +1,302 @@
+"""Runs MemNet point jobs: one batched step per time index across many sessions.
+
+Per batch: load every job's session (one pipelined round trip), decide what each job is
+(a new chunk, a retry of the last chunk, a refusal), run the new chunks of each model as
+one batch, then commit each session's new state with a compare-and-set script and reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+import torch
+
+from app.jobs.messages import PointsJob, error_reply, ok_reply
+from app.jobs.reader import Delivery
+from app.store import scripts
+from app.store.codec import CodecError, decode_fields, encode_fields
+from app.store.keys import Keys
+from models.memnet import MemNet, MemNetState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """A job together with its session as read from Redis."""
+
+    delivery: Delivery
+    job: PointsJob
+    meta: dict[bytes, bytes]
+    state: dict[bytes, bytes]
+    stored_reply: bytes | None
+
+    @property
+    def step(self) -> int:
+        return int(self.state.get(b"step", b"0"))
+
+
+@dataclass
+class Outcome:
+    """What a batch did: entries to acknowledge, jobs to run again, counters."""
+
+    ack: list[bytes] = field(default_factory=list)
+    retry: list[Delivery] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+    steps: int = 0
+
+
+class ServedMemNet:
+    """One loaded MemNet checkpoint with its normalisation."""
+
+    def __init__(self, model: MemNet, card: dict[str, Any], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+        norm = card.get("normalization") or {}
+        dim = int(card.get("input_dim") or model.config.input_dim)
+        self.mean = np.asarray(norm.get("mean", [0.0] * dim), dtype=np.float32)
+        self.std = np.asarray(norm.get("std", [1.0] * dim), dtype=np.float32)
+        self.version = str(card.get("version", "1"))
+        init = model.initial_state(1, device=torch.device("cpu"))
+        self._init = {
+            "h": init.h[0].numpy(),
+            "keys": init.keys[0].numpy(),
+            "values": init.values[0].numpy(),
+        }
+
+    def state_rows(self, stored: list[dict[bytes, bytes]]) -> MemNetState:
+        """Stack the stored states of B sessions (a new session starts from the initial state)."""
+        rows = [decode_fields(s) if s else {} for s in stored]
+        h = np.stack([r.get("h", self._init["h"]) for r in rows])  # (B, H)
+        k = np.stack([r.get("keys", self._init["keys"]) for r in rows])  # (B, N, Dk)
+        v = np.stack([r.get("values", self._init["values"]) for r in rows])  # (B, N, Dv)
+        count = [int(s.get(b"count", b"0")) for s in stored]
+        pos = [int(s.get(b"pos", b"0")) for s in stored]
+        dev = self.device
+        return MemNetState(
+            h=torch.from_numpy(h).to(dev),
+            keys=torch.from_numpy(k).to(dev),
+            values=torch.from_numpy(v).to(dev),
+            count=torch.tensor(count, dtype=torch.int64, device=dev),
+            pos=torch.tensor(pos, dtype=torch.int64, device=dev),
+        )
+
+
+def _select(state: MemNetState, idx: torch.Tensor) -> MemNetState:
+    return MemNetState(
+        h=state.h[idx], keys=state.keys[idx], values=state.values[idx],
+        count=state.count[idx], pos=state.pos[idx],
+    )  # fmt: skip
+
+
+@torch.inference_mode()
+def run_chunks(
+    served: ServedMemNet, state: MemNetState, chunks: list[np.ndarray], horizons: list[int]
+) -> tuple[MemNetState, np.ndarray, list[np.ndarray | None], np.ndarray]:
+    """Step B sessions through their chunks (lengths may differ) and forecast where asked.
+
+    Returns the new state, predictions (B, T_max, D) in client units, forecasts in client
+    units (None where horizon is 0) and the last normalised prediction of each row (B, D).
+    """
+    model, dev = served.model, served.device
+    b, dim = len(chunks), int(chunks[0].shape[1])
+    lengths = np.array([c.shape[0] for c in chunks])
+    t_max = int(lengths.max())
+    x = np.zeros((b, t_max, dim), dtype=np.float32)  # (B, T_max, D), padded
+    for i, c in enumerate(chunks):
+        x[i, : c.shape[0]] = (c - served.mean) / served.std
+    xt = torch.from_numpy(x).to(dev)
+    len_t = torch.from_numpy(lengths).to(dev)
+    preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=dev)
+    for t in range(t_max):
+        active = len_t > t
+        y, state = model.step(xt[:, t], state, active)
+        preds[:, t] = y
+    rows = torch.arange(b, device=dev)
+    y_last = preds[rows, len_t - 1]  # (B, D)
+    forecasts: list[np.ndarray | None] = [None] * b
+    want = [i for i, h in enumerate(horizons) if h > 0]
+    if want:
+        idx = torch.tensor(want, device=dev)
+        fc = model.forecast(y_last[idx], _select(state, idx), max(horizons[i] for i in want))
+        fc_np = fc.cpu().numpy() * served.std + served.mean  # (B', H_max, D)
+        for j, i in enumerate(want):
+            forecasts[i] = fc_np[j, : horizons[i]]
+    preds_np = preds.cpu().numpy() * served.std + served.mean
+    return state, preds_np, forecasts, y_last.cpu().numpy()
+
+
+class MemNetRunner:
+    """Processes batches of `points` jobs for every loaded MemNet checkpoint."""
+
+    kind = "memnet"
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        models: dict[str, ServedMemNet],
+        reply_ttl_s: int,
+        max_deliveries: int,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.models = models
+        self.reply_ttl_s = reply_ttl_s
+        self.max_deliveries = max_deliveries
+        self._commit = r.register_script(scripts.COMMIT_STATE)
+
+    def process(self, deliveries: list[Delivery]) -> Outcome:
+        """Run one batch; returns what to acknowledge, what to retry and the replies sent."""
+        out = Outcome()
+        jobs, seen = [], set()
+        for d in deliveries:
+            try:
+                job = PointsJob.from_fields(d.fields)
+            except (KeyError, ValueError) as e:
+                log.error("dropping malformed job %s: %s", d.entry_id, e)
+                out.ack.append(d.entry_id)
+                continue
+            if job.sid in seen:  # one chunk per session per batch keeps a session's order
+                out.retry.append(d)
+                continue
+            seen.add(job.sid)
+            jobs.append((d, job))
+        loaded = self._load(jobs)
+        runnable = [ld for ld in loaded if self._triage(ld, out)]
+        by_model: dict[str, list[Loaded]] = {}
+        for ld in runnable:
+            by_model.setdefault(ld.job.model, []).append(ld)
+        for name, group in by_model.items():
+            self._run_group(self.models[name], group, out)
+        self._publish(out)
+        return out
+
+    def _load(self, jobs: list[tuple[Delivery, PointsJob]]) -> list[Loaded]:
+        with self.r.pipeline(transaction=False) as p:
+            for _d, job in jobs:
+                p.hgetall(self.keys.meta(job.sid))
+                p.hgetall(self.keys.state(job.sid))
+                p.get(self.keys.reply(job.sid, job.job_id))
+            res = p.execute()
+        return [Loaded(d, job, res[3 * i], res[3 * i + 1], res[3 * i + 2]) for i, (d, job) in enumerate(jobs)]
+
+    def _refuse(self, ld: Loaded, out: Outcome, status: int, slug: str, detail: str, **extra: Any) -> bool:
+        out.replies.append((ld.job.reply_to, error_reply(ld.job.job_id, status, slug, detail, **extra)))
+        out.ack.append(ld.delivery.entry_id)
+        return False
+
+    def _triage(self, ld: Loaded, out: Outcome) -> bool:
+        """True when the job is a new chunk to run; otherwise its reply is queued in `out`."""
+        job = ld.job
+        if ld.stored_reply is not None:  # applied before (a re-delivery): answer the same again
+            out.replies.append((job.reply_to, ld.stored_reply))
+            out.ack.append(ld.delivery.entry_id)
+            return False
+        if not ld.meta:
+            return self._refuse(ld, out, 404, "session-not-found", f"session {job.sid} does not exist")
+        if ld.delivery.deliveries > self.max_deliveries:
+            log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
+            return self._refuse(ld, out, 500, "job-failed", "the job failed repeatedly")
+        if job.model not in self.models:
+            return self._refuse(ld, out, 503, "model-unavailable", f"model {job.model} is not loaded")
+        if job.seq is not None and job.seq != ld.step:
+            st = ld.state
+            repeat = str(job.seq).encode() == st.get(b"last_seq") and job.digest.encode() == st.get(
+                b"last_digest"
+            )
+            if repeat:
+                self._answer_repeat(ld, out)
+                return False
+            return self._refuse(
+                ld, out, 409, "seq-conflict",
+                f"chunk starts at seq {job.seq} but the session is at step {ld.step}",
+                expected_seq=ld.step,
+            )  # fmt: skip
+        return True
+
+    def _answer_repeat(self, ld: Loaded, out: Outcome) -> None:
+        """A client retry of the last applied chunk: the same predictions, state unchanged."""
+        served = self.models.get(ld.job.model)
+        arrays = decode_fields(ld.state)
+        body: dict[str, Any] = {
+            "seq": ld.job.seq, "step": ld.step, "predictions": arrays["last_pred"],
+            "forecast": None, "repeat": True,
+        }  # fmt: skip
+        if ld.job.horizon > 0 and served is not None:
+            state = served.state_rows([ld.state])
+            with torch.inference_mode():
+                y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (1, D)
+                fc = served.model.forecast(y, state, ld.job.horizon).cpu().numpy()
+            body["forecast"] = fc[0] * served.std + served.mean
+        out.replies.append((ld.job.reply_to, ok_reply(ld.job.job_id, body)))
+        out.ack.append(ld.delivery.entry_id)
+
+    def _run_group(self, served: ServedMemNet, group: list[Loaded], out: Outcome) -> None:
+        chunks = [
+            np.frombuffer(ld.job.values, dtype="<f4").reshape(ld.job.length, ld.job.dim)  # (T, D)
+            for ld in group
+        ]
+        try:
+            state = served.state_rows([ld.state for ld in group])
+        except (CodecError, KeyError, ValueError) as e:
+            log.error("unreadable session state: %s", e)
+            for ld in group:
+                self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
+            return
+        horizons = [ld.job.horizon for ld in group]
+        state, preds, forecasts, y_last = run_chunks(served, state, chunks, horizons)
+        h, k, v = state.h.cpu().numpy(), state.keys.cpu().numpy(), state.values.cpu().numpy()
+        count, pos = state.count.cpu().tolist(), state.pos.cpu().tolist()
+        replies = []
+        with self.r.pipeline(transaction=False) as p:
+            for i, ld in enumerate(group):
+                job, t = ld.job, ld.job.length
+                body = {
+                    "seq": ld.step, "step": ld.step + t, "predictions": preds[i, :t],
+                    "forecast": forecasts[i], "repeat": False,
+                }  # fmt: skip
+                replies.append(ok_reply(job.job_id, body))
+                arrays = {
+                    "h": h[i],
+                    "keys": k[i],
+                    "values": v[i],
+                    "last_pred": preds[i, :t],
+                    "y": y_last[i],
+                }
+                fields = encode_fields(arrays)
+                fields.update(
+                    step=b"%d" % (ld.step + t), count=b"%d" % count[i], pos=b"%d" % pos[i],
+                    last_seq=b"%d" % ld.step, last_digest=job.digest.encode(),
+                )  # fmt: skip
+                ttl = int(ld.meta.get(b"ttl", b"3600"))
+                args: list[Any] = [ld.step, ttl, replies[-1], self.reply_ttl_s]
+                for name, value in fields.items():
+                    args += [name, value]
+                sid = job.sid
+                keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
+                self._commit(keys=keys, args=args, client=p)
+            results = p.execute()
+        for ld, res, reply in zip(group, results, replies, strict=True):
+            res = res.decode() if isinstance(res, bytes) else str(res)
+            if res == "ok":
+                out.ack.append(ld.delivery.entry_id)
+                out.replies.append((ld.job.reply_to, reply))
+                out.steps += ld.job.length
+            elif res == "gone":
+                self._refuse(ld, out, 404, "session-not-found", f"session {ld.job.sid} does not exist")
+            else:  # another worker moved the session on meanwhile: decide again next batch
+                out.retry.append(ld.delivery)
+
+    def _publish(self, out: Outcome) -> None:
+        if not out.replies:
+            return
+        with self.r.pipeline(transaction=False) as p:
+            for channel, payload in out.replies:
+                p.publish(channel, payload)
+            p.execute()

