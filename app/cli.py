@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
+import signal
 import sys
 import threading
 from multiprocessing.process import BaseProcess
@@ -88,7 +89,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_url:
         from app.embedded import EmbeddedRedis
 
-        embedded = EmbeddedRedis(settings.data_dir)
+        embedded = EmbeddedRedis(settings.redis_data_dir)
         settings = settings.model_copy(update={"redis_url": embedded.url})
     settings.check_checkpoints()
     count = settings.workers if settings.workers is not None else max(_gpu_count(), 1)
@@ -96,6 +97,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     pool.start()
     print(f"memserve: http://{settings.host}:{settings.port} (docs at /docs), {count} worker(s), "
           f"Redis {settings.redis_url}", file=sys.stderr)  # fmt: skip
+    # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal into the handler that
+    # was there before it: this one lets the cleanup below run instead of dying on SIGTERM.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: None)
     try:
         _run_api(settings)
     finally:
@@ -133,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--host", help="listen address (MEMSERVE_HOST)")
             s.add_argument("--port", type=int, help="listen port (MEMSERVE_PORT)")
         if name != "api":
-            s.add_argument("--device", help="auto | cpu | cuda | cuda:N (MEMSERVE_DEVICE)")
+            s.add_argument("--device", help="auto, cpu, cuda or cuda:N (MEMSERVE_DEVICE)")
         if name == "serve":
             s.add_argument("--workers", type=int, help="worker processes (MEMSERVE_WORKERS)")
     sub.add_parser("train", help="train a checkpoint: memserve train memnet --data ...", add_help=False)

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL; unset: `memserve serve` starts an embedded Redis"
     )
-    data_dir: Path = Field(Path(".memserve"), description="where the embedded Redis keeps its database")
+    redis_data_dir: Path = Field(Path(".memserve"), description="where the embedded Redis keeps its database")
     key_prefix: str = Field("ms", description="prefix of every Redis key memserve writes")
 
     # --- models ---
@@ -39,31 +39,33 @@ class Settings(BaseSettings):
     default_memnet_model: str = Field("memnet-mackey-glass", description="model of new sessions")
 
     # --- HTTP API ---
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="API listen address")
+    port: int = Field(8000, description="API listen port")
     default_ttl_s: int = Field(3600, ge=1, description="idle time before a session expires")
-    max_ttl_s: int = Field(7 * 24 * 3600, ge=1)
-    max_points_per_request: int = Field(4096, ge=1)
-    max_horizon: int = Field(1000, ge=0)
-    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="longest ttl_s a session may ask for")
+    max_points_per_request: int = Field(4096, ge=1, description="points in one request (413 above)")
+    max_horizon: int = Field(1000, ge=0, description="forecast steps in one request (422 above)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size (413 above)")
     request_timeout_s: float = Field(10.0, gt=0, description="wait for a worker's reply (504)")
     queue_cap: int = Field(10_000, ge=1, description="jobs waiting per stream before 429")
 
     # --- workers ---
     workers: int | None = Field(None, ge=0, description="`serve`: worker processes (unset: auto)")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
     max_wait_ms: float = Field(2.0, ge=0, description="wait this long to fill a batch")
-    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="how often a worker reports alive")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead")
     claim_interval_s: float = Field(1.0, gt=0, description="how often to look for orphaned jobs")
     max_deliveries: int = Field(3, ge=1, description="a job that failed this often is dropped")
     reply_ttl_s: int = Field(600, ge=1, description="how long a job's reply is kept for retries")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
-    # Fault injection for resilience tests: sleep after reading a batch, before running it.
-    fault_batch_delay_ms: float = Field(0.0, ge=0)
+    state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")
+    fault_batch_delay_ms: float = Field(
+        0.0, ge=0, description="fault injection for resilience tests: stall after reading a batch"
+    )
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("key_prefix")
     @classmethod
@@ -89,3 +91,18 @@ class Settings(BaseSettings):
                 f"no model cards (*.json) in {d}: set MEMSERVE_CHECKPOINT_DIR to a directory "
                 "of checkpoints, or train one with `memserve train memnet`"
             )
+
+
+def settings_table() -> str:
+    """The README's settings table, from the fields above (`python -m app.config`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = "<repo>/checkpoints" if default == REPO_ROOT / "checkpoints" else str(default)
+        rows.append(f"| `MEMSERVE_{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

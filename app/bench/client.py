@@ -36,6 +36,8 @@ class Progress(Protocol):
 
     def __setitem__(self, index: int, value: int, /) -> None: ...
 
+    def __getitem__(self, index: int, /) -> int: ...
+
 
 @dataclass(frozen=True)
 class Phases:
@@ -193,10 +195,11 @@ async def stream_loop(
         latency = time.perf_counter() - t0
         rec.add(time.time(), latency, status, points)
         sess.on_reply(status, reply, points)
-        if status == 429:
-            await asyncio.sleep(retry or ERROR_BACKOFF_S)
-        elif status != 409 and not (isinstance(status, int) and status < 400):
-            await asyncio.sleep(ERROR_BACKOFF_S)
+        if isinstance(status, int) and 200 <= status < 300:
+            continue
+        if status == 409 and isinstance(reply, dict) and "expected_seq" in reply:
+            continue  # resynced: the next post should succeed right away
+        await asyncio.sleep(retry if status == 429 and retry else ERROR_BACKOFF_S)
 
 
 async def ceiling_loop(
@@ -267,7 +270,7 @@ async def bounded_gather(
 
 
 def run_coro(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop when installed: it roughly halves the client's CPU per request."""
+    """``asyncio.run``, on uvloop when installed (~15-25% less client CPU per request here)."""
     loop_factory = None
     with contextlib.suppress(ImportError):
         import uvloop

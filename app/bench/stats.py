@@ -93,10 +93,17 @@ class WorkerDelta:
     batches: int
     jobs: int
     steps: int
+    # Time between the two counter snapshots by the workers' own clocks: counters may be
+    # published on a heartbeat, so this can differ from the client's window by ~1 s.
+    span_s: float | None = None
 
     @property
     def mean_batch(self) -> float | None:
         return self.jobs / self.batches if self.batches else None
+
+    @property
+    def steps_per_s(self) -> float | None:
+        return self.steps / self.span_s if self.span_s else None
 
 
 def worker_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> WorkerDelta:
@@ -107,13 +114,16 @@ def worker_delta(before: Mapping[str, Any] | None, after: Mapping[str, Any] | No
     """
     prev = {str(w.get("id")): w for w in _workers(before)}
     totals = {"batches": 0, "jobs": 0, "steps": 0}
+    spans: list[float] = []
     now = _workers(after)
     for w in now:
         old = prev.get(str(w.get("id")), {})
         restarted = any(_int(w, k) < _int(old, k) for k in totals)
         for k in totals:
             totals[k] += _int(w, k) - (0 if restarted else _int(old, k))
-    return WorkerDelta(workers=len(now), **totals)
+        if isinstance(w.get("time"), int | float) and isinstance(old.get("time"), int | float):
+            spans.append(float(w["time"]) - float(old["time"]))
+    return WorkerDelta(workers=len(now), span_s=mean_or_none(spans), **totals)
 
 
 def _workers(body: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -221,7 +231,7 @@ class BenchResult:
             verdict=self.verdict,
         )
         if self.workers is not None:
-            d["workers"]["mean_batch"] = self.workers.mean_batch
+            d["workers"].update(mean_batch=self.workers.mean_batch, steps_per_s=self.workers.steps_per_s)
         if self.memory is not None:
             d["memory"]["ratio"] = self.memory.ratio
         return d
@@ -275,6 +285,7 @@ def _worker_rows(w: WorkerDelta | None) -> list[tuple[str, str]]:
         return [("workers", "n/a (/health/ready unavailable)")]
     return [
         ("workers", f"{w.workers}: {w.batches:,} batches, {w.jobs:,} jobs, {w.steps:,} steps"),
+        ("worker steps/s", _fmt(w.steps_per_s) + f" (over {_fmt(w.span_s, '.2f', ' s')} of counters)"),
         ("mean batch", _fmt(w.mean_batch, ".2f", " jobs/batch")),
     ]
 

@@ -192,7 +192,7 @@ async def watch_window(
     last_n, last_t = 0, time.time()
     while (now := time.time()) < phases.measure_end:
         await asyncio.sleep(min(0.5, phases.measure_end - now))
-        done, now = sum(progress[i] for i in range(n_slots)), time.time()  # type: ignore[index]
+        done, now = sum(progress[i] for i in range(n_slots)), time.time()
         rate = (done - last_n) / max(now - last_t, 1e-9)
         bar.set_postfix_str(f"{rate:,.0f} req/s", refresh=False)
         bar.update(min(now, phases.measure_end) - phases.measure_start - bar.n)
@@ -341,7 +341,8 @@ async def bench(args: argparse.Namespace) -> BenchResult | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``memserve bench stream``; returns the process exit status.
 
-    0 when at least one request succeeded, 1 when none did, 2 when the run could not start.
+    0 when at least one request succeeded, 1 when none did, 2 when the run could not start
+    or a client process failed.
     """
     args = parse_args(argv)
     try:
@@ -349,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 130
+    except RuntimeError as exc:  # a client process died; its sessions were still deleted
+        log(f"error: {exc}")
+        return 2
     if result is None:
         return 2
     print(format_table(result))

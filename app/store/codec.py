@@ -38,13 +38,23 @@ def decode_array(raw: bytes, entry: list[Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dt).reshape(dims)
 
 
+def _code(a: np.ndarray) -> str:
+    for code, dt in _DTYPES.items():
+        if a.dtype.kind == dt.kind and a.dtype.itemsize == dt.itemsize:
+            return code
+    raise CodecError(f"unsupported dtype {a.dtype}")
+
+
+def layout_field(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The `layout` field describing `arrays` (dtype and shape of each), without their bytes."""
+    layout = {name: [_code(a), list(a.shape)] for name, a in arrays.items()}
+    return json.dumps(layout, separators=(",", ":")).encode()
+
+
 def encode_fields(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     """Hash fields for `arrays`, plus a `layout` field describing them."""
-    out: dict[str, bytes] = {}
-    layout: dict[str, list[object]] = {}
-    for name, a in arrays.items():
-        out[name], layout[name] = encode_array(a)
-    out["layout"] = json.dumps(layout, separators=(",", ":")).encode()
+    out = {name: encode_array(a)[0] for name, a in arrays.items()}
+    out["layout"] = layout_field(arrays)
     return out
 
 

@@ -9,19 +9,34 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 
 # Apply a step result atomically: only if the session still exists and is still at the step
 # the worker computed from (compare-and-set), so a step is applied once even when two workers
-# raced on the same job. Stores the reply for retries and slides the session's TTL.
-# KEYS: meta, state, reply. ARGV: expected step, ttl, reply, reply ttl, field, value, ...
+# raced on the same job. Fields are set whole or patched in place (the ring-buffer slots a
+# short chunk wrote). Stores the reply for retries, bumps the version, slides the TTL.
+# Returns the new version, or 'gone' / 'conflict'.
+# KEYS: meta, state, reply.
+# ARGV: expected step, ttl, reply, reply ttl, n pairs, field, value, ..., then triples
+#       field, byte offset, bytes.
 COMMIT_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'step') or '0')
 if cur ~= tonumber(ARGV[1]) then return 'conflict' end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('HINCRBY', KEYS[1], 'version', 1)
+local npairs = tonumber(ARGV[5])
+local i = 6 + 2 * npairs
+while i <= #ARGV do
+  local field, off, bytes = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local buf = redis.call('HGET', KEYS[2], field)
+  if (not buf) or #buf < off + #bytes then
+    return redis.error_reply('patch outside the stored ' .. field)
+  end
+  redis.call('HSET', KEYS[2], field, string.sub(buf, 1, off) .. bytes .. string.sub(buf, off + #bytes + 1))
+  i = i + 3
+end
+if npairs > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * npairs)) end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local ttl = tonumber(ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[4]))
-return 'ok'
+return version
 """
 
 # Slide the TTL of a session's keys if it exists. KEYS: meta, state. ARGV: none.

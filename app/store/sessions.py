@@ -105,8 +105,8 @@ class SessionStore:
             p.hget(state_key, "step")
             p.hget(meta_key, "version")
             p.ttl(meta_key)
-            p.memory_usage(meta_key)
-            p.memory_usage(state_key)
+            p.memory_usage(meta_key, samples=0)  # every field counted, not an estimate
+            p.memory_usage(state_key, samples=0)
             step, version, ttl, mem_meta, mem_state = await p.execute()
         return {
             "meta": meta,

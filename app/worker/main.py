@@ -66,8 +66,9 @@ class Worker:
         self.stopping = threading.Event()
         self.models = self._load_models()
         self.runner = MemNetRunner(
-            self.r, self.keys, self.models, settings.reply_ttl_s, settings.max_deliveries
-        )
+            self.r, self.keys, self.models, settings.reply_ttl_s, settings.max_deliveries,
+            cache_bytes=settings.state_cache_mb << 20,
+        )  # fmt: skip
         self.reader = BatchReader(
             self.r, self.keys, self.keys.stream("memnet"), self.id,
             settings.max_batch, settings.max_wait_ms,
@@ -97,6 +98,7 @@ class Worker:
             "device": str(self.device), "backend": "torch", "models": sorted(self.models),
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
+            "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
         }  # fmt: skip
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         self.r.set(self.keys.worker(self.id), json.dumps(beat), px=ttl_ms)

@@ -18,11 +18,16 @@ import torch
 from app.jobs.messages import PointsJob, error_reply, ok_reply
 from app.jobs.reader import Delivery
 from app.store import scripts
-from app.store.codec import CodecError, decode_fields, encode_fields
+from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
+from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetState
 
 log = logging.getLogger(__name__)
+
+
+# The small fields of a session's state read with every job (the buffers only on a cache miss).
+HEAD_FIELDS = ("step", "last_seq", "last_digest")
 
 
 @dataclass
@@ -32,12 +37,21 @@ class Loaded:
     delivery: Delivery
     job: PointsJob
     meta: dict[bytes, bytes]
-    state: dict[bytes, bytes]
+    head: list[bytes | None]  # HEAD_FIELDS
     stored_reply: bytes | None
+    state: SessionState | None = None  # filled for jobs that run
 
     @property
     def step(self) -> int:
-        return int(self.state.get(b"step", b"0"))
+        return int(self.head[0] or 0)
+
+    @property
+    def version(self) -> int:
+        return int(self.meta.get(b"version", b"0"))
+
+    @property
+    def has_state(self) -> bool:
+        return self.head[0] is not None
 
 
 @dataclass
@@ -69,21 +83,20 @@ class ServedMemNet:
             "values": init.values[0].numpy(),
         }
 
-    def state_rows(self, stored: list[dict[bytes, bytes]]) -> MemNetState:
-        """Stack the stored states of B sessions (a new session starts from the initial state)."""
-        rows = [decode_fields(s) if s else {} for s in stored]
-        h = np.stack([r.get("h", self._init["h"]) for r in rows])  # (B, H)
-        k = np.stack([r.get("keys", self._init["keys"]) for r in rows])  # (B, N, Dk)
-        v = np.stack([r.get("values", self._init["values"]) for r in rows])  # (B, N, Dv)
-        count = [int(s.get(b"count", b"0")) for s in stored]
-        pos = [int(s.get(b"pos", b"0")) for s in stored]
+    def initial(self) -> SessionState:
+        """The state of a session that has seen no point yet."""
+        i = self._init
+        return SessionState(h=i["h"], keys=i["keys"], values=i["values"], count=0, pos=0)
+
+    def stack(self, states: list[SessionState]) -> MemNetState:
+        """Stack B sessions' states into one batch on the model's device."""
         dev = self.device
         return MemNetState(
-            h=torch.from_numpy(h).to(dev),
-            keys=torch.from_numpy(k).to(dev),
-            values=torch.from_numpy(v).to(dev),
-            count=torch.tensor(count, dtype=torch.int64, device=dev),
-            pos=torch.tensor(pos, dtype=torch.int64, device=dev),
+            h=torch.from_numpy(np.stack([s.h for s in states])).to(dev),  # (B, H)
+            keys=torch.from_numpy(np.stack([s.keys for s in states])).to(dev),  # (B, N, Dk)
+            values=torch.from_numpy(np.stack([s.values for s in states])).to(dev),  # (B, N, Dv)
+            count=torch.tensor([s.count for s in states], dtype=torch.int64, device=dev),
+            pos=torch.tensor([s.pos for s in states], dtype=torch.int64, device=dev),
         )
 
 
@@ -113,8 +126,9 @@ def run_chunks(
     xt = torch.from_numpy(x).to(dev)
     len_t = torch.from_numpy(lengths).to(dev)
     preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=dev)
+    shortest = int(lengths.min())
     for t in range(t_max):
-        active = len_t > t
+        active = None if t < shortest else len_t > t  # no masking while every row is live
         y, state = model.step(xt[:, t], state, active)
         preds[:, t] = y
     rows = torch.arange(b, device=dev)
@@ -143,12 +157,14 @@ class MemNetRunner:
         models: dict[str, ServedMemNet],
         reply_ttl_s: int,
         max_deliveries: int,
+        cache_bytes: int = 256 << 20,
     ) -> None:
         self.r = r
         self.keys = keys
         self.models = models
         self.reply_ttl_s = reply_ttl_s
         self.max_deliveries = max_deliveries
+        self.cache = StateCache(cache_bytes)
         self._commit = r.register_script(scripts.COMMIT_STATE)
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
@@ -167,8 +183,8 @@ class MemNetRunner:
                 continue
             seen.add(job.sid)
             jobs.append((d, job))
-        loaded = self._load(jobs)
-        runnable = [ld for ld in loaded if self._triage(ld, out)]
+        runnable = [ld for ld in self._load(jobs) if self._triage(ld, out)]
+        runnable = self._fill_states(runnable, out)
         by_model: dict[str, list[Loaded]] = {}
         for ld in runnable:
             by_model.setdefault(ld.job.model, []).append(ld)
@@ -181,10 +197,38 @@ class MemNetRunner:
         with self.r.pipeline(transaction=False) as p:
             for _d, job in jobs:
                 p.hgetall(self.keys.meta(job.sid))
-                p.hgetall(self.keys.state(job.sid))
+                p.hmget(self.keys.state(job.sid), HEAD_FIELDS)
                 p.get(self.keys.reply(job.sid, job.job_id))
             res = p.execute()
         return [Loaded(d, job, res[3 * i], res[3 * i + 1], res[3 * i + 2]) for i, (d, job) in enumerate(jobs)]
+
+    def _fill_states(self, group: list[Loaded], out: Outcome) -> list[Loaded]:
+        """Each job's session state: from the cache when its version is current, else Redis."""
+        misses = []
+        for ld in group:
+            if not ld.has_state:
+                ld.state = self.models[ld.job.model].initial()
+            else:
+                ld.state = self.cache.get(ld.job.sid, ld.version)
+                if ld.state is None:
+                    misses.append(ld)
+        if not misses:
+            return group
+        with self.r.pipeline(transaction=False) as p:
+            for ld in misses:
+                p.hgetall(self.keys.state(ld.job.sid))
+            stored = p.execute()
+        ok = []
+        for ld in group:
+            if ld in misses:
+                try:
+                    ld.state = SessionState.from_redis(stored[misses.index(ld)])
+                except (CodecError, KeyError, ValueError) as e:
+                    log.error("unreadable state of session %s: %s", ld.job.sid, e)
+                    self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
+                    continue
+            ok.append(ld)
+        return ok
 
     def _refuse(self, ld: Loaded, out: Outcome, status: int, slug: str, detail: str, **extra: Any) -> bool:
         out.replies.append((ld.job.reply_to, error_reply(ld.job.job_id, status, slug, detail, **extra)))
@@ -206,11 +250,8 @@ class MemNetRunner:
         if job.model not in self.models:
             return self._refuse(ld, out, 503, "model-unavailable", f"model {job.model} is not loaded")
         if job.seq is not None and job.seq != ld.step:
-            st = ld.state
-            repeat = str(job.seq).encode() == st.get(b"last_seq") and job.digest.encode() == st.get(
-                b"last_digest"
-            )
-            if repeat:
+            _step, last_seq, last_digest = ld.head
+            if last_seq == b"%d" % job.seq and last_digest == job.digest.encode():
                 self._answer_repeat(ld, out)
                 return False
             return self._refuse(
@@ -222,16 +263,17 @@ class MemNetRunner:
 
     def _answer_repeat(self, ld: Loaded, out: Outcome) -> None:
         """A client retry of the last applied chunk: the same predictions, state unchanged."""
-        served = self.models.get(ld.job.model)
-        arrays = decode_fields(ld.state)
+        served = self.models[ld.job.model]
+        fields = self.r.hgetall(self.keys.state(ld.job.sid))
+        arrays = decode_fields(fields)  # type: ignore[arg-type]
         body: dict[str, Any] = {
             "seq": ld.job.seq, "step": ld.step, "predictions": arrays["last_pred"],
             "forecast": None, "repeat": True,
         }  # fmt: skip
-        if ld.job.horizon > 0 and served is not None:
-            state = served.state_rows([ld.state])
+        if ld.job.horizon > 0:
+            state = served.stack([SessionState.from_redis(fields)])  # type: ignore[arg-type]
             with torch.inference_mode():
-                y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (1, D)
+                y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (D,) -> (1, D)
                 fc = served.model.forecast(y, state, ld.job.horizon).cpu().numpy()
             body["forecast"] = fc[0] * served.std + served.mean
         out.replies.append((ld.job.reply_to, ok_reply(ld.job.job_id, body)))
@@ -242,17 +284,13 @@ class MemNetRunner:
             np.frombuffer(ld.job.values, dtype="<f4").reshape(ld.job.length, ld.job.dim)  # (T, D)
             for ld in group
         ]
-        try:
-            state = served.state_rows([ld.state for ld in group])
-        except (CodecError, KeyError, ValueError) as e:
-            log.error("unreadable session state: %s", e)
-            for ld in group:
-                self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
-            return
+        old = [ld.state for ld in group]
+        batch = served.stack(old)  # type: ignore[arg-type]
         horizons = [ld.job.horizon for ld in group]
-        state, preds, forecasts, y_last = run_chunks(served, state, chunks, horizons)
-        h, k, v = state.h.cpu().numpy(), state.keys.cpu().numpy(), state.values.cpu().numpy()
-        count, pos = state.count.cpu().tolist(), state.pos.cpu().tolist()
+        batch, preds, forecasts, y_last = run_chunks(served, batch, chunks, horizons)
+        h, k, v = batch.h.cpu().numpy(), batch.keys.cpu().numpy(), batch.values.cpu().numpy()
+        count, pos = batch.count.cpu().tolist(), batch.pos.cpu().tolist()
+        new = [SessionState(h[i], k[i], v[i], int(count[i]), int(pos[i])) for i in range(len(group))]
         replies = []
         with self.r.pipeline(transaction=False) as p:
             for i, ld in enumerate(group):
@@ -262,36 +300,39 @@ class MemNetRunner:
                     "forecast": forecasts[i], "repeat": False,
                 }  # fmt: skip
                 replies.append(ok_reply(job.job_id, body))
-                arrays = {
-                    "h": h[i],
-                    "keys": k[i],
-                    "values": v[i],
-                    "last_pred": preds[i, :t],
-                    "y": y_last[i],
-                }
-                fields = encode_fields(arrays)
-                fields.update(
-                    step=b"%d" % (ld.step + t), count=b"%d" % count[i], pos=b"%d" % pos[i],
-                    last_seq=b"%d" % ld.step, last_digest=job.digest.encode(),
-                )  # fmt: skip
+                scalars = {
+                    "step": b"%d" % (ld.step + t), "count": b"%d" % new[i].count, "pos": b"%d" % new[i].pos,
+                    "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(),
+                }  # fmt: skip
+                stored = old[i] if ld.has_state else None
+                extra = {"last_pred": preds[i, :t], "y": y_last[i]}
+                pairs, patches = commit_args(stored, new[i], t, extra, scalars)
                 ttl = int(ld.meta.get(b"ttl", b"3600"))
-                args: list[Any] = [ld.step, ttl, replies[-1], self.reply_ttl_s]
-                for name, value in fields.items():
-                    args += [name, value]
+                args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
                 sid = job.sid
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
-            results = p.execute()
-        for ld, res, reply in zip(group, results, replies, strict=True):
-            res = res.decode() if isinstance(res, bytes) else str(res)
-            if res == "ok":
-                out.ack.append(ld.delivery.entry_id)
-                out.replies.append((ld.job.reply_to, reply))
-                out.steps += ld.job.length
-            elif res == "gone":
-                self._refuse(ld, out, 404, "session-not-found", f"session {ld.job.sid} does not exist")
-            else:  # another worker moved the session on meanwhile: decide again next batch
-                out.retry.append(ld.delivery)
+            results = p.execute(raise_on_error=False)
+        for ld, res, reply, state in zip(group, results, replies, new, strict=True):
+            self._settle(ld, res, reply, state, out)
+
+    def _settle(self, ld: Loaded, res: object, reply: bytes, state: SessionState, out: Outcome) -> None:
+        """Act on the commit script's answer for one job."""
+        if isinstance(res, int):  # committed: `res` is the session's new version
+            self.cache.put(ld.job.sid, res, SessionState(
+                state.h.copy(), state.keys.copy(), state.values.copy(), state.count, state.pos
+            ))  # fmt: skip
+            out.ack.append(ld.delivery.entry_id)
+            out.replies.append((ld.job.reply_to, reply))
+            out.steps += ld.job.length
+            return
+        self.cache.drop(ld.job.sid)
+        if isinstance(res, Exception):
+            raise res
+        if res in (b"gone", "gone"):
+            self._refuse(ld, out, 404, "session-not-found", f"session {ld.job.sid} does not exist")
+        else:  # another worker moved the session on meanwhile: decide again next batch
+            out.retry.append(ld.delivery)
 
     def _publish(self, out: Outcome) -> None:
         if not out.replies:

@@ -1,0 +1,124 @@
+"""A worker's view of MemNet session state: its device-side cache and its writes to Redis.
+
+Redis holds the truth: ``ms:{sid}:state`` with h, the key and value ring buffers, the fill
+count, the write position and the step count (raw float32 bytes with a layout field).
+A worker keeps the state it last committed for each session, keyed on the session's
+version counter: when the version in Redis is still the one it wrote, it skips reading the
+buffers back. And a chunk shorter than the ring only rewrites the slots it filled, as byte
+patches applied inside the commit script, instead of sending the whole buffer again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.store.codec import decode_fields, encode_array, layout_field
+
+RING_FIELDS = ("keys", "values")
+
+
+@dataclass
+class SessionState:
+    """One session's MemNet state as numpy arrays (h (H,), keys (N, Dk), values (N, Dv))."""
+
+    h: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    count: int
+    pos: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.h.nbytes + self.keys.nbytes + self.values.nbytes)
+
+    @classmethod
+    def from_redis(cls, fields: dict[bytes, bytes]) -> SessionState:
+        arrays = decode_fields(fields)
+        return cls(
+            h=arrays["h"], keys=arrays["keys"], values=arrays["values"],
+            count=int(fields.get(b"count", b"0")), pos=int(fields.get(b"pos", b"0")),
+        )  # fmt: skip
+
+
+class StateCache:
+    """Least-recently-used sessions' states, bounded in bytes, keyed on the session version."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[int, SessionState]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sid: str, version: int) -> SessionState | None:
+        item = self._items.get(sid)
+        if item is None or item[0] != version:
+            self.misses += 1
+            return None
+        self._items.move_to_end(sid)
+        self.hits += 1
+        return item[1]
+
+    def put(self, sid: str, version: int, state: SessionState) -> None:
+        self.drop(sid)
+        if state.nbytes > self.max_bytes:
+            return
+        self._items[sid] = (version, state)
+        self.bytes += state.nbytes
+        while self.bytes > self.max_bytes:
+            _sid, (_v, old) = self._items.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def drop(self, sid: str) -> None:
+        item = self._items.pop(sid, None)
+        if item is not None:
+            self.bytes -= item[1].nbytes
+
+
+def ring_runs(start: int, length: int, capacity: int) -> list[tuple[int, int]]:
+    """The contiguous slot runs [(first, count)] that `length` writes from `start` touch."""
+    if length >= capacity:
+        return [(0, capacity)]
+    first = min(length, capacity - start)
+    runs = [(start, first)]
+    if length > first:
+        runs.append((0, length - first))
+    return runs
+
+
+def commit_args(
+    old: SessionState | None,
+    new: SessionState,
+    length: int,
+    extra_arrays: dict[str, np.ndarray],
+    scalars: dict[str, bytes],
+) -> tuple[list[Any], list[Any]]:
+    """(field/value pairs to set, (field, byte offset, bytes) patches) for the commit script.
+
+    `length` points were written from `old.pos`. With no stored buffers (`old` None) or a
+    chunk that laps the ring, the buffers are written whole; otherwise only the slots the
+    chunk wrote are patched in place.
+    """
+    capacity = new.keys.shape[0]
+    whole = old is None or length >= capacity
+    arrays: dict[str, np.ndarray] = {"h": new.h, **extra_arrays}
+    if whole:
+        arrays.update(keys=new.keys, values=new.values)
+    fields = {name: encode_array(a)[0] for name, a in arrays.items()}
+    fields["layout"] = layout_field({**arrays, "keys": new.keys, "values": new.values})
+    patches: list[Any] = []
+    if not whole:
+        assert old is not None
+        for name in RING_FIELDS:
+            buf: np.ndarray = getattr(new, name)
+            row_bytes = buf.shape[1] * buf.itemsize
+            for first, count in ring_runs(old.pos, length, capacity):
+                patches += [name, first * row_bytes, encode_array(buf[first : first + count])[0]]
+    pairs: list[Any] = []
+    for name, value in {**fields, **scalars}.items():
+        pairs += [name, value]
+    return pairs, patches
