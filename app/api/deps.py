@@ -27,7 +27,7 @@ class Services:
     catalog: dict[str, ModelInfo]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 

@@ -65,12 +65,24 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
     return problem_of(err, request.url.path)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Methods of every route on this path (Starlette names only the first route's)."""
+    path = request.url.path
+    table = getattr(request.app.state, "route_methods", [])
+    methods = {m for regex, ms in table if regex.match(path) for m in ms}
+    return ", ".join(sorted(methods))
+
+
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         return problem_of(NotFound(f"no route {request.url.path}"), request.url.path)
     if exc.status_code == 405:
-        err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        allowed = _allowed_methods(request)
+        err = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}",
+            headers={"Allow": allowed},
+        )
         return problem_of(err, request.url.path)
     body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code}
     return problem_response(exc.status_code, body, dict(exc.headers or {}))
@@ -83,9 +95,14 @@ async def _on_redis(request: Request, exc: Exception) -> Response:
     return problem_of(err, request.url.path)
 
 
+def bare_500() -> Response:
+    """What an unknown error becomes: no detail that could leak internals."""
+    return problem_response(500, {"type": "about:blank", "title": "Internal Server Error", "status": 500})
+
+
 async def _on_unknown(request: Request, exc: Exception) -> Response:
     log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(500, {"type": "about:blank", "title": "Internal Server Error", "status": 500})
+    return bare_500()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -33,36 +33,29 @@ class PointsJob:
     reply_to: str
     request_id: str = ""
 
-    def to_fields(self) -> dict[str, str | bytes]:
-        return {
-            "op": "points",
-            "job": self.job_id,
-            "sid": self.sid,
-            "model": self.model,
-            "seq": "" if self.seq is None else str(self.seq),
-            "values": self.values,
-            "t": str(self.length),
-            "d": str(self.dim),
-            "horizon": str(self.horizon),
-            "reply_to": self.reply_to,
-            "rid": self.request_id,
-        }
+    def to_fields(self) -> dict[str, bytes]:
+        """Two stream fields: a JSON header and the raw values (few arguments to pack)."""
+        head = {
+            "op": "points", "job": self.job_id, "sid": self.sid, "model": self.model,
+            "seq": self.seq, "t": self.length, "d": self.dim, "horizon": self.horizon,
+            "reply_to": self.reply_to, "rid": self.request_id,
+        }  # fmt: skip
+        return {"h": orjson.dumps(head), "v": self.values}
 
     @classmethod
     def from_fields(cls, f: dict[bytes, bytes]) -> PointsJob:
-        seq = f.get(b"seq", b"")
-        return cls(
-            job_id=f[b"job"].decode(),
-            sid=f[b"sid"].decode(),
-            model=f[b"model"].decode(),
-            seq=int(seq) if seq else None,
-            values=f[b"values"],
-            length=int(f[b"t"]),
-            dim=int(f[b"d"]),
-            horizon=int(f[b"horizon"]),
-            reply_to=f[b"reply_to"].decode(),
-            request_id=f.get(b"rid", b"").decode(),
-        )
+        """The job stored in a stream entry; KeyError or ValueError when it is malformed."""
+        h = orjson.loads(f[b"h"])
+        values = f[b"v"]
+        job = cls(
+            job_id=str(h["job"]), sid=str(h["sid"]), model=str(h["model"]),
+            seq=None if h["seq"] is None else int(h["seq"]), values=values,
+            length=int(h["t"]), dim=int(h["d"]), horizon=int(h["horizon"]),
+            reply_to=str(h["reply_to"]), request_id=str(h.get("rid", "")),
+        )  # fmt: skip
+        if len(values) != 4 * job.length * job.dim:
+            raise ValueError(f"{len(values)} value bytes for {job.length} x {job.dim} points")
+        return job
 
     @property
     def digest(self) -> str:

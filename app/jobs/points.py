@@ -13,7 +13,14 @@ from app.store.keys import new_job_id
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _has_bool(values: list[Any]) -> bool:
+    # numpy would read true/false among numbers as 1/0; a point is numbers only.
+    return any(v is True or v is False or (type(v) is list and _has_bool(v)) for v in values)
+
+
 def _as_numbers(values: list[Any]) -> np.ndarray:
+    if _has_bool(values):
+        raise InvalidInput("values must be numbers; true/false are not points")
     try:
         arr = np.asarray(values)
     except ValueError:

@@ -46,6 +46,8 @@ class JobQueue:
         self._submit = r.register_script(scripts.SUBMIT)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._to_submit: list[tuple[str, dict[str, bytes], asyncio.Future[bytes | None]]] = []
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="reply-listener")
@@ -88,16 +90,41 @@ class JobQueue:
         if fut is not None and not fut.done():
             fut.set_result(reply)
 
+    def _submit_soon(self, stream: str, fields: dict[str, bytes]) -> asyncio.Future[bytes | None]:
+        """Queue a submit; all submits made in one event-loop tick share one round trip."""
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._to_submit.append((stream, fields, fut))
+        if len(self._to_submit) == 1:
+            task = asyncio.create_task(self._flush())
+            self._flushes.add(task)  # a reference, so the task is not collected mid-flight
+            task.add_done_callback(self._flushes.discard)
+        return fut
+
+    async def _flush(self) -> None:
+        batch, self._to_submit = self._to_submit, []
+        try:
+            async with self.r.pipeline(transaction=False) as p:
+                for stream, fields, _fut in batch:
+                    args: list[Any] = [self.queue_cap]
+                    for k, v in fields.items():
+                        args += [k, v]
+                    await self._submit(keys=[stream], args=args, client=p)
+                results = await p.execute()
+        except Exception as e:
+            for *_rest, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (*_rest, fut), res in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+
     async def run(self, stream: str, job: PointsJob, timeout_s: float) -> Reply:
         """Queue `job` on `stream` and return the worker's reply."""
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[job.job_id] = fut
         try:
-            fields = job.to_fields()
-            args: list[Any] = [self.queue_cap]
-            for k, v in fields.items():
-                args += [k, v]
-            entry = await self._submit(keys=[stream], args=args)
+            entry = await self._submit_soon(stream, job.to_fields())
             if entry is None:
                 raise QueueFull(
                     f"{self.queue_cap} jobs are already waiting; retry later",

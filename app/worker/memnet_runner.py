@@ -308,7 +308,10 @@ class MemNetRunner:
                 extra = {"last_pred": preds[i, :t], "y": y_last[i]}
                 pairs, patches = commit_args(stored, new[i], t, extra, scalars)
                 ttl = int(ld.meta.get(b"ttl", b"3600"))
-                args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
+                args = [
+                    ld.step, ttl, replies[-1], self.reply_ttl_s, job.reply_to,
+                    len(pairs) // 2, *pairs, *patches,
+                ]  # fmt: skip
                 sid = job.sid
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
@@ -322,8 +325,7 @@ class MemNetRunner:
             self.cache.put(ld.job.sid, res, SessionState(
                 state.h.copy(), state.keys.copy(), state.values.copy(), state.count, state.pos
             ))  # fmt: skip
-            out.ack.append(ld.delivery.entry_id)
-            out.replies.append((ld.job.reply_to, reply))
+            out.ack.append(ld.delivery.entry_id)  # the commit script published the reply
             out.steps += ld.job.length
             return
         self.cache.drop(ld.job.sid)

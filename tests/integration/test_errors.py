@@ -269,11 +269,6 @@ def test_bad_points_are_422_and_change_nothing(
     problem(r, 422, slug, fragment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app/jobs/points.py _as_numbers: np.asarray coerces JSON booleans mixed with "
-    "numbers to 1.0/0.0, so [[1.5, true]] is accepted and queued as [[1.5, 1.0]]",
-)
 def test_booleans_among_numbers_are_422(api_with: Callable[..., httpx.Client], rdb, settings) -> None:
     c = api_with(request_timeout_s=0.5)  # with the bug the chunk is queued; no worker answers
     sid = new_session(c)
@@ -326,12 +321,6 @@ def test_a_body_over_the_limit_with_content_length_is_413(
     assert snapshot(c, sid) == before and rdb.xlen(stream(settings)) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app/api/app.py BodyLimit raises PayloadTooLarge from inside receive(); FastAPI's "
-    "body reader turns any exception there into HTTPException(400, 'There was an error parsing "
-    "the body'), so a chunked body over the limit gets a bare 400 about:blank, not 413",
-)
 def test_a_chunked_body_over_the_limit_is_413(api_with: Callable[..., httpx.Client], rdb, settings) -> None:
     c = api_with(max_body_bytes=4096)
     sid = new_session(c)
@@ -496,11 +485,6 @@ def test_a_wrong_method_is_405_problem_and_changes_nothing(
     assert snapshot(client, sid) == before and rdb.xlen(stream(settings)) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: app/api/errors.py _on_http drops the Allow header of Starlette's 405 "
-    "(RFC 9110 15.5.6: a 405 MUST carry Allow)",
-)
 def test_a_405_names_the_allowed_methods(client: httpx.Client, sid: str) -> None:
     r = client.put(f"/v1/sessions/{sid}")
     assert r.status_code == 405

@@ -31,9 +31,9 @@ def offline(ckpt_dir: Path, series: np.ndarray, horizon: int = 0) -> tuple[np.nd
 def series(n: int, seed: int = 0) -> np.ndarray:
     t = np.arange(n, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    return np.stack([1.5 + np.sin(0.3 * t), -2 + 0.4 * np.cos(0.17 * t)], axis=1) + 0.01 * rng.standard_normal(
-        (n, 2)
-    ).astype(np.float32)
+    return np.stack(
+        [1.5 + np.sin(0.3 * t), -2 + 0.4 * np.cos(0.17 * t)], axis=1
+    ) + 0.01 * rng.standard_normal((n, 2)).astype(np.float32)
 
 
 def new_session(client: httpx.Client, **body: object) -> str:
@@ -42,7 +42,9 @@ def new_session(client: httpx.Client, **body: object) -> str:
     return str(r.json()["id"])
 
 
-def post(client: httpx.Client, sid: str, values: np.ndarray, seq: int | None, horizon: int = 0) -> httpx.Response:
+def post(
+    client: httpx.Client, sid: str, values: np.ndarray, seq: int | None, horizon: int = 0
+) -> httpx.Response:
     body: dict[str, object] = {"values": values.tolist(), "horizon": horizon}
     if seq is not None:
         body["seq"] = seq
