@@ -104,3 +104,20 @@ def parse_reply(raw: bytes) -> Reply:
         detail=str(head.get("detail", "")),
         extra=head.get("extra") or {},
     )
+
+
+def frame_replies(replies: list[bytes]) -> bytes:
+    """Several replies as one pub/sub message: each one prefixed by its 4-byte length."""
+    return b"".join(len(r).to_bytes(4, "big") + r for r in replies)
+
+
+def unframe_replies(message: bytes) -> list[bytes]:
+    """The replies packed by `frame_replies`; ValueError when the framing is broken."""
+    out, i = [], 0
+    while i < len(message):
+        n = int.from_bytes(message[i : i + 4], "big")
+        if n <= 0 or i + 4 + n > len(message):
+            raise ValueError("broken reply framing")
+        out.append(message[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.errors import QueueFull, ReplyTimeout
-from app.jobs.messages import PointsJob, Reply, parse_reply
+from app.jobs.messages import PointsJob, Reply, parse_reply, unframe_replies
 from app.store import scripts
 from app.store.keys import GROUP, Keys
 
@@ -80,15 +80,16 @@ class JobQueue:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    def _deliver(self, raw: bytes) -> None:
+    def _deliver(self, message: bytes) -> None:
         try:
-            reply = parse_reply(raw)
+            replies = [parse_reply(raw) for raw in unframe_replies(message)]
         except ValueError:
-            log.warning("dropping undecodable reply")
+            log.warning("dropping an undecodable reply message")
             return
-        fut = self._waiting.get(reply.job_id)
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
+        for reply in replies:
+            fut = self._waiting.get(reply.job_id)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
 
     def _submit_soon(self, stream: str, fields: dict[str, bytes]) -> asyncio.Future[bytes | None]:
         """Queue a submit; all submits made in one event-loop tick share one round trip."""

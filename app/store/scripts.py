@@ -12,16 +12,15 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 # raced on the same job. Fields are set whole or patched in place (the ring-buffer slots a
 # short chunk wrote). Stores the reply for retries, bumps the version, slides the TTL.
 # Returns the new version, or 'gone' / 'conflict'.
-# Publishes the reply on the waiting API's channel once committed.
 # KEYS: meta, state, reply.
-# ARGV: expected step, ttl, reply, reply ttl, reply channel, n pairs, field, value, ...,
+# ARGV: expected step, ttl, reply, reply ttl, n pairs, field, value, ...,
 #       then triples field, byte offset, bytes.
 COMMIT_STATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'step') or '0')
 if cur ~= tonumber(ARGV[1]) then return 'conflict' end
-local npairs = tonumber(ARGV[6])
-local first = 7 + 2 * npairs
+local npairs = tonumber(ARGV[5])
+local first = 6 + 2 * npairs
 local bufs = {}
 for i = first, #ARGV, 3 do  -- check every patch before writing anything: all or nothing
   local field, off, bytes = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
@@ -36,13 +35,12 @@ for i = first, #ARGV, 3 do
   bufs[field] = string.sub(buf, 1, off) .. bytes .. string.sub(buf, off + #bytes + 1)
 end
 for field, buf in pairs(bufs) do redis.call('HSET', KEYS[2], field, buf) end
-if npairs > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + 2 * npairs)) end
+if npairs > 0 then redis.call('HSET', KEYS[2], unpack(ARGV, 6, 5 + 2 * npairs)) end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local ttl = tonumber(ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[4]))
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[3]) end
 return version
 """
 

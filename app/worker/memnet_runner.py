@@ -15,7 +15,7 @@ import numpy as np
 import redis
 import torch
 
-from app.jobs.messages import PointsJob, error_reply, ok_reply
+from app.jobs.messages import PointsJob, error_reply, frame_replies, ok_reply
 from app.jobs.reader import Delivery
 from app.store import scripts
 from app.store.codec import CodecError, decode_fields
@@ -308,10 +308,7 @@ class MemNetRunner:
                 extra = {"last_pred": preds[i, :t], "y": y_last[i]}
                 pairs, patches = commit_args(stored, new[i], t, extra, scalars)
                 ttl = int(ld.meta.get(b"ttl", b"3600"))
-                args = [
-                    ld.step, ttl, replies[-1], self.reply_ttl_s, job.reply_to,
-                    len(pairs) // 2, *pairs, *patches,
-                ]  # fmt: skip
+                args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
                 sid = job.sid
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
@@ -325,7 +322,8 @@ class MemNetRunner:
             self.cache.put(ld.job.sid, res, SessionState(
                 state.h.copy(), state.keys.copy(), state.values.copy(), state.count, state.pos
             ))  # fmt: skip
-            out.ack.append(ld.delivery.entry_id)  # the commit script published the reply
+            out.ack.append(ld.delivery.entry_id)
+            out.replies.append((ld.job.reply_to, reply))
             out.steps += ld.job.length
             return
         self.cache.drop(ld.job.sid)
@@ -337,9 +335,11 @@ class MemNetRunner:
             out.retry.append(ld.delivery)
 
     def _publish(self, out: Outcome) -> None:
-        if not out.replies:
-            return
+        """One message per waiting API process, carrying all of its replies of this batch."""
+        by_channel: dict[str, list[bytes]] = {}
+        for channel, payload in out.replies:
+            by_channel.setdefault(channel, []).append(payload)
         with self.r.pipeline(transaction=False) as p:
-            for channel, payload in out.replies:
-                p.publish(channel, payload)
+            for channel, payloads in by_channel.items():
+                p.publish(channel, frame_replies(payloads))
             p.execute()

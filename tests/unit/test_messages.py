@@ -8,7 +8,15 @@ import numpy as np
 import orjson
 import pytest
 
-from app.jobs.messages import PointsJob, digest, error_reply, ok_reply, parse_reply
+from app.jobs.messages import (
+    PointsJob,
+    digest,
+    error_reply,
+    frame_replies,
+    ok_reply,
+    parse_reply,
+    unframe_replies,
+)
 
 
 def as_stream_entry(fields: dict[str, str | bytes]) -> dict[bytes, bytes]:
@@ -100,3 +108,14 @@ def test_error_reply_without_extra_parses_to_an_empty_extra() -> None:
 def test_parse_reply_refuses_garbage_with_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_reply(b"not json\n{}")
+
+
+def test_replies_framed_in_one_message_come_back_whole() -> None:
+    replies = [
+        ok_reply("a", {"x": [1.0, 2.0]}),
+        error_reply("b", 409, "seq-conflict", "no", expected_seq=3),
+        b"\n",
+    ]
+    assert unframe_replies(frame_replies(replies)) == replies
+    with pytest.raises(ValueError, match="framing"):
+        unframe_replies(frame_replies(replies)[:-1])

@@ -193,7 +193,7 @@ def commit(
 ) -> int | str:
     """Run COMMIT_STATE: set `fields` whole, then apply byte `patches` (field, offset, bytes)."""
     script = rdb.register_script(scripts.COMMIT_STATE)
-    args: list[object] = [expected_step, 100, b"the reply", 50, "", len(fields)]
+    args: list[object] = [expected_step, 100, b"the reply", 50, len(fields)]
     for name, value in fields.items():
         args += [name, value]
     for name, offset, data in patches:

@@ -53,7 +53,7 @@ def test_patched_commits_leave_redis_equal_to_the_new_state(rdb: redis.Redis, ke
         new = _write(state, rows)
         pairs, patches = commit_args(stored, new, length, {}, {"step": b"%d" % (step + length)})
         assert bool(patches) == (stored is not None and length < n)
-        args = [step, 60, b"reply", 60, "", len(pairs) // 2, *pairs, *patches]
+        args = [step, 60, b"reply", 60, len(pairs) // 2, *pairs, *patches]
         version = commit(keys=[keys.meta(sid), keys.state(sid), keys.reply(sid, f"j{step}")], args=args)
         assert isinstance(version, int)
         back = SessionState.from_redis(rdb.hgetall(keys.state(sid)))
