@@ -65,11 +65,16 @@ class BatchReader:
         return out
 
     def read_batch(self, block_ms: int = 1000) -> list[Delivery]:
-        """Up to `max_batch` new jobs; waits `block_ms` for the first one."""
+        """Up to `max_batch` new jobs; waits `block_ms` for the first one.
+
+        The batch stays open until `max_wait_ms` after its oldest job was queued (the stream
+        entry id holds that time), so jobs that queued while the last batch ran go at once.
+        """
         batch = self._read(self.max_batch, block_ms)
         if not batch or self.max_wait_ms <= 0:
             return batch
-        deadline = time.monotonic() + self.max_wait_ms / 1000
+        queued_ms = int(batch[0].entry_id.split(b"-", 1)[0])
+        deadline = time.monotonic() + (queued_ms + self.max_wait_ms - time.time() * 1000) / 1000
         while len(batch) < self.max_batch:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
@@ -80,13 +85,20 @@ class BatchReader:
             batch += more
         return batch
 
-    def ack(self, entry_ids: list[bytes]) -> None:
-        """Acknowledge and delete: the stream's length stays the backlog (the queue cap)."""
-        if not entry_ids:
+    def ack(self, entry_ids: list[bytes], messages: list[tuple[str, bytes]] | None = None) -> None:
+        """Publish `messages` (channel, payload), then acknowledge and delete the entries.
+
+        Deleting keeps the stream's length equal to its backlog (what the queue cap counts).
+        One round trip for all of it.
+        """
+        if not entry_ids and not messages:
             return
         with self.r.pipeline(transaction=False) as p:
-            p.xack(self.stream, GROUP, *entry_ids)
-            p.xdel(self.stream, *entry_ids)
+            for channel, payload in messages or []:
+                p.publish(channel, payload)
+            if entry_ids:
+                p.xack(self.stream, GROUP, *entry_ids)
+                p.xdel(self.stream, *entry_ids)
             p.execute()
 
     def claim_orphans(self, live_workers: set[str]) -> list[Delivery]:

@@ -164,7 +164,7 @@ class Worker:
                 d.deliveries += 1
             self._retry = batch
             return
-        self.reader.ack(out.ack)
+        self.reader.ack(out.ack, out.messages())  # replies first: an acked job was answered
         self._retry += out.retry
         self.counters.batches += 1
         self.counters.jobs += len(out.ack)

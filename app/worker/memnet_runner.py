@@ -63,6 +63,13 @@ class Outcome:
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     steps: int = 0
 
+    def messages(self) -> list[tuple[str, bytes]]:
+        """One message per waiting API process, carrying all of its replies of this batch."""
+        by_channel: dict[str, list[bytes]] = {}
+        for channel, payload in self.replies:
+            by_channel.setdefault(channel, []).append(payload)
+        return [(channel, frame_replies(payloads)) for channel, payloads in by_channel.items()]
+
 
 class ServedMemNet:
     """One loaded MemNet checkpoint with its normalisation."""
@@ -168,7 +175,7 @@ class MemNetRunner:
         self._commit = r.register_script(scripts.COMMIT_STATE)
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
-        """Run one batch; returns what to acknowledge, what to retry and the replies sent."""
+        """Run one batch; returns what to acknowledge, what to retry and the replies to send."""
         out = Outcome()
         jobs, seen = [], set()
         for d in deliveries:
@@ -190,7 +197,6 @@ class MemNetRunner:
             by_model.setdefault(ld.job.model, []).append(ld)
         for name, group in by_model.items():
             self._run_group(self.models[name], group, out)
-        self._publish(out)
         return out
 
     def _load(self, jobs: list[tuple[Delivery, PointsJob]]) -> list[Loaded]:
@@ -333,13 +339,3 @@ class MemNetRunner:
             self._refuse(ld, out, 404, "session-not-found", f"session {ld.job.sid} does not exist")
         else:  # another worker moved the session on meanwhile: decide again next batch
             out.retry.append(ld.delivery)
-
-    def _publish(self, out: Outcome) -> None:
-        """One message per waiting API process, carrying all of its replies of this batch."""
-        by_channel: dict[str, list[bytes]] = {}
-        for channel, payload in out.replies:
-            by_channel.setdefault(channel, []).append(payload)
-        with self.r.pipeline(transaction=False) as p:
-            for channel, payloads in by_channel.items():
-                p.publish(channel, frame_replies(payloads))
-            p.execute()
