@@ -215,6 +215,8 @@ def test_models_and_readiness(client, start_worker) -> None:
     assert [m["name"] for m in models] == [TEST_MODEL]
     assert models[0]["card"]["config"]["capacity"] == 8 and models[0]["workers"]
     assert client.get("/health/live").json() == {"status": "ok"}
+    spec = client.get("/openapi.json").json()
+    assert "/v1/sessions/{sid}/points" in spec["paths"] and client.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize("horizon", [1, 25])
