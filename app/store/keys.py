@@ -49,8 +49,9 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:workers:{worker_id}"
 
-    def workers_pattern(self) -> str:
-        return f"{self.prefix}:workers:*"
+    def worker_registry(self) -> str:
+        """Sorted set of worker ids scored by when their heartbeat expires (epoch seconds)."""
+        return f"{self.prefix}:workers"
 
     def reply_channel(self, api_id: str) -> str:
         return f"{self.prefix}:replies:{api_id}"

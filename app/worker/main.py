@@ -100,8 +100,13 @@ class Worker:
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
             "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
         }  # fmt: skip
-        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
-        self.r.set(self.keys.worker(self.id), json.dumps(beat), px=ttl_ms)
+        ttl = self.settings.heartbeat_ttl_s
+        with self.r.pipeline(transaction=False) as p:
+            p.set(self.keys.worker(self.id), json.dumps(beat), px=int(ttl * 1000))
+            p.zadd(self.keys.worker_registry(), {self.id: time.time() + ttl})
+            # Forget workers that have been silent for an hour.
+            p.zremrangebyscore(self.keys.worker_registry(), "-inf", time.time() - 3600)
+            p.execute()
 
     def _heartbeat_loop(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_interval_s):
@@ -111,9 +116,9 @@ class Worker:
                 log.warning("heartbeat failed: %s", e)
 
     def live_workers(self) -> set[str]:
-        prefix = self.keys.worker("")
-        names = self.r.scan_iter(match=self.keys.workers_pattern(), count=1000)
-        return {n.decode()[len(prefix) :] for n in names}
+        """Ids of the workers whose heartbeat has not expired (one range query, no SCAN)."""
+        ids = self.r.zrangebyscore(self.keys.worker_registry(), time.time(), "+inf")
+        return {i.decode() for i in ids}  # type: ignore[union-attr]
 
     def run(self) -> None:
         """Serve until asked to stop."""
@@ -139,7 +144,10 @@ class Worker:
                 # Unacknowledged jobs stay pending; they are re-run once Redis is back.
                 log.warning("redis error: %s; retrying in 1 s", e)
                 self.stopping.wait(1.0)
-        self.r.delete(self.keys.worker(self.id))
+        with self.r.pipeline(transaction=False) as p:
+            p.delete(self.keys.worker(self.id))
+            p.zrem(self.keys.worker_registry(), self.id)
+            p.execute()
         log.info("worker %s stopped", self.id)
 
     def _one_batch(self) -> None:

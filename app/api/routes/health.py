@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -15,11 +16,11 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 async def live_workers(svc: Services) -> list[dict[str, Any]]:
-    """Heartbeats of the workers alive now (their keys expire when they stop beating)."""
-    names = [n async for n in svc.redis.scan_iter(match=svc.keys.workers_pattern(), count=1000)]
-    if not names:
+    """Heartbeats of the workers alive now (registered, and their heartbeat key not expired)."""
+    ids: list[bytes] = await svc.redis.zrangebyscore(svc.keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
+    if not ids:
         return []
-    beats = await svc.redis.mget(names)
+    beats = await svc.redis.mget([svc.keys.worker(i.decode()) for i in ids])
     return [json.loads(b) for b in beats if b]
 
 
