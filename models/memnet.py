@@ -237,6 +237,39 @@ class MemNet(nn.Module):
         y = self.out(h)
         return y, MemNetState(h=h, keys=keys, values=values, count=count, pos=pos)
 
+    def step_(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> Tensor:
+        """``step`` in place, for serving: the same numbers, without copying the ring buffers.
+
+        Writes the new pair into ``state``'s own buffers and updates h, count and pos in
+        place; returns y (B, D). The caller must own ``state``'s tensors (the worker builds
+        them for each batch). Rows where ``active`` is False are left exactly as they were.
+        """
+        c = self.config
+        assert not torch.is_grad_enabled(), "step_ is for inference; train with step"
+        assert x.dim() == 2 and x.shape[1] == c.input_dim, f"x must be (B, {c.input_dim})"
+        assert x.shape[0] == state.batch_size, "x and state batch sizes differ"
+        q, k, v = self.qkv(torch.cat([x, state.h], dim=-1)).split(
+            [c.key_dim, c.key_dim, c.value_dim], dim=-1
+        )  # (B, D + H) -> (B, Dk), (B, Dk), (B, Dv)
+        rows = torch.arange(x.shape[0], device=x.device)
+        if active is not None:
+            assert active.shape == (x.shape[0],), "active must be (B,) bool"
+            rows = rows[active]
+            k, v = k[active], v[active]
+        slot = state.pos[rows]
+        state.keys[rows, slot] = k  # write before read
+        state.values[rows, slot] = v
+        state.count[rows] = torch.clamp(state.count[rows] + 1, max=c.capacity)
+        state.pos[rows] = (slot + 1) % c.capacity
+        # Inactive rows read too (their result is dropped): one batched read is cheaper than a gather.
+        r = self._read(q, state.keys, state.values, state.count)
+        h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
+        if active is None:
+            state.h.copy_(h)
+        else:
+            state.h[rows] = h[rows]
+        return self.out(state.h)
+
     def forward(self, x: Tensor, state: MemNetState | None = None) -> tuple[Tensor, MemNetState]:
         """Run a sequence: x (B, T, D) -> y (B, T, D); y[:, t] predicts x[:, t + 1]."""
         assert x.dim() == 3 and x.shape[2] == self.config.input_dim, "x must be (B, T, D)"

@@ -57,6 +57,10 @@ class BatchReader:
 
     def _read(self, count: int, block_ms: int | None) -> list[Delivery]:
         resp: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return self._deliveries(resp)
+
+    @staticmethod
+    def _deliveries(resp: Any) -> list[Delivery]:
         out: list[Delivery] = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
@@ -85,21 +89,27 @@ class BatchReader:
             batch += more
         return batch
 
-    def ack(self, entry_ids: list[bytes], messages: list[tuple[str, bytes]] | None = None) -> None:
-        """Publish `messages` (channel, payload), then acknowledge and delete the entries.
+    def ack(
+        self, entry_ids: list[bytes], messages: list[tuple[str, bytes]] | None = None, read_next: bool = False
+    ) -> list[Delivery]:
+        """Publish `messages` (channel, payload), acknowledge and delete the entries, and with
+        `read_next` take the jobs already waiting (without blocking): one round trip.
 
         Deleting keeps the stream's length equal to its backlog (what the queue cap counts).
-        One round trip for all of it.
+        Under load the next batch is usually waiting, so it costs no round trip of its own.
         """
-        if not entry_ids and not messages:
-            return
+        if not entry_ids and not messages and not read_next:
+            return []
         with self.r.pipeline(transaction=False) as p:
             for channel, payload in messages or []:
                 p.publish(channel, payload)
             if entry_ids:
                 p.xack(self.stream, GROUP, *entry_ids)
                 p.xdel(self.stream, *entry_ids)
-            p.execute()
+            if read_next:
+                p.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.max_batch)
+            res = p.execute()
+        return self._deliveries(res[-1]) if read_next else []
 
     def claim_orphans(self, live_workers: set[str]) -> list[Delivery]:
         """Claim the pending jobs of consumers that are no longer alive."""

@@ -74,6 +74,7 @@ class Worker:
             settings.max_batch, settings.max_wait_ms,
         )  # fmt: skip
         self._retry: list[Delivery] = []
+        self._next: list[Delivery] = []  # read with the last acknowledgement
 
     def _load_models(self) -> dict[str, ServedMemNet]:
         catalog = read_catalog(self.settings.checkpoint_dir)
@@ -144,6 +145,11 @@ class Worker:
                 # Unacknowledged jobs stay pending; they are re-run once Redis is back.
                 log.warning("redis error: %s; retrying in 1 s", e)
                 self.stopping.wait(1.0)
+        if self._next or self._retry:  # jobs in hand when asked to stop: finish them
+            try:
+                self._one_batch()
+            except redis.RedisError as e:
+                log.warning("could not finish the jobs in hand (%s); another worker will", e)
         with self.r.pipeline(transaction=False) as p:
             p.delete(self.keys.worker(self.id))
             p.zrem(self.keys.worker_registry(), self.id)
@@ -152,9 +158,12 @@ class Worker:
 
     def _one_batch(self) -> None:
         retry, self._retry = self._retry, []
-        batch = retry
-        if len(retry) < self.settings.max_batch:
-            batch = retry + self.reader.read_batch(block_ms=1 if retry else 500)
+        batch = retry + self._next
+        self._next = []
+        if not batch:
+            batch = self.reader.read_batch(block_ms=500)
+        elif len(batch) < self.settings.max_batch and retry:
+            batch += self.reader.read_batch(block_ms=1)
         if not batch:
             return
         if self.settings.fault_batch_delay_ms:
@@ -172,7 +181,8 @@ class Worker:
                 d.deliveries += 1
             self._retry = batch
             return
-        self.reader.ack(out.ack, out.messages())  # replies first: an acked job was answered
+        # Replies first (an acked job was answered), then the jobs waiting meanwhile.
+        self._next = self.reader.ack(out.ack, out.messages(), read_next=not self.stopping.is_set())
         self._retry += out.retry
         self.counters.batches += 1
         self.counters.jobs += len(out.ack)

@@ -136,8 +136,7 @@ def run_chunks(
     shortest = int(lengths.min())
     for t in range(t_max):
         active = None if t < shortest else len_t > t  # no masking while every row is live
-        y, state = model.step(xt[:, t], state, active)
-        preds[:, t] = y
+        preds[:, t] = model.step_(xt[:, t], state, active)  # the batch's own buffers, in place
     rows = torch.arange(b, device=dev)
     y_last = preds[rows, len_t - 1]  # (B, D)
     forecasts: list[np.ndarray | None] = [None] * b
