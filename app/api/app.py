@@ -20,6 +20,7 @@ from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.errors import PayloadTooLarge
 from app.jobs.queue import JobQueue, ensure_group
+from app.runtime import tune_gc
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
 
@@ -122,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings, redis=r, keys=keys, sessions=SessionStore(r, keys),
             queue=queue, catalog=read_catalog(settings.checkpoint_dir),
         )  # fmt: skip
+        tune_gc()
         log.info("API ready; models: %s", ", ".join(sorted(app.state.services.catalog)))
         try:
             yield

@@ -24,6 +24,7 @@ from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.jobs.reader import BatchReader, Delivery
 from app.logs import setup_logging
+from app.runtime import tune_gc
 from app.store.keys import Keys
 from app.worker.memnet_runner import MemNetRunner, ServedMemNet
 from models.checkpoint import load_checkpoint
@@ -201,4 +202,5 @@ def run_worker(settings: Settings, worker_id: str | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    tune_gc()
     worker.run()
