@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead")
     claim_interval_s: float = Field(1.0, gt=0, description="how often to look for orphaned jobs")
     max_deliveries: int = Field(3, ge=1, description="a job that failed this often is dropped")
+    stuck_job_s: float = Field(
+        60.0, gt=0, description="a job pending this long is re-run even if its worker seems alive"
+    )
     reply_ttl_s: int = Field(600, ge=1, description="how long a job's reply is kept for retries")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
     state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")

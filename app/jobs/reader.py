@@ -128,6 +128,28 @@ class BatchReader:
             claimed += self._claim_from(name)
         return claimed
 
+    def claim_stuck(self, min_idle_s: float) -> list[Delivery]:
+        """Claim jobs pending longer than `min_idle_s`, whoever holds them.
+
+        The safety net for a worker that heartbeats but no longer makes progress (hung in a
+        kernel, deadlocked): its jobs are re-run here; the commit script keeps that safe.
+        """
+        resp: Any = self.r.xautoclaim(
+            self.stream, GROUP, self.consumer, int(min_idle_s * 1000), start_id="0-0", count=self.max_batch
+        )
+        out = [Delivery(entry_id, fields) for entry_id, fields in resp[1] if fields]
+        if out:
+            # Carry the real delivery counts, so a job that hangs every worker is refused
+            # after max_deliveries instead of being passed around for ever.
+            pending: Any = self.r.xpending_range(
+                self.stream, GROUP, min=out[0].entry_id, max=out[-1].entry_id, count=len(out) * 4
+            )
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            for d in out:
+                d.deliveries = counts.get(d.entry_id, 2)
+            log.warning("claimed %d jobs pending over %.0f s", len(out), min_idle_s)
+        return out
+
     def _claim_from(self, consumer: str) -> list[Delivery]:
         pending: Any = self.r.xpending_range(
             self.stream, GROUP, min="-", max="+", count=self.max_batch * 4, consumername=consumer

@@ -138,6 +138,7 @@ class Worker:
             try:
                 if time.monotonic() >= next_claim:
                     claimed = self.reader.claim_orphans(self.live_workers())
+                    claimed += self.reader.claim_stuck(self.settings.stuck_job_s)
                     self.counters.reclaimed += len(claimed)
                     self._retry += claimed
                     next_claim = time.monotonic() + self.settings.claim_interval_s

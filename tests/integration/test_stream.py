@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -229,3 +230,32 @@ def test_forecast_does_not_change_the_state(client, start_worker, ckpt_dir, hori
     rest = post(client, sid, xs[10:], 10).json()["predictions"]
     want, _ = offline(ckpt_dir, xs)
     np.testing.assert_allclose(np.asarray(rest), want[10:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_job_held_too_long_by_a_worker_that_looks_alive_is_run_again(
+    client, start_worker, settings: Settings, rdb: redis.Redis, ckpt_dir
+) -> None:
+    # A consumer that heartbeats (it is in the registry for the next hour) but never finishes:
+    # it reads the job and sits on it.
+    rdb.zadd(f"{settings.key_prefix}:workers", {"stuck-worker": time.time() + 3600})
+    stream = f"{settings.key_prefix}:jobs:memnet"
+    sid = new_session(client)
+    xs = series(6)
+    reply: dict[str, httpx.Response] = {}
+
+    def send() -> None:
+        reply["r"] = post(client, sid, xs, 0)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 10
+    taken: list = []
+    while not taken and time.monotonic() < deadline:
+        taken = rdb.xreadgroup("workers", "stuck-worker", {stream: ">"}, count=1, block=100)
+    assert taken, "the job never reached the stream"
+    start_worker(stuck_job_s=1.0)  # a live worker re-runs what is held over a second
+    sender.join(30)
+    assert reply["r"].status_code == 200, reply["r"].text
+    want, _ = offline(ckpt_dir, xs)
+    np.testing.assert_allclose(np.asarray(reply["r"].json()["predictions"]), want, rtol=1e-5, atol=1e-5)
+    assert client.get(f"/v1/sessions/{sid}").json()["step"] == 6

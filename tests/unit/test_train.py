@@ -11,7 +11,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.data.timeseries import mackey_glass
-from models.train import main
+from models.evaluate import validation_view
+from models.train import is_spike, main
 
 TINY = [
     "--hidden", "8", "--key-dim", "4", "--value-dim", "4", "--capacity", "8",
@@ -61,6 +62,34 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path, data_file: P
     b, _ = load_checkpoint("b", directory=tmp_path / "ck")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_spike_guard() -> None:
+    recent = [1.0] * 20
+    assert not is_spike(5.0, recent, 10.0)
+    assert is_spike(11.0, recent, 10.0)
+    assert is_spike(float("nan"), recent, 10.0) and is_spike(float("inf"), [], 0.0)
+    assert not is_spike(1e7, recent, 0.0)  # disabled
+    assert not is_spike(1e7, [1.0] * 3, 10.0)  # too few losses for a median yet
+
+
+def test_fine_tune_never_ends_worse_on_val(tmp_path: Path, data_file: Path) -> None:
+    run(tmp_path, data_file, "base", 3)
+    # A learning rate this large wrecks the model; the starting weights must survive.
+    meta = run(tmp_path, data_file, "ft", 2, "--init", "base", "--lr", "5", "--spike-factor", "0")
+    assert meta["best_val"] <= meta["init_val"]
+    base, _ = load_checkpoint("base", directory=tmp_path / "ck")
+    ft, card = load_checkpoint("ft", directory=tmp_path / "ck")
+    assert card["training"]["init"] == "base"
+    if meta["best_epoch"] < 0:
+        for pa, pb in zip(base.state_dict().values(), ft.state_dict().values(), strict=True):
+            torch.testing.assert_close(pa, pb)
+
+
+def test_validation_view_is_the_end_of_train() -> None:
+    series = np.arange(100, dtype=np.float32)[:, None]
+    part, n_fit = validation_view(series, 80, 0.1)
+    assert n_fit == 72 and len(part) == 80 and part[-1, 0] == 79
 
 
 def test_vma_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
