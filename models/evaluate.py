@@ -13,6 +13,10 @@
   ridge regression (alpha 1e-3 on z-scored data, with intercept) fit on the training split,
   iterated for multi-step forecasts.
 
+``--split val`` runs the same protocol on the validation split instead (the training part
+only: the last ``val_frac`` of it plays the test split, AR(20) is fit on the rest); use it
+to choose between checkpoints without looking at test. It is printed, never written.
+
 NRMSE = RMSE / std of the test targets, both in original units; for D > 1 channels the
 per-channel ratios are pooled as sqrt(mean_d MSE_d / var_d). Because of the division by the
 test std the value does not depend on the z-scoring the model uses internally.
@@ -156,6 +160,12 @@ def evaluate_memnet(
     return metrics
 
 
+def validation_view(series: np.ndarray, n_train: int, val_frac: float) -> tuple[np.ndarray, int]:
+    """(training part, n_fit): the validation split plays the test split, as in training."""
+    n_fit = n_train - round(n_train * val_frac)
+    return series[:n_train], n_fit
+
+
 def format_table(metrics: dict) -> str:
     rows = [f"{'NRMSE':>12} {'model':>9} {'persist':>9} {'ar20':>9}"]
     one = metrics["one_step"]
@@ -174,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding timeseries/")
     p.add_argument("--starts", type=int, default=50, help="forecast origins in the test split")
     p.add_argument("--warmup", type=int, default=1000, help="training points before test")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: the same protocol on the validation split (the end of the "
+                   "training part, the card's data.val points), for choosing checkpoints "
+                   "without looking at test; never written into the card")  # fmt: skip
     p.add_argument("--write", action="store_true", help="store the metrics in the card")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -190,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = args.data or data.get("path") or data["spec"]
     series, info = load_series(spec, args.data_dir, data.get("train_frac", 0.8))
     n_train = data["train"] if args.data is None else info["n_train"]
+    if args.split == "val":
+        assert not args.write, "--write stores test metrics only"
+        series, n_train = validation_view(series, n_train, data.get("val_frac", 0.1))
     metrics = evaluate_memnet(
         model, card, series, n_train, args.starts, warmup=args.warmup, progress=not args.quiet
     )
+    metrics["split"] = args.split
     print(format_table(metrics))
     if args.write:
         card_path = resolve_card_path(args.checkpoint, args.dir)

@@ -58,7 +58,7 @@ Choices the seed leaves open, and what this implementation does:
   initialised orthogonal and scaled to ``init_recurrent_gain`` < 1 so training starts inside
   that region, and ``memserve train`` penalises gain > 0.98 (``project_gain`` enforces it
   hard, at a measured cost in accuracy). The bound is sufficient, not necessary: the trained
-  gain is recorded in the model card (Mackey-Glass 0.99, Santa Fe 1.04) and long-stream
+  gain is recorded in the model card (Mackey-Glass 0.99, Santa Fe 1.03) and long-stream
   finiteness of the shipped checkpoints is covered by a unit test.
 * **Inference** (``forecast``) runs under ``torch.inference_mode()``.
 

@@ -17,6 +17,12 @@ sufficient condition for a bounded hidden state on any bounded stream, see
 instead; on Santa Fe it cost a lot (validation MSE 0.23 against 0.05 after 13 epochs), so
 it is off by default.
 
+A spike guard skips the optimiser step for a batch whose loss is non-finite or above
+``--spike-factor`` x the median of the last 50 accepted losses (a window where h blew up;
+losses up to 1e7 were seen on Santa Fe). Eight skips in a row mean the weights, not the
+batch, got worse: the median is then forgotten and training goes on. With ``--init`` the
+starting weights are validated first and kept unless an epoch beats them on validation.
+
 The validation split (the end of the training part) gives the early-stopping loss on fixed
 windows. ``--resume`` continues from ``runs/<name>/last.safetensors`` + ``last.json``
 (weights, best weights, Adam moments as plain tensors, counters; no pickle). Window sampling
@@ -61,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr-frac", type=float, default=0.05, help="cosine floor, x lr")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--spike-factor", type=float, default=10.0, help="skip a step whose loss "
+                   "exceeds this x the running median of recent losses; 0 disables")  # fmt: skip
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--key-dim", type=int, default=32)
     p.add_argument("--value-dim", type=int, default=32)
@@ -200,7 +208,21 @@ def lr_at(epoch: int, args: argparse.Namespace) -> float:
     return args.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train_epoch(model, opt, splits, args, epoch: int, bar) -> float:
+SPIKE_WINDOW = 50  # recent losses kept for the spike guard's running median
+SPIKE_MIN = 10  # the guard acts once this many losses are known
+SPIKE_RUN = 8  # this many skips in a row: the weights moved, not the data; re-baseline
+
+
+def is_spike(loss: float, recent: list[float], factor: float) -> bool:
+    """True when ``loss`` is non-finite or above ``factor`` x the median of ``recent``."""
+    if not math.isfinite(loss):
+        return True
+    if factor <= 0 or len(recent) < SPIKE_MIN:
+        return False
+    return loss > factor * float(np.median(recent))
+
+
+def train_epoch(model, opt, splits, args, epoch: int, bar, meta: dict | None = None) -> float:
     for group in opt.param_groups:
         group["lr"] = lr_at(epoch, args)
     rng = np.random.default_rng([args.seed, epoch])
@@ -208,11 +230,28 @@ def train_epoch(model, opt, splits, args, epoch: int, bar) -> float:
     assert hi > 0, "training split too short for the window; lower --seq-len/--burn-in"
     # Free-running loss grows over the first epochs: an untrained closed loop can diverge.
     free = min(args.free_steps, round(args.free_steps * (epoch + 1) / max(args.free_ramp, 1)))
-    total = 0.0
+    meta = {} if meta is None else meta
+    recent: list[float] = meta.setdefault("recent_losses", [])
+    total, used = 0.0, 0
     for _ in range(args.steps_per_epoch):
         starts = rng.integers(0, hi + 1, size=args.batch_size)
         batch = make_batch(splits.series, starts, window_len(args), args.device)
         loss = window_loss(model, batch, args, free)
+        value = loss.item()
+        bar.update(1)
+        if is_spike(value, recent, args.spike_factor):
+            # A window where h blew up (losses up to 1e7 were seen) would wreck the weights
+            # and the Adam moments through one clipped but still huge step: skip it.
+            meta["skipped"] = meta.get("skipped", 0) + 1
+            meta["run"] = meta.get("run", 0) + 1
+            if meta["run"] < SPIKE_RUN or not math.isfinite(value):
+                continue
+            # Every window is a "spike": the model itself got worse, and skipping would
+            # freeze it there. Forget the old median and train on.
+            recent.clear()
+        meta["run"] = 0
+        recent.append(value)
+        del recent[:-SPIKE_WINDOW]
         opt.zero_grad(set_to_none=True)
         objective = loss
         if args.gain_penalty > 0:  # pull the cell towards the provably bounded region
@@ -222,10 +261,10 @@ def train_epoch(model, opt, splits, args, epoch: int, bar) -> float:
         opt.step()
         if args.project_gain:  # hard bound; measured to cost a lot of accuracy, hence off
             model.project_gain(args.max_gain)
-        total += loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4g}")
-    return total / args.steps_per_epoch
+        total += value
+        used += 1
+        bar.set_postfix(loss=f"{value:.4g}")
+    return total / used if used else math.nan
 
 
 def run_training(args: argparse.Namespace, model: MemNet, splits: Splits, run_dir: Path) -> dict:
@@ -233,16 +272,18 @@ def run_training(args: argparse.Namespace, model: MemNet, splits: Splits, run_di
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     best = {k: v.clone() for k, v in state_tensors(model).items()}
     meta: dict[str, Any] = {"epoch": -1, "best_val": math.inf, "best_epoch": -1, "bad": 0}
-    meta.update(seconds=0.0, history=[])
+    meta.update(seconds=0.0, history=[], skipped=0, recent_losses=[])
     if args.resume:
         best, meta = load_train_state(run_dir, model, opt)
         print(f"resumed {run_dir} after epoch {meta['epoch']} (best val {meta['best_val']:.4g})")
+    elif args.init:  # a fine-tune keeps the starting weights unless it beats them on val
+        meta["best_val"] = meta["init_val"] = validate(model, splits, args)
     t0, s0 = time.monotonic(), meta["seconds"]
     total = args.epochs * args.steps_per_epoch
     with tqdm(total=total, initial=(meta["epoch"] + 1) * args.steps_per_epoch,
               disable=args.quiet, desc="train", unit="batch") as bar:  # fmt: skip
         for epoch in range(meta["epoch"] + 1, args.epochs):
-            train_loss = train_epoch(model, opt, splits, args, epoch, bar)
+            train_loss = train_epoch(model, opt, splits, args, epoch, bar, meta)
             val = validate(model, splits, args)
             meta["history"].append({"epoch": epoch, "train": train_loss, "val": val})
             if val < meta["best_val"]:
@@ -275,6 +316,7 @@ def make_card(args, argv: list[str], model: MemNet, splits: Splits, info: dict, 
         "best_epoch": meta["best_epoch"],
         "best_val": meta["best_val"],
         "seconds": round(meta["seconds"], 1),
+        "skipped_steps": meta.get("skipped", 0),
         "device": args.device,
         "threads": args.threads,
         "seed": args.seed,
