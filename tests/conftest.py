@@ -19,17 +19,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import torch
 
 from app.config import Settings
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.memnet import MemNet, MemNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEMSERVE_DATA_DIR", REPO.parent / "shared" / "data"))
 TEST_MODEL = "memnet-test"
+
+
+def run_offline(
+    name: str, directory: Path, series: np.ndarray, horizon: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The checkpoint run in this process on the whole series (client units in and out):
+    the reference the service's predictions and forecast must equal."""
+    model, card = load_checkpoint(name, directory)
+    mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)
+    std = np.asarray(card["normalization"]["std"], dtype=np.float32)
+    x = torch.from_numpy(((series - mean) / std).astype(np.float32))[None]  # (1, T, D)
+    with torch.inference_mode():
+        y, state = model(x)
+        fc = model.forecast(y[:, -1], state, horizon)[0].numpy() * std + mean if horizon else None
+    return y[0].numpy() * std + mean, fc
 
 
 def free_port() -> int:

@@ -15,11 +15,9 @@ import httpx
 import numpy as np
 import pytest
 import redis
-import torch
 
-from models.checkpoint import load_checkpoint
 from models.data.timeseries import mackey_glass
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, run_offline
 
 SHIPPED = REPO / "checkpoints"
 MODEL = "memnet-mackey-glass"
@@ -89,16 +87,6 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")  # a zombie has exited
 
 
-def offline_predictions(series: np.ndarray) -> np.ndarray:
-    model, card = load_checkpoint(MODEL, SHIPPED)
-    mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)
-    std = np.asarray(card["normalization"]["std"], dtype=np.float32)
-    x = torch.from_numpy(((series - mean) / std).astype(np.float32))[None]  # (1, T, D)
-    with torch.inference_mode():
-        y, _ = model(x)
-    return y[0].numpy() * std + mean
-
-
 def test_serve_streams_predictions_equal_to_the_offline_model(serve: Serve) -> None:
     ready = serve.wait_ready()
     assert ready["redis"] and len(ready["workers"]) == 1
@@ -116,7 +104,7 @@ def test_serve_streams_predictions_equal_to_the_offline_model(serve: Serve) -> N
             f"/v1/sessions/{sid}/points", json={"values": series[:1].tolist(), "seq": 300, "horizon": 84}
         ).json()["forecast"]
         info = c.get(f"/v1/sessions/{sid}").json()
-    np.testing.assert_allclose(np.asarray(got), offline_predictions(series), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), run_offline(MODEL, SHIPPED, series)[0], rtol=1e-4, atol=1e-5)
     assert len(fc) == 84 and np.isfinite(fc).all()
     assert info["step"] == 301
     # The model is in good shape: one-step predictions track the series in its own units.

@@ -10,23 +10,13 @@ import httpx
 import numpy as np
 import pytest
 import redis
-import torch
 
 from app.config import Settings
-from models.checkpoint import load_checkpoint
-from tests.conftest import TEST_MODEL
+from tests.conftest import TEST_MODEL, run_offline
 
 
 def offline(ckpt_dir: Path, series: np.ndarray, horizon: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions (and forecast) of the checkpoint run in process on the whole series."""
-    model, card = load_checkpoint(TEST_MODEL, ckpt_dir)
-    mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)
-    std = np.asarray(card["normalization"]["std"], dtype=np.float32)
-    x = torch.from_numpy(((series - mean) / std).astype(np.float32))[None]  # (1, T, D)
-    with torch.inference_mode():
-        y, state = model(x)
-        fc = model.forecast(y[:, -1], state, horizon)[0].numpy() * std + mean if horizon else None
-    return y[0].numpy() * std + mean, fc
+    return run_offline(TEST_MODEL, ckpt_dir, series, horizon)
 
 
 def series(n: int, seed: int = 0) -> np.ndarray:
