@@ -118,8 +118,12 @@ def evaluate_memnet(
     horizons: tuple[int, ...] = HORIZONS,
     warmup: int = 1000,
     progress: bool = True,
+    traces: dict | None = None,
 ) -> dict:
-    """Test-split metrics of ``model`` and the baselines; returns the card's "metrics" dict."""
+    """Test-split metrics of ``model`` and the baselines; returns the card's "metrics" dict.
+
+    With ``traces`` (a dict), the arrays behind the numbers are put there for plotting.
+    """
     mean = np.asarray(card["normalization"]["mean"], dtype=np.float32)
     std = np.asarray(card["normalization"]["std"], dtype=np.float32)
     z = ((series - mean) / std).astype(np.float32)
@@ -154,6 +158,9 @@ def evaluate_memnet(
             "persistence": nrmse(series[origins], target, var),
             "ar20": nrmse(ar_fc[:, h - 1], target, var),
         }
+    if traces is not None:
+        traces.update(test=test, one_step=one_step, origins=origins - n_train, series=series)
+        traces.update(model_fc=model_fc, ar_fc=ar_fc, n_train=n_train)
     metrics.update(starts=origins.tolist(), n_starts=len(origins), warmup=n_train - begin)
     metrics.update(ar={"order": AR_ORDER, "alpha": AR_ALPHA, "fit": "train split, z-scored"})
     metrics["evaluated"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "training part, the card's data.val points), for choosing checkpoints "
                    "without looking at test; never written into the card")  # fmt: skip
     p.add_argument("--write", action="store_true", help="store the metrics in the card")
+    p.add_argument("--plot", action="store_true", help="save <dir>/<name>.png (needs matplotlib)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -207,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.split == "val":
         assert not args.write, "--write stores test metrics only"
         series, n_train = validation_view(series, n_train, data.get("val_frac", 0.1))
+    traces: dict = {}
     metrics = evaluate_memnet(
-        model, card, series, n_train, args.starts, warmup=args.warmup, progress=not args.quiet
+        model, card, series, n_train, args.starts, warmup=args.warmup, progress=not args.quiet, traces=traces
     )
     metrics["split"] = args.split
     print(format_table(metrics))
@@ -218,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         fresh["metrics"] = metrics
         write_card(card_path, fresh)
         print(f"wrote metrics into {card_path}")
+    if args.plot:
+        from models.plots import plot_memnet
+
+        out = resolve_card_path(args.checkpoint, args.dir).with_suffix(".png")
+        plot_memnet(traces, metrics, str(card.get("name", args.checkpoint)), out)
+        print(f"wrote {out}")
     return 0
 
 
