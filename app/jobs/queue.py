@@ -143,6 +143,3 @@ class JobQueue:
                 ) from None
         finally:
             self._waiting.pop(job.job_id, None)
-
-    async def backlog(self, stream: str) -> int:
-        return int(await self.r.xlen(stream))

@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 import redis
@@ -51,7 +51,6 @@ class Counters:
     steps: int = 0
     reclaimed: int = 0
     errors: int = 0
-    last_batch: list[int] = field(default_factory=list)
 
 
 class Worker:

@@ -82,7 +82,6 @@ class ServedMemNet:
         dim = int(card.get("input_dim") or model.config.input_dim)
         self.mean = np.asarray(norm.get("mean", [0.0] * dim), dtype=np.float32)
         self.std = np.asarray(norm.get("std", [1.0] * dim), dtype=np.float32)
-        self.version = str(card.get("version", "1"))
         init = model.initial_state(1, device=torch.device("cpu"))
         self._init = {
             "h": init.h[0].numpy(),
