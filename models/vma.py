@@ -1,0 +1,361 @@
+"""VMA: Variational Memory Addressing in generative models (Bornschein et al., NeurIPS 2017).
+
+A VAE with a discrete latent address ``a`` into a memory ``M = {m_1 .. m_A}`` of exemplars::
+
+    p(x | M)   = sum_a p(a | M) ∫ p(z | m_a) p(x | z, m_a) dz
+    p(a | M)   ∝ exp S(m_a, e_p)                       learned query point e_p, shares h
+    q(a | x)   ∝ exp S(m_a, x)
+    S(m_a, x)  = <h(m_a), h_q(x)> / ||h(m_a)||          (paper eq. 5-6)
+    p(z | m_a) = N(mu_p(m_a), sigma_p(m_a)^2)          conditional Gaussian prior
+    q(z | m_a, x) = N(mu_q(x, m_a), sigma_q(x, m_a)^2)
+    p(x | z, m_a) = Bernoulli(sigmoid(dec(z, pyramid(m_a))))
+
+Training maximises the K-sample bound (paper eq. 7), a_k ~ q(a|x), z_k ~ q(z|m_{a_k}, x)::
+
+    log w_k = log p(x | z_k, m_{a_k}) + log p(z_k | m_{a_k}) - log q(z_k | m_{a_k}, x)
+              + log p(a_k | M) - log q(a_k | x)
+    L_K     = log (1/K) sum_k w_k  <=  log p(x | M)
+
+and its gradient with VIMCO (paper eq. 8; Mnih & Rezende 2016): z is reparameterised, the
+discrete a gets the score-function term with the leave-one-out learning signal
+``L_K - L_K^{-k}``, where ``L_K^{-k}`` is L_K with log w_k replaced by the mean of the other
+K - 1 log-weights. Everything is computed in log space with logsumexp; nothing is clamped.
+
+Choices the paper leaves open, and what this implementation does:
+
+* **Separate trunks for h and h_q.** The memory embedding h(m_a) and the query embedding
+  h_q(x) have the same architecture (conv pyramid + MLP into ``match_dim``) but separate
+  weights: memory entries and queries play different roles (in few-shot use a query is a
+  new drawing, not a copy), and the paper's section 4.2 only says "the same architecture".
+  The prior's query point e_p lives in the same matching space and shares h (paper).
+* **h_q starts as a copy of h** and is trained apart: by Cauchy-Schwarz, S(m_a, m_a) >=
+  S(m_b, m_a) at initialisation, so a query equal to an exemplar already points at it and
+  VIMCO sharpens an informative q(a|x) instead of first aligning two random embeddings (with
+  random separate inits, recall training on random patterns stalled at uniform q).
+* **Pixels enter every pyramid centred** (2x - 1): with {0, 1} inputs the mean intensity
+  dominates the features and distinct exemplars start with nearly parallel embeddings.
+* **Conv pyramid.** ``2 * n_levels`` 3x3 convs, every second one with stride 2 (28 -> 14 ->
+  7 -> 4 for the default three levels), ReLU after each. The feature map after the first
+  conv of each level and the top map are the "pyramid" the decoder's skips read.
+* **Parameter tying (paper 4.2).** One generative pyramid over m_a feeds p(z|m_a) (MLP on its
+  top map) and the decoder (a ``z_dim`` vector from its top map, plus the skips). q(z|m_a, x)
+  has its own pyramid over the 2-channel image [x, m_a].
+* **Decoder skips.** The decoder maps [z, c(m_a)] to the top resolution and upsamples with
+  3x3 transposed convs; before each one the pyramid map of m_a at that scale is concatenated,
+  and a last 3x3 conv on [up, finest map] gives the pixel logits.
+* **Gaussians** are parameterised by mean and log standard deviation (no clamps).
+* **Memory layout: per-row memories with a mask.** ``m`` is (B, A, 1, S, S) with a bool
+  ``mask`` (B, A), False = empty slot: its address logit is -inf, so it gets q(a|x) = 0,
+  p(a|M) = 0, is never sampled and contributes nothing. Serving pads per-session memories of
+  different sizes to a common A. A memory shared by the whole batch (the paper's training
+  setup) is passed with leading dim 1 and broadcast, so it is embedded only once.
+* **Classification** p(c|x) ≈ sum_{a: label(a) = c} q(a|x) (paper section 4.3); the
+  importance-weighted variant and novelty thresholds are left to the caller.
+* **The prior over addresses** is learned (paper); the empty-memory case is an error: every
+  row must have at least one filled slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class VMAConfig:
+    """Hyper-parameters of a VMA model; the defaults train on a CPU."""
+
+    image_size: int = 28  # S; Bernoulli pixels, one channel
+    channels: int = 32  # feature maps per conv layer
+    n_levels: int = 3  # stride-2 convs: 28 -> 14 -> 7 -> 4
+    hidden_dim: int = 256  # MLP hidden units after the pyramids
+    match_dim: int = 128  # h space of the addressing similarity
+    z_dim: int = 64
+    k_train: int = 4  # VIMCO samples per query (paper: K = 4)
+
+
+def _scales(c: VMAConfig) -> list[int]:
+    """Spatial size at each pyramid level, finest first, top last: 28 -> [28, 14, 7, 4]."""
+    sizes = [c.image_size]
+    for _ in range(c.n_levels):
+        sizes.append((sizes[-1] + 1) // 2)  # 3x3 conv, stride 2, padding 1
+    return sizes
+
+
+class ConvPyramid(nn.Module):
+    """Downscaling 3x3 convs; returns the map after the first conv of each level, then the top map."""
+
+    def __init__(self, c: VMAConfig, in_channels: int) -> None:
+        super().__init__()
+        layers = []
+        for level in range(c.n_levels):
+            cin = in_channels if level == 0 else c.channels
+            layers.append(nn.Conv2d(cin, c.channels, 3, stride=1, padding=1))
+            layers.append(nn.Conv2d(c.channels, c.channels, 3, stride=2, padding=1))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        # Pixels in {0, 1} centred to {-1, 1}: otherwise the shared mean intensity dominates every
+        # feature and distinct exemplars start with nearly parallel embeddings.
+        x = 2.0 * x - 1.0
+        feats = []
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x))
+            if i % 2 == 0:
+                feats.append(x)  # full resolution of this level: a skip source
+        feats.append(x)  # top map
+        return feats
+
+
+class Embedder(nn.Module):
+    """Image -> vector: conv pyramid, flatten the top map, one-hidden-layer MLP."""
+
+    def __init__(self, c: VMAConfig, in_channels: int, out_dim: int) -> None:
+        super().__init__()
+        top = _scales(c)[-1]
+        self.pyramid = ConvPyramid(c, in_channels)
+        self.mlp = nn.Sequential(
+            nn.Linear(c.channels * top * top, c.hidden_dim), nn.ReLU(), nn.Linear(c.hidden_dim, out_dim)
+        )
+
+    def head(self, top: Tensor) -> Tensor:
+        return self.mlp(top.flatten(1))  # (N, C, s, s) -> (N, C s s) -> (N, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.pyramid(x)[-1])
+
+
+class Decoder(nn.Module):
+    """p(x | z, m_a): [z, c(m_a)] -> top map, upsampled with skips from m_a's pyramid -> logits."""
+
+    def __init__(self, c: VMAConfig) -> None:
+        super().__init__()
+        self.c = c
+        self.sizes = _scales(c)
+        top = self.sizes[-1]
+        ch = c.channels
+        self.fc = nn.Linear(2 * c.z_dim, ch * top * top)
+        ups = []
+        for level in reversed(range(c.n_levels)):
+            s_out, s_in = self.sizes[level], self.sizes[level + 1]
+            pad = s_out - (2 * s_in - 1)  # output_padding that restores the odd/even size
+            ups.append(nn.ConvTranspose2d(2 * ch, ch, 3, stride=2, padding=1, output_padding=pad))
+        self.ups = nn.ModuleList(ups)
+        self.out = nn.Conv2d(2 * ch, 1, 3, padding=1)
+
+    def forward(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
+        """z, c_m (N, z_dim); feats finest-first as ConvPyramid returns them -> logits (N, 1, S, S)."""
+        top = self.sizes[-1]
+        y = F.relu(self.fc(torch.cat([z, c_m], dim=-1)))
+        y = y.view(-1, self.c.channels, top, top)  # (N, C s s) -> (N, C, s, s)
+        skips = feats[::-1]  # top map first, then coarse to fine
+        for up, skip in zip(self.ups, skips[:-1], strict=True):
+            y = F.relu(up(torch.cat([y, skip], dim=1)))  # (N, 2C, s, s) -> (N, C, next finer s)
+        return self.out(torch.cat([y, skips[-1]], dim=1))  # (N, 2C, S, S) -> (N, 1, S, S)
+
+
+def _gauss_logpdf(z: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
+    """Diagonal Gaussian log density summed over the last dim."""
+    return (-0.5 * ((z - mu) / log_std.exp()).square() - log_std - 0.5 * _LOG_2PI).sum(-1)
+
+
+def _gather_slots(t: Tensor, a: Tensor) -> Tensor:
+    """t (B, A, *rest), a (B, K) -> (B * K, *rest): the slot each sampled address picks."""
+    b, k = a.shape
+    idx = a.view(b, k, *([1] * (t.dim() - 2))).expand(b, k, *t.shape[2:])  # (B, K) -> (B, K, *rest)
+    return t.gather(1, idx).flatten(0, 1)  # (B, K, *rest) -> (B K, *rest)
+
+
+class VMA(nn.Module):
+    """Variational Memory Addressing; see the module docstring for equations and choices."""
+
+    def __init__(self, config: VMAConfig) -> None:
+        super().__init__()
+        c = config
+        assert c.image_size >= 4 and c.n_levels >= 1, "image too small for the pyramid"
+        assert c.channels > 0 and c.z_dim > 0 and c.match_dim > 0, "sizes must be positive"
+        assert c.k_train >= 2, "VIMCO needs at least two samples"
+        self.config = c
+        self.h_mem = Embedder(c, 1, c.match_dim)  # h(m_a)
+        self.h_query = Embedder(c, 1, c.match_dim)  # h_q(x)
+        self.e_prior = nn.Parameter(torch.randn(c.match_dim) / math.sqrt(c.match_dim))  # e_p
+        self.gen = Embedder(c, 1, 2 * c.z_dim)  # pyramid(m_a) -> p(z|m_a) mean, log std
+        self.gen_context = nn.Linear(c.channels * _scales(c)[-1] ** 2, c.z_dim)  # c(m_a) for the decoder
+        self.post = Embedder(c, 2, 2 * c.z_dim)  # [x, m_a] -> q(z|m_a, x) mean, log std
+        self.decoder = Decoder(c)
+        # h_q starts as a copy of h (trained apart afterwards): by Cauchy-Schwarz a query equal to
+        # an exemplar then already scores highest on it, so addressing is informative from step 0
+        # instead of waiting for two random embeddings to align.
+        self.h_query.load_state_dict(self.h_mem.state_dict())
+
+    # -------------------------------------------------------------- memory
+    def _check_memory(self, m: Tensor) -> None:
+        s = self.config.image_size
+        assert m.dim() == 5 and m.shape[2:] == (1, s, s), f"m must be (B, A, 1, {s}, {s})"
+
+    def embed_memory(self, m: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """m (B, A, 1, S, S) -> h_m (B, A, match_dim) and m's generative pyramid.
+
+        The pyramid is a list of (B, A, C, s, s) maps, finest first, top last; together with
+        h_m it is all that ``sample`` and ``address_logits`` need, so serving computes both
+        once per exemplar and caches them.
+        """
+        self._check_memory(m)
+        b, n_slots = m.shape[:2]
+        flat = m.flatten(0, 1)  # (B, A, 1, S, S) -> (B A, 1, S, S)
+        h_m = self.h_mem(flat).view(b, n_slots, -1)  # (B A, D) -> (B, A, D)
+        feats = [f.view(b, n_slots, *f.shape[1:]) for f in self.gen.pyramid(flat)]  # (B A, ..) -> (B, A, ..)
+        return h_m, feats
+
+    def address_logits(self, h_m: Tensor, x: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits of q(a|x) (B, A), or of the prior p(a|M) when x is None; empty slots -> -inf.
+
+        h_m (B, A, D) or (1, A, D) for a memory shared by every row of x.
+        """
+        assert h_m.dim() == 3 and h_m.shape[2] == self.config.match_dim, "h_m must be (B, A, match_dim)"
+        if x is None:
+            e = self.e_prior.view(1, -1)  # (D,) -> (1, D)
+        else:
+            assert x.dim() == 4 and x.shape[1] == 1, "x must be (B, 1, S, S)"
+            e = self.h_query(x)  # (B, D)
+        # <h(m_a), e> / ||h(m_a)||: unit memory directions, the query's norm sets the sharpness.
+        dots = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1)  # (B|1, A, D) @ (B|1, D, 1) -> (B, A)
+        logits = dots / h_m.norm(dim=-1)  # (B, A)
+        if mask is not None:
+            assert mask.dim() == 2 and mask.shape[-1] == h_m.shape[1], "mask must be (B, A)"
+            logits = logits.expand(max(logits.shape[0], mask.shape[0]), -1)  # shared memory: (1, A) -> (B, A)
+            assert bool(mask.any(dim=-1).all()), "every row needs at least one filled slot"
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return logits
+
+    # ----------------------------------------------------------- z and x
+    def _z_prior(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Top map of m_a's pyramid (N, C, s, s) -> p(z|m_a) mean, log std and decoder context c(m_a)."""
+        top = feats[-1]
+        mu, log_std = self.gen.head(top).chunk(2, dim=-1)  # (N, 2 z) -> 2 x (N, z)
+        return mu, log_std, self.gen_context(top.flatten(1))
+
+    def log_likelihood_terms(self, x: Tensor, m: Tensor, mask: Tensor | None, a: Tensor) -> Tensor:
+        """log p(x|z, m_a) + log p(z|m_a) - log q(z|m_a, x), one reparameterised z ~ q each.
+
+        x (B, 1, S, S), m (B or 1, A, 1, S, S), a (B, K) addresses -> (B, K).
+        """
+        self._check_memory(m)
+        b, k = a.shape
+        assert x.shape[0] == b, "x and a batch sizes differ"
+        if mask is not None:
+            assert bool(mask.expand(b, -1).gather(1, a).all()), "an address points at an empty slot"
+        m_a = _gather_slots(m.expand(b, *m.shape[1:]), a)  # (B K, 1, S, S)
+        x_k = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B, 1, S, S) -> (B K, 1, S, S)
+        feats = self.gen.pyramid(m_a)
+        mu_p, log_std_p, c_m = self._z_prior(feats)
+        mu_q, log_std_q = self.post(torch.cat([x_k, m_a], dim=1)).chunk(2, dim=-1)  # (B K, z) each
+        z = mu_q + log_std_q.exp() * torch.randn_like(mu_q)
+        logits = self.decoder(z, c_m, feats)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x_k, reduction="none").sum((1, 2, 3))
+        terms = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
+        return terms.view(b, k)  # (B K,) -> (B, K)
+
+    # ------------------------------------------------------------ bounds
+    def _log_weights(self, x: Tensor, m: Tensor, mask: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        """K samples a ~ q(a|x), z ~ q(z|m_a, x): log w (B, K) and log q(a_k|x) (B, K)."""
+        h_m = self.h_mem(m.flatten(0, 1)).view(*m.shape[:2], -1)  # (B A, D) -> (B, A, D)
+        log_q = self.address_logits(h_m, x, mask).log_softmax(-1)  # (B, A)
+        log_p = self.address_logits(h_m, None, mask).log_softmax(-1)  # (B or 1, A)
+        a = torch.multinomial(log_q.detach().exp(), k, replacement=True)  # (B, K)
+        log_qa = log_q.gather(1, a)
+        log_pa = log_p.expand_as(log_q).gather(1, a)
+        return self.log_likelihood_terms(x, m, mask, a) + log_pa - log_qa, log_qa
+
+    def vimco_loss(
+        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """VIMCO surrogate (scalar, mean over rows; minimise it) and the bound L_K per row, detached.
+
+        The surrogate's gradient is the VIMCO estimator of grad L_K (paper eq. 8):
+        sum_k w~_k grad log w_k + sum_k (L_K - L_K^{-k}) grad log q(a_k|x).
+        """
+        k = self.config.k_train if k is None else k
+        assert k >= 2, "VIMCO needs at least two samples for its leave-one-out baseline"
+        log_w, log_qa = self._log_weights(x, m, mask, k)
+        bound = torch.logsumexp(log_w, dim=-1) - math.log(k)  # (B,)
+        lw = log_w.detach()
+        mean_others = (lw.sum(-1, keepdim=True) - lw) / (k - 1)  # (B, K)
+        # Row j of the (K, K) block is log w with entry j replaced by the mean of the others.
+        eye = torch.eye(k, dtype=torch.bool, device=lw.device)
+        loo = torch.where(eye, mean_others.unsqueeze(-1), lw.unsqueeze(1))  # (B, 1, K) -> (B, K, K)
+        bound_loo = torch.logsumexp(loo, dim=-1) - math.log(k)  # (B, K)
+        signal = bound.detach().unsqueeze(-1) - bound_loo  # (B, K)
+        surrogate = bound + (signal * log_qa).sum(-1)
+        return -surrogate.mean(), bound.detach()
+
+    @torch.inference_mode()
+    def log_likelihood_bound(self, x: Tensor, m: Tensor, mask: Tensor | None, k: int) -> Tensor:
+        """Importance-sampled bound L_K <= log p(x|M) per row (B,), in nats; K >= 1."""
+        assert k >= 1, "k must be positive"
+        log_w, _ = self._log_weights(x, m, mask, k)
+        return torch.logsumexp(log_w, dim=-1) - math.log(k)
+
+    # ----------------------------------------------------------- serving
+    @torch.inference_mode()
+    def classify(
+        self, x: Tensor, h_m: Tensor, mask: Tensor | None, labels: Tensor, n_classes: int
+    ) -> tuple[Tensor, Tensor]:
+        """Class scores p(c|x) ≈ sum_{a: label a = c} q(a|x) (B, n_classes), and KL(q(a|x) || p(a|M)) (B,).
+
+        labels (B or 1, A) int64 in [0, n_classes); labels of empty slots are ignored.
+        """
+        log_q = self.address_logits(h_m, x, mask).log_softmax(-1)  # (B, A)
+        log_p = self.address_logits(h_m, None, mask).log_softmax(-1).expand_as(log_q)
+        q = log_q.exp()
+        labels = labels.expand_as(log_q)
+        if mask is not None:
+            labels = labels.masked_fill(~mask.expand_as(labels), 0)  # q = 0 there: adds nothing
+        assert bool(((labels >= 0) & (labels < n_classes)).all()), "labels must lie in [0, n_classes)"
+        scores = torch.zeros(q.shape[0], n_classes, dtype=q.dtype, device=q.device)
+        scores.scatter_add_(1, labels, q)
+        # Empty slots have q = p = 0; where() keeps their 0 * (-inf - -inf) out of the sum.
+        kl = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
+        return scores, kl
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        h_m: Tensor,
+        pyramid: list[Tensor],
+        mask: Tensor | None,
+        n: int,
+        generator: torch.Generator | None = None,
+        restrict: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """a ~ p(a|M) (restricted to slots where ``restrict`` is True), z ~ p(z|m_a), x ~ p(x|z, m_a).
+
+        h_m and pyramid as ``embed_memory`` returns them, for B memories -> pixel probabilities
+        (B, n, S, S) and addresses (B, n). One memory may be given without the batch dim
+        (h_m (A, D), maps (A, C, s, s), mask/restrict (A,)); then the results are (n, S, S), (n,).
+        Deterministic for a given ``generator``.
+        """
+        single = h_m.dim() == 2
+        if single:
+            h_m, pyramid = h_m.unsqueeze(0), [f.unsqueeze(0) for f in pyramid]  # add B = 1
+            mask = None if mask is None else mask.unsqueeze(0)
+            restrict = None if restrict is None else restrict.unsqueeze(0)
+        b, n_slots = h_m.shape[:2]
+        allowed = torch.ones(b, n_slots, dtype=torch.bool, device=h_m.device)
+        allowed = allowed if mask is None else allowed & mask
+        allowed = allowed if restrict is None else allowed & restrict
+        probs = self.address_logits(h_m, None, allowed).softmax(-1)  # (B, A)
+        a = torch.multinomial(probs, n, replacement=True, generator=generator)  # (B, n)
+        feats = [_gather_slots(f, a) for f in pyramid]  # (B n, C, s, s) each
+        mu, log_std, c_m = self._z_prior(feats)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        x = torch.sigmoid(self.decoder(mu + log_std.exp() * noise, c_m, feats))
+        s = self.config.image_size
+        x = x.view(b, n, s, s)  # (B n, 1, S, S) -> (B, n, S, S)
+        return (x[0], a[0]) if single else (x, a)
