@@ -222,17 +222,15 @@ class MemNetRunner:
             for ld in misses:
                 p.hgetall(self.keys.state(ld.job.sid))
             stored = p.execute()
-        ok = []
-        for ld in group:
-            if ld in misses:
-                try:
-                    ld.state = SessionState.from_redis(stored[misses.index(ld)])
-                except (CodecError, KeyError, ValueError) as e:
-                    log.error("unreadable state of session %s: %s", ld.job.sid, e)
-                    self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
-                    continue
-            ok.append(ld)
-        return ok
+        unreadable: set[int] = set()
+        for ld, fields in zip(misses, stored, strict=True):
+            try:
+                ld.state = SessionState.from_redis(fields)
+            except (CodecError, KeyError, ValueError) as e:
+                log.error("unreadable state of session %s: %s", ld.job.sid, e)
+                self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
+                unreadable.add(id(ld))
+        return [ld for ld in group if id(ld) not in unreadable]
 
     def _refuse(self, ld: Loaded, out: Outcome, status: int, slug: str, detail: str, **extra: Any) -> bool:
         out.replies.append((ld.job.reply_to, error_reply(ld.job.job_id, status, slug, detail, **extra)))
