@@ -171,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("stream",):
-        print("usage: memserve bench stream --url URL [options]  (see --help)", file=sys.stderr)
+    if not argv or argv[0] not in ("stream", "vma"):
+        print("usage: memserve bench {stream,vma} --url URL [options]  (see --help)", file=sys.stderr)
         return 2
+    if argv[0] == "vma":
+        from app.bench.vma import main as vma_main
+
+        return int(vma_main(argv[1:]) or 0)
     from app.bench.stream import main as stream_main
 
     return int(stream_main(argv[1:]) or 0)

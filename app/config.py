@@ -37,6 +37,7 @@ class Settings(BaseSettings):
         REPO_ROOT / "checkpoints", description="directory of *.safetensors + *.json model cards"
     )
     default_memnet_model: str = Field("memnet-mackey-glass", description="model of new sessions")
+    default_vma_model: str = Field("vma-omniglot", description="model of new VMA sessions")
 
     # --- HTTP API ---
     host: str = Field("127.0.0.1", description="API listen address")
@@ -45,7 +46,11 @@ class Settings(BaseSettings):
     max_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="longest ttl_s a session may ask for")
     max_points_per_request: int = Field(4096, ge=1, description="points in one request (413 above)")
     max_horizon: int = Field(1000, ge=0, description="forecast steps in one request (422 above)")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size (413 above)")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="request body size (413 above)")
+    vma_capacity: int = Field(4096, ge=1, description="exemplars a VMA session holds unless it asks")
+    max_vma_capacity: int = Field(65536, ge=1, description="largest capacity a VMA session may ask for")
+    max_exemplars_per_request: int = Field(256, ge=1, description="exemplars in one request (413 above)")
+    max_images_per_request: int = Field(64, ge=1, description="drawings to classify in one request (413)")
     request_timeout_s: float = Field(10.0, gt=0, description="wait for a worker's reply (504)")
     queue_cap: int = Field(10_000, ge=1, description="jobs waiting per stream before 429")
 
@@ -64,6 +69,7 @@ class Settings(BaseSettings):
     reply_ttl_s: int = Field(600, ge=1, description="how long a job's reply is kept for retries")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
     state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")
+    memory_cache_mb: int = Field(512, ge=0, description="worker's cache of VMA memories (device side)")
     fault_batch_delay_ms: float = Field(
         0.0, ge=0, description="fault injection for resilience tests: stall after reading a batch"
     )

@@ -50,6 +50,26 @@ class NotFound(MemserveError):
     status, slug, title = 404, "not-found", "Not found"
 
 
+class ExemplarNotFound(MemserveError):
+    status, slug, title = 404, "exemplar-not-found", "No such exemplar"
+
+
+class LabelNotFound(MemserveError):
+    status, slug, title = 404, "label-not-found", "No exemplar has this label"
+
+
+class InvalidImage(MemserveError):
+    status, slug, title = 422, "invalid-image", "An image could not be used"
+
+
+class EmptyMemory(MemserveError):
+    status, slug, title = 409, "empty-memory", "The session's memory is empty"
+
+
+class CapacityReached(MemserveError):
+    status, slug, title = 409, "capacity-reached", "The session's memory is full"
+
+
 class MethodNotAllowed(MemserveError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 

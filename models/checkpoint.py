@@ -21,11 +21,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.memnet import MemNet, MemNetConfig
+from models.vae import VAE, VAEConfig
+from models.vma import VMA, VMAConfig
 
 CARD_VERSION = "1"
 
 # kind -> (config dataclass, model class). Other model kinds register here.
-REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {"memnet": (MemNetConfig, MemNet)}
+REGISTRY: dict[str, tuple[type, type[nn.Module]]] = {
+    "memnet": (MemNetConfig, MemNet),
+    "vma": (VMAConfig, VMA),
+    "vae": (VAEConfig, VAE),
+}
 
 
 def register(kind: str, config_cls: type, model_cls: type[nn.Module]) -> None:

@@ -1,6 +1,7 @@
 """Evaluate a MemNet checkpoint on the test split of its series, next to two baselines.
 
 ``python -m models.evaluate memnet --checkpoint memnet-santafe [--write]``
+(``python -m models.evaluate vma ...`` evaluates a VMA checkpoint: see ``models/evaluate_vma.py``.)
 
 * **One-step NRMSE**: teacher forcing through the whole test stream, after a warm-up on the
   last ``--warmup`` points of the training split (so memory and hidden state are filled).
@@ -184,7 +185,7 @@ def format_table(metrics: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["memnet"], help="model kind")
+    p.add_argument("kind", choices=["memnet", "vma"], help="model kind (vma: see evaluate vma -h)")
     p.add_argument("--checkpoint", required=True, help="checkpoint name or .json path")
     p.add_argument("--dir", default="checkpoints", help="checkpoint folder")
     p.add_argument("--data", default=None, help="override the card's data spec")
@@ -204,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the metrics table and optionally writes it into the card."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["vma"]:
+        from models.evaluate_vma import main as evaluate_vma
+
+        return evaluate_vma(argv)
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     model, card = load_checkpoint(args.checkpoint, args.dir)
     assert isinstance(model, MemNet), "checkpoint is not a memnet"

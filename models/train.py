@@ -53,7 +53,7 @@ from models.memnet import MemNet, MemNetConfig
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve train", description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["memnet", "vma"], help="model kind")
+    p.add_argument("kind", choices=["memnet", "vma", "vae"], help="model kind (see train vma|vae -h)")
     p.add_argument("--data", default="mackey-glass", help="mackey-glass | santafe | PATH")
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding timeseries/")
     p.add_argument("--train-frac", type=float, default=0.8, help="train share of a PATH series")
@@ -335,10 +335,15 @@ def make_card(args, argv: list[str], model: MemNet, splits: Splits, info: dict, 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; ``argv`` starts with the model kind. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["vma"]:
+        from models.train_vma import main as train_vma
+
+        return train_vma(argv)
+    if argv[:1] == ["vae"]:
+        from models.vae import train_main as train_vae
+
+        return train_vae(argv)
     args = build_parser().parse_args(argv)
-    if args.kind == "vma":
-        print("memserve train vma: not implemented yet", file=sys.stderr)
-        return 2
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     series, info = load_series(args.data, args.data_dir, args.train_frac)

@@ -353,9 +353,84 @@ class VMA(nn.Module):
         probs = self.address_logits(h_m, None, allowed).softmax(-1)  # (B, A)
         a = torch.multinomial(probs, n, replacement=True, generator=generator)  # (B, n)
         feats = [_gather_slots(f, a) for f in pyramid]  # (B n, C, s, s) each
-        mu, log_std, c_m = self._z_prior(feats)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        x = torch.sigmoid(self.decoder(mu + log_std.exp() * noise, c_m, feats))
+        noise = torch.randn(b * n, self.config.z_dim, generator=generator, device=h_m.device)
+        x = self._decode_prior(feats, noise)
         s = self.config.image_size
-        x = x.view(b, n, s, s)  # (B n, 1, S, S) -> (B, n, S, S)
+        x = x.view(b, n, s, s)  # (B n, S, S) -> (B, n, S, S)
         return (x[0], a[0]) if single else (x, a)
+
+    def _decode_prior(self, feats: list[Tensor], noise: Tensor) -> Tensor:
+        """z = mu_p + sigma_p * noise ~ p(z|m_a), then Bernoulli means of p(x|z, m_a) (N, S, S)."""
+        mu, log_std, c_m = self._z_prior(feats)
+        return torch.sigmoid(self.decoder(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
+
+    @torch.inference_mode()
+    def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
+        """Samples given their exemplars: m_a (N, 1, S, S), noise (N, z_dim) -> pixel probabilities (N, S, S).
+
+        Serving batches the exemplars picked for many sessions into one call; with the same
+        noise the result equals ``sample``'s for the same addresses.
+        """
+        want = (m_a.shape[0], self.config.z_dim)
+        assert m_a.dim() == 4 and noise.shape == want, "m_a must be (N, 1, S, S) and noise (N, z_dim)"
+        return self._decode_prior(self.gen.pyramid(m_a), noise)
+
+    @torch.inference_mode()
+    def memory_embedding(self, m: Tensor) -> Tensor:
+        """h(m_a) (N, match_dim) for exemplars m (N, 1, S, S): computed once per exemplar and cached."""
+        assert m.dim() == 4 and m.shape[1] == 1, "m must be (N, 1, S, S)"
+        return self.h_mem(m)
+
+    def similarity(self, h_m: Tensor, e: Tensor) -> Tensor:
+        """S = <h(m_a), e> / ||h(m_a)||: h_m (A, D), e (N, D) query embeddings (or e_p) -> logits (N, A)."""
+        assert h_m.dim() == 2 and e.dim() == 2 and h_m.shape[1] == e.shape[1], "h_m (A, D) and e (N, D)"
+        return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+
+    def prior_query(self) -> Tensor:
+        """The learned query point e_p (1, match_dim) of the address prior p(a|M)."""
+        return self.e_prior.view(1, -1)  # (D,) -> (1, D)
+
+    @torch.inference_mode()
+    def query_embedding(self, x: Tensor) -> Tensor:
+        """h_q(x) (N, match_dim) for queries x (N, 1, S, S): what addressing compares with h(m_a)."""
+        assert x.dim() == 4 and x.shape[1] == 1, "x must be (N, 1, S, S)"
+        return self.h_query(x)
+
+    @torch.inference_mode()
+    def candidate_log_weights(
+        self,
+        x: Tensor,
+        m_a: Tensor,
+        samples: int,
+        generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
+    ) -> Tensor:
+        """log E_{z~q(z|m_a,x)}[p(x|z,m_a) p(z|m_a) / q(z|m_a,x)] per candidate, estimated with ``samples`` z.
+
+        x (N, 1, S, S), m_a (N, T, 1, S, S): T candidate exemplars per query -> (N, T), in nats.
+        Adding log p(a) gives log w_a; by Jensen each is a lower bound on average, so
+        logsumexp over any subset of addresses bounds log p(x|M) from below (serving uses the
+        top addresses under q(a|x), which carry nearly all of the mass). ``eps`` (N, T, K, z_dim)
+        gives the standard normal noise of z explicitly (serving draws it per request, so a
+        request's result does not depend on what else shares its batch).
+        """
+        assert samples >= 1, "samples must be positive"
+        n, t = m_a.shape[:2]
+        assert x.shape[0] == n and m_a.shape[2:] == x.shape[1:], "x (N,1,S,S) and m_a (N,T,1,S,S) disagree"
+        reps = t * samples
+        m_r = m_a.unsqueeze(2).expand(n, t, samples, *m_a.shape[2:]).flatten(0, 2)  # (N T K, 1, S, S)
+        x_r = x.unsqueeze(1).expand(n, reps, *x.shape[1:]).flatten(0, 1)  # (N T K, 1, S, S)
+        feats = self.gen.pyramid(m_r)
+        mu_p, log_std_p, c_m = self._z_prior(feats)
+        mu_q, log_std_q = self.post(torch.cat([x_r, m_r], dim=1)).chunk(2, dim=-1)  # (N T K, z) each
+        if eps is None:
+            eps = torch.randn(mu_q.shape, generator=generator, device=mu_q.device, dtype=mu_q.dtype)
+        else:
+            assert eps.shape == (n, t, samples, mu_q.shape[-1]), "eps must be (N, T, K, z_dim)"
+            eps = eps.reshape(mu_q.shape)  # (N, T, K, z) -> (N T K, z)
+        z = mu_q + log_std_q.exp() * eps
+        logits = self.decoder(z, c_m, feats)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x_r, reduction="none").sum((1, 2, 3))
+        log_w = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
+        log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
+        return torch.logsumexp(log_w, dim=-1) - math.log(samples)

@@ -27,10 +27,13 @@ import torch
 from app.config import Settings
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.memnet import MemNet, MemNetConfig
+from models.vma import VMA, VMAConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEMSERVE_DATA_DIR", REPO.parent / "shared" / "data"))
 TEST_MODEL = "memnet-test"
+VMA_TEST_MODEL = "vma-test"
+VMA_TEST_CONFIG = VMAConfig(channels=8, hidden_dim=32, match_dim=16, z_dim=8)
 
 
 def run_offline(
@@ -92,6 +95,10 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"source": "generated for tests"},
     }
     save_checkpoint(model, card, d, TEST_MODEL)
+    # A random-init VMA: h_q starts as a copy of h, so an exact copy of an exemplar already
+    # scores highest on it, which the service tests rely on.
+    vma_card = {"data": {"source": "random init for tests"}, "serving": {"novelty_threshold_nats": -300.0}}
+    save_checkpoint(VMA(VMA_TEST_CONFIG), vma_card, d, VMA_TEST_MODEL)
     return d
 
 
@@ -102,6 +109,7 @@ def settings(redis_url: str, key_prefix: str, ckpt_dir: Path) -> Settings:
         key_prefix=key_prefix,
         checkpoint_dir=ckpt_dir,
         default_memnet_model=TEST_MODEL,
+        default_vma_model=VMA_TEST_MODEL,
         port=free_port(),
         request_timeout_s=20,
         heartbeat_interval_s=0.3,
@@ -227,3 +235,35 @@ def rdb(settings: Settings) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(settings.require_redis_url())
     yield r
     r.close()
+
+
+def drawings(n: int, seed: int = 0) -> np.ndarray:
+    """n distinct binary 28x28 'characters': a few random thick strokes each, ink = 1."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 28, 28), dtype=np.uint8)
+    for img in out:
+        for _ in range(rng.integers(2, 5)):
+            (r0, c0), (r1, c1) = rng.integers(4, 24, size=(2, 2))
+            steps = max(abs(r1 - r0), abs(c1 - c0)) + 1
+            for t in np.linspace(0.0, 1.0, steps):
+                r, c = round(r0 + t * (r1 - r0)), round(c0 + t * (c1 - c0))
+                img[r : r + 2, c : c + 2] = 1
+    return out
+
+
+def png_b64(ink: np.ndarray, scale: int = 1, invert: bool = False) -> str:
+    """A drawing as a base64 PNG, dark ink on white (light on black with invert), upscaled."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    grey = np.where(ink > 0, 0, 255).astype(np.uint8)
+    if invert:
+        grey = 255 - grey
+    img = Image.fromarray(grey, mode="L")
+    if scale != 1:
+        img = img.resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -15,18 +15,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
 from app.api.errors import bare_500, install_error_handlers, problem_of
-from app.api.routes import health, models, points, sessions
+from app.api.routes import exemplars, health, models, points, sessions, vma
 from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.errors import PayloadTooLarge
 from app.jobs.queue import JobQueue, ensure_group
 from app.runtime import tune_gc
+from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
 
 log = logging.getLogger("memserve.api")
 
-KINDS = ("memnet",)
+KINDS = ("memnet", "vma")
 
 
 class BodyLimit:
@@ -121,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
         await queue.start()
         app.state.services = Services(
             settings=settings, redis=r, keys=keys, sessions=SessionStore(r, keys),
-            queue=queue, catalog=read_catalog(settings.checkpoint_dir),
+            queue=queue, catalog=read_catalog(settings.checkpoint_dir), exemplars=ExemplarStore(r, keys),
         )  # fmt: skip
         tune_gc()
         log.info("API ready; models: %s", ", ".join(sorted(app.state.services.catalog)))
@@ -138,7 +139,9 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    routers = (sessions.router, points.router, models.router, health.router)
+    routers = (
+        sessions.router, points.router, exemplars.router, vma.router, models.router, health.router,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     # What a 405's Allow header lists: every method of every route on the path.

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from app.catalog import ModelInfo
 from app.config import Settings
 from app.jobs.queue import JobQueue
+from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
 
@@ -25,6 +26,7 @@ class Services:
     sessions: SessionStore
     queue: JobQueue
     catalog: dict[str, ModelInfo]
+    exemplars: ExemplarStore
 
 
 async def get_services(request: Request) -> Services:

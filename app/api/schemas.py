@@ -44,6 +44,7 @@ class SessionInfo(BaseModel):
     step: int = Field(description="MemNet: points applied so far (the next chunk's seq)")
     version: int = Field(description="increments with every change of the session's memory")
     memory_bytes: int = Field(description="Redis memory the session's keys take")
+    exemplars: int = Field(0, description="VMA: exemplars in memory")
 
 
 class PointsRequest(BaseModel):
@@ -88,3 +89,122 @@ class Ready(BaseModel):
     models: list[str]
     workers: list[dict[str, Any]]
     reasons: list[str]
+
+
+# ----------------------------------------------------------------------------- VMA
+# Pixel arrays are checked with numpy in app.jobs.images (one clear message per item).
+_PIXELS_SCHEMA = {
+    "type": "array",
+    "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
+    "minItems": 28,
+    "maxItems": 28,
+}
+Pixels = Annotated[Any, WithJsonSchema(_PIXELS_SCHEMA)]
+Label = Annotated[str | int, Field(description="class label (numbers are taken as strings)")]
+
+
+class ImageItem(BaseModel):
+    """One drawing: a base64 PNG (any size, grey or colour) or 28 x 28 numbers in [0, 1] (1 = ink)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, description="base64-encoded PNG")
+    pixels: Pixels = Field(None, description="28 x 28 numbers in [0, 1], 1 = ink")
+
+
+class ExemplarItem(ImageItem):
+    label: Label
+
+
+class AddExemplars(BaseModel):
+    """`POST /v1/sessions/{sid}/exemplars`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exemplars: list[ExemplarItem] = Field(min_length=1, description="at most 256 per request")
+
+
+class AddedExemplars(BaseModel):
+    ids: list[int] = Field(description="ids of the new exemplars, in the order given")
+    count: int = Field(description="exemplars in the session now")
+    version: int = Field(description="the session's memory version after the change")
+
+
+class ExemplarEntry(BaseModel):
+    id: int
+    label: str
+    image: str | None = Field(None, description="base64 PNG of the stored 28 x 28 drawing, when asked")
+
+
+class ExemplarPage(BaseModel):
+    exemplars: list[ExemplarEntry]
+    total: int
+    offset: int
+    limit: int
+
+
+class SampleRequest(BaseModel):
+    """`POST /v1/sessions/{sid}/samples`: a ~ p(a|M) (or among one label's / one exemplar), z, x."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(8, ge=1, le=64, description="number of samples")
+    label: Label | None = Field(None, description="sample from the exemplars of this label only")
+    exemplar_id: int | None = Field(None, ge=0, description="sample from this exemplar only")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed gives the same samples")
+    format: Literal["png", "probs"] = Field("png", description="base64 PNG or 28 x 28 ink probabilities")
+
+
+class Sample(BaseModel):
+    exemplar_id: int = Field(description="the memory entry the sample was drawn from")
+    label: str
+    image: str | None = Field(None, description="base64 PNG, dark ink on white (format png)")
+    probs: list[list[float]] | None = Field(None, description="28 x 28 ink probabilities (format probs)")
+
+
+class SampleResponse(BaseModel):
+    samples: list[Sample]
+    seed: int = Field(description="pass it again to get the same samples")
+
+
+class ClassifyRequest(BaseModel):
+    """`POST /v1/sessions/{sid}/classify`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ImageItem] = Field(min_length=1, description="at most 64 drawings")
+    method: Literal["posterior", "importance"] = Field(
+        "posterior", description="p(c|x) from q(a|x) alone, or importance-weighted with the decoder"
+    )
+    samples: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="decoder evaluations per image for the likelihood bound and novelty flag (and the "
+        "importance scores); 0: addressing only. Default: 1 (posterior), 16 (importance)",
+    )
+    top_k: int = Field(5, ge=1, le=64, description="top addresses to report")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the z samples")
+
+
+class AddressScore(BaseModel):
+    exemplar_id: int
+    label: str
+    p: float = Field(description="q(a|x); with the importance method, the importance-weighted p(a|x)")
+
+
+class Classification(BaseModel):
+    label: str = Field(description="the most probable label")
+    scores: dict[str, float] = Field(description="p(c|x) per label; sums to 1")
+    top: list[AddressScore]
+    kl_nats: float = Field(description="KL(q(a|x) || p(a)): what the memory lookup gained, in nats")
+    log_likelihood_nats: float | None = Field(description="a lower bound on log p(x|M) (null: samples 0)")
+    novel: bool | None = Field(
+        description="the drawing is unlike every exemplar (null: samples 0, or the model has no threshold)"
+    )
+
+
+class ClassifyResponse(BaseModel):
+    method: str
+    samples: int
+    results: list[Classification]

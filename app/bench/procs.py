@@ -21,22 +21,25 @@ from app.bench.stats import ShardResult
 READY_TIMEOUT_S = 60.0
 
 
-def _child(spec: ShardSpec, ready: Any, go: Any, schedule: Any, results: Any, progress: Any) -> None:
+def _child(
+    runner: Any, spec: ShardSpec, ready: Any, go: Any, schedule: Any, results: Any, progress: Any
+) -> None:
     """Body of a spawned client process (module-level so spawn can import it)."""
     ready.put(spec.slot)
     go.wait()
     phases = Phases(*schedule[:])
     try:
-        results.put((spec.slot, run_coro(run_shard(spec, phases, progress))))
+        results.put((spec.slot, run_coro(runner(spec, phases, progress))))
     except BaseException as exc:
         results.put((spec.slot, f"{type(exc).__name__}: {exc}"))
         raise
 
 
 class ProcessShards:
-    """A group of client processes, one per :class:`ShardSpec`."""
+    """A group of client processes, one per :class:`ShardSpec`, each running ``runner`` (a
+    module-level coroutine function, so spawn can pickle it by name) on its shard."""
 
-    def __init__(self, specs: list[ShardSpec]) -> None:
+    def __init__(self, specs: list[ShardSpec], runner: Any = run_shard) -> None:
         # spawn, not fork: the parent already runs an event loop and holds open sockets.
         ctx = mp.get_context("spawn")
         self.specs = specs
@@ -49,7 +52,7 @@ class ProcessShards:
         self.procs: list[BaseProcess] = [
             ctx.Process(
                 target=_child,
-                args=(s, self.ready, self.go_event, self.schedule, self.results_q, self.progress),
+                args=(runner, s, self.ready, self.go_event, self.schedule, self.results_q, self.progress),
                 name=f"bench-client-{s.slot}",
                 daemon=True,
             )

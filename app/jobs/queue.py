@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.errors import QueueFull, ReplyTimeout
-from app.jobs.messages import PointsJob, Reply, parse_reply, unframe_replies
+from app.jobs.messages import Reply, parse_reply, unframe_replies
 from app.store import scripts
 from app.store.keys import GROUP, Keys
 
@@ -31,6 +31,21 @@ async def ensure_group(r: aioredis.Redis, stream: str) -> None:
     except ResponseError as e:
         if "BUSYGROUP" not in str(e):
             raise
+
+
+class Job(Protocol):
+    """What the queue needs of a job: its id, its session, and its stream fields."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def sid(self) -> str: ...
+
+    def to_fields(self) -> dict[str, bytes]: ...
+
+
+POINTS_RETRY_HINT = "the chunk may still be applied: retry it with the same seq to get its predictions"
 
 
 class JobQueue:
@@ -120,8 +135,8 @@ class JobQueue:
             if not fut.done():
                 fut.set_result(res)
 
-    async def run(self, stream: str, job: PointsJob, timeout_s: float) -> Reply:
-        """Queue `job` on `stream` and return the worker's reply."""
+    async def run(self, stream: str, job: Job, timeout_s: float, hint: str = POINTS_RETRY_HINT) -> Reply:
+        """Queue `job` on `stream` and return the worker's reply; `hint` ends the timeout's message."""
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[job.job_id] = fut
         try:
@@ -137,9 +152,6 @@ class JobQueue:
                 raw: Any = await self.r.get(self.keys.reply(job.sid, job.job_id))
                 if raw is not None:
                     return parse_reply(raw)
-                raise ReplyTimeout(
-                    f"no worker answered within {timeout_s:g} s; the chunk may still be applied: "
-                    "retry it with the same seq to get its predictions"
-                ) from None
+                raise ReplyTimeout(f"no worker answered within {timeout_s:g} s; {hint}") from None
         finally:
             self._waiting.pop(job.job_id, None)

@@ -1,6 +1,8 @@
 """Worker side of the job queue: read batches, reclaim orphaned jobs, acknowledge.
 
-A batch closes when it holds `max_batch` jobs or `max_wait_ms` after its first job,
+One reader serves every stream the worker has models for (one XREADGROUP names them
+all), so a worker with MemNet and VMA checkpoints blocks on both at once. A batch
+closes when it holds `max_batch` jobs or `max_wait_ms` after its first job,
 whichever comes first. Jobs left pending by a worker whose heartbeat has expired are
 claimed (XCLAIM) and run again; the commit script makes that re-run idempotent.
 """
@@ -27,45 +29,51 @@ class Delivery:
     entry_id: bytes
     fields: dict[bytes, bytes]
     deliveries: int = 1
+    stream: str = ""
 
 
 class BatchReader:
-    """Reads jobs of one stream for one consumer of the `workers` group."""
+    """Reads jobs of some streams for one consumer of the `workers` group."""
 
     def __init__(
         self,
         r: redis.Redis,
         keys: Keys,
-        stream: str,
+        streams: list[str],
         consumer: str,
         max_batch: int,
         max_wait_ms: float,
     ) -> None:
+        assert streams, "a reader needs at least one stream"
         self.r = r
         self.keys = keys
-        self.stream = stream
+        self.streams = list(streams)
         self.consumer = consumer
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        for stream in self.streams:
+            try:
+                self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
 
     def _read(self, count: int, block_ms: int | None) -> list[Delivery]:
-        resp: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        resp: Any = self.r.xreadgroup(
+            GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+        )
         return self._deliveries(resp)
 
     @staticmethod
     def _deliveries(resp: Any) -> list[Delivery]:
         out: list[Delivery] = []
-        for _stream, entries in resp or []:
+        for stream, entries in resp or []:
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
             for entry_id, fields in entries:
                 if fields:  # an entry deleted while pending reads back empty
-                    out.append(Delivery(entry_id, fields))
+                    out.append(Delivery(entry_id, fields, stream=name))
         return out
 
     def read_batch(self, block_ms: int = 1000) -> list[Delivery]:
@@ -90,7 +98,10 @@ class BatchReader:
         return batch
 
     def ack(
-        self, entry_ids: list[bytes], messages: list[tuple[str, bytes]] | None = None, read_next: bool = False
+        self,
+        entry_ids: dict[str, list[bytes]],
+        messages: list[tuple[str, bytes]] | None = None,
+        read_next: bool = False,
     ) -> list[Delivery]:
         """Publish `messages` (channel, payload), acknowledge and delete the entries, and with
         `read_next` take the jobs already waiting (without blocking): one round trip.
@@ -98,51 +109,57 @@ class BatchReader:
         Deleting keeps the stream's length equal to its backlog (what the queue cap counts).
         Under load the next batch is usually waiting, so it costs no round trip of its own.
         """
+        entry_ids = {stream: ids for stream, ids in entry_ids.items() if ids}
         if not entry_ids and not messages and not read_next:
             return []
         with self.r.pipeline(transaction=False) as p:
             for channel, payload in messages or []:
                 p.publish(channel, payload)
-            if entry_ids:
-                p.xack(self.stream, GROUP, *entry_ids)
-                p.xdel(self.stream, *entry_ids)
+            for stream, ids in entry_ids.items():
+                p.xack(stream, GROUP, *ids)
+                p.xdel(stream, *ids)
             if read_next:
-                p.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.max_batch)
+                p.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=self.max_batch)
             res = p.execute()
         return self._deliveries(res[-1]) if read_next else []
 
     def claim_orphans(self, live_workers: set[str]) -> list[Delivery]:
         """Claim the pending jobs of consumers that are no longer alive."""
         claimed: list[Delivery] = []
-        try:
-            consumers: Any = self.r.xinfo_consumers(self.stream, GROUP)
-        except ResponseError:
-            return claimed
-        for c in consumers:
-            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
-            if name == self.consumer or name in live_workers:
+        for stream in self.streams:
+            try:
+                consumers: Any = self.r.xinfo_consumers(stream, GROUP)
+            except ResponseError:
                 continue
-            if int(c.get("pending", 0)) == 0:
-                self.r.xgroup_delconsumer(self.stream, GROUP, name)
-                continue
-            claimed += self._claim_from(name)
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+                if name == self.consumer or name in live_workers:
+                    continue
+                if int(c.get("pending", 0)) == 0:
+                    self.r.xgroup_delconsumer(stream, GROUP, name)
+                    continue
+                claimed += self._claim_from(stream, name)
         return claimed
 
     def claim_stuck(self, min_idle_s: float) -> list[Delivery]:
+        """Claim jobs pending longer than `min_idle_s` on any stream, whoever holds them."""
+        return [d for stream in self.streams for d in self._claim_stuck(stream, min_idle_s)]
+
+    def _claim_stuck(self, stream: str, min_idle_s: float) -> list[Delivery]:
         """Claim jobs pending longer than `min_idle_s`, whoever holds them.
 
         The safety net for a worker that heartbeats but no longer makes progress (hung in a
         kernel, deadlocked): its jobs are re-run here; the commit script keeps that safe.
         """
         resp: Any = self.r.xautoclaim(
-            self.stream, GROUP, self.consumer, int(min_idle_s * 1000), start_id="0-0", count=self.max_batch
+            stream, GROUP, self.consumer, int(min_idle_s * 1000), start_id="0-0", count=self.max_batch
         )
-        out = [Delivery(entry_id, fields) for entry_id, fields in resp[1] if fields]
+        out = [Delivery(entry_id, fields, stream=stream) for entry_id, fields in resp[1] if fields]
         if out:
             # Carry the real delivery counts, so a job that hangs every worker is refused
             # after max_deliveries instead of being passed around for ever.
             pending: Any = self.r.xpending_range(
-                self.stream, GROUP, min=out[0].entry_id, max=out[-1].entry_id, count=len(out) * 4
+                stream, GROUP, min=out[0].entry_id, max=out[-1].entry_id, count=len(out) * 4
             )
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
             for d in out:
@@ -150,22 +167,22 @@ class BatchReader:
             log.warning("claimed %d jobs pending over %.0f s", len(out), min_idle_s)
         return out
 
-    def _claim_from(self, consumer: str) -> list[Delivery]:
+    def _claim_from(self, stream: str, consumer: str) -> list[Delivery]:
         pending: Any = self.r.xpending_range(
-            self.stream, GROUP, min="-", max="+", count=self.max_batch * 4, consumername=consumer
+            stream, GROUP, min="-", max="+", count=self.max_batch * 4, consumername=consumer
         )
         if not pending:
             return []
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-        entries: Any = self.r.xclaim(self.stream, GROUP, self.consumer, 0, list(counts))
+        entries: Any = self.r.xclaim(stream, GROUP, self.consumer, 0, list(counts))
         out: list[Delivery] = []
         dead: list[bytes] = []
         for entry_id, fields in entries:
             if fields:
-                out.append(Delivery(entry_id, fields, counts.get(entry_id, 1) + 1))
+                out.append(Delivery(entry_id, fields, counts.get(entry_id, 1) + 1, stream))
             else:
                 dead.append(entry_id)
-        self.ack(dead)
+        self.ack({stream: dead})
         if out:
             log.warning("claimed %d jobs of dead worker %s", len(out), consumer)
         return out

@@ -36,12 +36,16 @@ class Keys:
     def state(self, sid: str) -> str:
         return f"{self.prefix}:{{{sid}}}:state"
 
+    def exemplars(self, sid: str) -> str:
+        """VMA: the exemplar memory, one hash of columns (see app.store.exemplars)."""
+        return f"{self.prefix}:{{{sid}}}:ex"
+
     def reply(self, sid: str, job_id: str) -> str:
         return f"{self.prefix}:{{{sid}}}:reply:{job_id}"
 
     def session_keys(self, sid: str) -> list[str]:
         """The keys that make up a session's lasting data (not its transient replies)."""
-        return [self.meta(sid), self.state(sid)]
+        return [self.meta(sid), self.state(sid), self.exemplars(sid)]
 
     def stream(self, kind: str) -> str:
         return f"{self.prefix}:jobs:{kind}"

@@ -44,11 +44,86 @@ redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[4]))
 return version
 """
 
-# Slide the TTL of a session's keys if it exists. KEYS: meta, state. ARGV: none.
+# Slide the TTL of a session's keys if it exists. KEYS: meta, then its other keys. ARGV: none.
 TOUCH = """
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
 if ttl <= 0 then return 0 end
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return ttl
+"""
+
+# VMA: append embedded exemplars to a session's memory (app.store.exemplars has the layout),
+# all or nothing, at most once per job: a job whose reply is stored already gets that reply
+# back (a re-delivered job adds nothing twice). Assigns the ids, bumps the version, slides
+# the TTL and stores the reply. Returns the reply, or 'gone' when the session has ended.
+# KEYS: meta, ex, reply.
+# ARGV: ttl, reply ttl, capacity, job id, labels (JSON array), n, pixels, embeddings, dim.
+COMMIT_EXEMPLARS = """
+local done = redis.call('GET', KEYS[3])
+if done then return done end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+local n_new, cap = tonumber(ARGV[6]), tonumber(ARGV[3])
+local count = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+local reply
+if count + n_new > cap then
+  reply = cjson.encode({job = ARGV[4], ok = false, status = 409, slug = 'capacity-reached',
+    detail = 'the session holds ' .. count .. ' of ' .. cap .. ' exemplars; ' .. n_new ..
+      ' more do not fit: delete some or create a session with a larger capacity',
+    extra = {capacity = cap, count = count}})
+else
+  local dim = redis.call('HGET', KEYS[2], 'dim')
+  if dim and dim ~= ARGV[9] then return redis.error_reply('embedding size differs from the stored one') end
+  local next_id = tonumber(redis.call('HGET', KEYS[2], 'next_id') or '0')
+  local new_ids = {}
+  for i = 0, n_new - 1 do new_ids[#new_ids + 1] = string.format('%d', next_id + i) end
+  local ids_new = table.concat(new_ids, ',')
+  local ids, labels
+  if count == 0 then
+    ids, labels = '[' .. ids_new .. ']', ARGV[5]
+  else
+    ids = string.sub(redis.call('HGET', KEYS[2], 'ids'), 1, -2) .. ',' .. ids_new .. ']'
+    labels = string.sub(redis.call('HGET', KEYS[2], 'labels'), 1, -2) .. ',' .. string.sub(ARGV[5], 2)
+  end
+  local pix = (redis.call('HGET', KEYS[2], 'pix') or '') .. ARGV[7]
+  local h = (redis.call('HGET', KEYS[2], 'h') or '') .. ARGV[8]
+  redis.call('HSET', KEYS[2], 'ids', ids, 'labels', labels, 'pix', pix, 'h', h,
+    'n', count + n_new, 'next_id', next_id + n_new, 'dim', ARGV[9])
+  local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+  reply = '{"job":"' .. ARGV[4] .. '","ok":true}\\n{"ids":[' .. ids_new .. '],"count":' ..
+    (count + n_new) .. ',"version":' .. version .. '}'
+end
+local ttl = tonumber(ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
-return ttl
+redis.call('SET', KEYS[3], reply, 'EX', tonumber(ARGV[2]))
+return reply
+"""
+
+# VMA: remove one exemplar (keeping the others' order), bump the version, slide the TTL.
+# Returns the new version, 'gone' when the session has ended, 'missing' for an unknown id.
+# KEYS: meta, ex. ARGV: exemplar id, ttl, packed pixel bytes per exemplar.
+DELETE_EXEMPLAR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
+if n == 0 then return 'missing' end
+local ids = cjson.decode(redis.call('HGET', KEYS[2], 'ids'))
+local want, at = tonumber(ARGV[1]), nil
+for i = 1, #ids do if ids[i] == want then at = i break end end
+if not at then return 'missing' end
+local labels = cjson.decode(redis.call('HGET', KEYS[2], 'labels'))
+table.remove(ids, at)
+table.remove(labels, at)
+local pb, hb = tonumber(ARGV[3]), 4 * tonumber(redis.call('HGET', KEYS[2], 'dim'))
+local pix, h = redis.call('HGET', KEYS[2], 'pix'), redis.call('HGET', KEYS[2], 'h')
+pix = string.sub(pix, 1, (at - 1) * pb) .. string.sub(pix, at * pb + 1)
+h = string.sub(h, 1, (at - 1) * hb) .. string.sub(h, at * hb + 1)
+local function arr(t) if #t == 0 then return '[]' end return cjson.encode(t) end
+redis.call('HSET', KEYS[2], 'ids', arr(ids), 'labels', arr(labels), 'pix', pix, 'h', h, 'n', n - 1)
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return version
 """

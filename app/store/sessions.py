@@ -100,20 +100,23 @@ class SessionStore:
         self._cache.pop(sid, None)
         meta = await self.meta(sid)
         meta_key, state_key = self.keys.meta(sid), self.keys.state(sid)
-        await self._touch(keys=[meta_key, state_key])
+        await self._touch(keys=self.keys.session_keys(sid))
         async with self.r.pipeline(transaction=False) as p:
             p.hget(state_key, "step")
             p.hget(meta_key, "version")
             p.ttl(meta_key)
             p.memory_usage(meta_key, samples=0)  # every field counted, not an estimate
             p.memory_usage(state_key, samples=0)
-            step, version, ttl, mem_meta, mem_state = await p.execute()
+            p.memory_usage(self.keys.exemplars(sid), samples=0)
+            p.hget(self.keys.exemplars(sid), "n")
+            step, version, ttl, mem_meta, mem_state, mem_ex, n_ex = await p.execute()
         return {
             "meta": meta,
             "step": int(step or 0),
             "version": int(version or 0),
             "expires_in_s": max(int(ttl), 0),
-            "memory_bytes": int(mem_meta or 0) + int(mem_state or 0),
+            "memory_bytes": int(mem_meta or 0) + int(mem_state or 0) + int(mem_ex or 0),
+            "exemplars": int(n_ex or 0),
         }
 
     async def delete(self, sid: str) -> None:

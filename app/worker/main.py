@@ -26,8 +26,10 @@ from app.jobs.reader import BatchReader, Delivery
 from app.logs import setup_logging
 from app.runtime import tune_gc
 from app.store.keys import Keys
-from app.worker.memnet_runner import MemNetRunner, ServedMemNet
+from app.worker.memnet_runner import MemNetRunner, Outcome, ServedMemNet
+from app.worker.vma_runner import ServedVMA, VmaRunner
 from models.checkpoint import load_checkpoint
+from models.vma import VMA
 
 log = logging.getLogger("memserve.worker")
 
@@ -64,42 +66,58 @@ class Worker:
         self.device = pick_device(settings.device)
         self.counters = Counters()
         self.stopping = threading.Event()
-        self.models = self._load_models()
+        memnets, vmas = self._load_models()
+        self.models = sorted([*memnets, *vmas])
         self.runner = MemNetRunner(
-            self.r, self.keys, self.models, settings.reply_ttl_s, settings.max_deliveries,
+            self.r, self.keys, memnets, settings.reply_ttl_s, settings.max_deliveries,
             cache_bytes=settings.state_cache_mb << 20,
         )  # fmt: skip
-        self.reader = BatchReader(
-            self.r, self.keys, self.keys.stream("memnet"), self.id,
-            settings.max_batch, settings.max_wait_ms,
+        self.vma_runner = VmaRunner(
+            self.r, self.keys, vmas, settings.reply_ttl_s, settings.max_deliveries,
+            cache_bytes=settings.memory_cache_mb << 20,
         )  # fmt: skip
+        # A stream is read only when this worker has a model for it.
+        self.runners: dict[str, MemNetRunner | VmaRunner] = {}
+        if memnets:
+            self.runners[self.keys.stream("memnet")] = self.runner
+        if vmas:
+            self.runners[self.keys.stream("vma")] = self.vma_runner
+        self.reader = BatchReader(
+            self.r, self.keys, list(self.runners), self.id, settings.max_batch, settings.max_wait_ms
+        )
         self._retry: list[Delivery] = []
         self._next: list[Delivery] = []  # read with the last acknowledgement
 
-    def _load_models(self) -> dict[str, ServedMemNet]:
+    def _load_models(self) -> tuple[dict[str, ServedMemNet], dict[str, ServedVMA]]:
         catalog = read_catalog(self.settings.checkpoint_dir)
-        served = {}
+        memnets: dict[str, ServedMemNet] = {}
+        vmas: dict[str, ServedVMA] = {}
         for name, info in catalog.items():
-            if info.kind != "memnet":
+            if info.kind not in ("memnet", "vma"):
                 continue
             model, card = load_checkpoint(name, self.settings.checkpoint_dir)
-            served[name] = ServedMemNet(model, card, self.device)  # type: ignore[arg-type]
-            log.info("loaded %s (version %s) on %s", name, info.version, self.device)
-        if not served:
+            if isinstance(model, VMA):
+                vmas[name] = ServedVMA(model, card, self.device)
+            else:
+                memnets[name] = ServedMemNet(model, card, self.device)  # type: ignore[arg-type]
+            log.info("loaded %s %s (version %s) on %s", info.kind, name, info.version, self.device)
+        if not memnets and not vmas:
             raise SettingsError(
-                f"no MemNet checkpoint in {self.settings.checkpoint_dir}: set MEMSERVE_CHECKPOINT_DIR"
+                f"no MemNet or VMA checkpoint in {self.settings.checkpoint_dir}: set MEMSERVE_CHECKPOINT_DIR"
             )
-        return served
+        return memnets, vmas
 
     def heartbeat(self) -> None:
         """Publish liveness and counters; expires unless renewed."""
         c = self.counters
         beat = {
             "id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
-            "device": str(self.device), "backend": "torch", "models": sorted(self.models),
+            "device": str(self.device), "backend": "torch", "models": self.models,
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
             "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
+            "memory_cache_hits": self.vma_runner.cache.hits,
+            "memory_cache_misses": self.vma_runner.cache.misses,
         }  # fmt: skip
         ttl = self.settings.heartbeat_ttl_s
         with self.r.pipeline(transaction=False) as p:
@@ -170,7 +188,7 @@ class Worker:
         if self.settings.fault_batch_delay_ms:
             time.sleep(self.settings.fault_batch_delay_ms / 1000)
         try:
-            out = self.runner.process(batch)
+            outs = self._process(batch)
         except redis.RedisError:
             self._retry = batch
             raise
@@ -183,11 +201,21 @@ class Worker:
             self._retry = batch
             return
         # Replies first (an acked job was answered), then the jobs waiting meanwhile.
-        self._next = self.reader.ack(out.ack, out.messages(), read_next=not self.stopping.is_set())
-        self._retry += out.retry
+        acks = {stream: out.ack for stream, out in outs.items()}
+        messages = [m for out in outs.values() for m in out.messages()]
+        self._next = self.reader.ack(acks, messages, read_next=not self.stopping.is_set())
+        for out in outs.values():
+            self._retry += out.retry
+            self.counters.jobs += len(out.ack)
+            self.counters.steps += out.steps
         self.counters.batches += 1
-        self.counters.jobs += len(out.ack)
-        self.counters.steps += out.steps
+
+    def _process(self, batch: list[Delivery]) -> dict[str, Outcome]:
+        """Each stream's jobs to the runner of its model kind."""
+        by_stream: dict[str, list[Delivery]] = {}
+        for d in batch:
+            by_stream.setdefault(d.stream, []).append(d)
+        return {stream: self.runners[stream].process(ds) for stream, ds in by_stream.items()}
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:

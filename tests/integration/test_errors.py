@@ -146,8 +146,19 @@ def test_a_missing_kind_is_422(client: httpx.Client, rdb, settings) -> None:
 
 
 @pytest.mark.parametrize("model", [None, "vma-omniglot"])
-def test_a_vma_session_without_a_vma_model_loaded_is_404(client: httpx.Client, rdb, settings, model) -> None:
-    r = client.post("/v1/sessions", json={"kind": "vma", "model": model})
+def test_a_vma_session_without_a_vma_model_loaded_is_404(
+    rdb, settings: Settings, ckpt_dir: Path, tmp_path: Path, model: str | None
+) -> None:
+    only_memnet = tmp_path / "ckpt"
+    only_memnet.mkdir()
+    for f in ckpt_dir.glob(f"{TEST_MODEL}.*"):
+        (only_memnet / f.name).write_bytes(f.read_bytes())
+    server = ApiServer(settings.model_copy(update={"checkpoint_dir": only_memnet})).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/v1/sessions", json={"kind": "vma", "model": model})
+    finally:
+        server.stop()
     problem(r, 404, "model-not-found", "vma")
     assert metas(rdb, settings) == set()
 
@@ -161,7 +172,7 @@ def test_a_memnet_model_for_a_vma_session_is_422(client: httpx.Client, rdb, sett
 def test_points_to_a_vma_session_are_409_wrong_session_kind(
     client: httpx.Client, rdb: redis.Redis, settings: Settings
 ) -> None:
-    # A VMA session record as SessionStore.create writes it (no VMA route exists yet).
+    # A VMA session record as SessionStore.create writes it.
     keys = Keys(settings.key_prefix)
     meta = SessionMeta(
         new_session_id(), "vma", "vma-test", "1", "2026-01-01T00:00:00.000+00:00", 600, 784, 16

@@ -202,12 +202,14 @@ def test_models_and_readiness(client, start_worker) -> None:
     ready = client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     assert [w["pid"] for w in ready.json()["workers"]] == [worker.pid]
-    models = client.get("/v1/models").json()["models"]
-    assert [m["name"] for m in models] == [TEST_MODEL]
-    assert models[0]["card"]["config"]["capacity"] == 8 and models[0]["workers"]
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert sorted(models) == [TEST_MODEL, "vma-test"]
+    assert models[TEST_MODEL]["card"]["config"]["capacity"] == 8 and models[TEST_MODEL]["workers"]
+    assert models["vma-test"]["kind"] == "vma" and models["vma-test"]["workers"]
     assert client.get("/health/live").json() == {"status": "ok"}
     spec = client.get("/openapi.json").json()
-    assert "/v1/sessions/{sid}/points" in spec["paths"] and client.get("/docs").status_code == 200
+    assert {"/v1/sessions/{sid}/points", "/v1/sessions/{sid}/classify"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize("horizon", [1, 25])

@@ -142,9 +142,9 @@ def test_all_keys_of_a_session_share_its_hash_tag_and_slot(prefix: str) -> None:
     assert len(slots_seen) > 1  # sessions spread over the cluster
 
 
-def test_session_keys_are_meta_and_state() -> None:
+def test_session_keys_are_meta_state_and_exemplars() -> None:
     keys = Keys("p")
-    assert keys.session_keys("s") == ["p:{s}:meta", "p:{s}:state"]
+    assert keys.session_keys("s") == ["p:{s}:meta", "p:{s}:state", "p:{s}:ex"]
     assert keys.stream("memnet") == "p:jobs:memnet"
 
 

@@ -92,6 +92,28 @@ def test_validation_view_is_the_end_of_train() -> None:
     assert n_fit == 72 and len(part) == 80 and part[-1, 0] == 79
 
 
-def test_vma_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["vma"]) == 2
-    assert "not implemented" in capsys.readouterr().err
+def _fake_omniglot(directory: Path, which: str, n_chars: int) -> None:
+    """An npz in the Omniglot layout: keys images_<which>/<Alphabet>/characterNN, (20, 784) uint8, ink 0."""
+    from tests.conftest import drawings
+
+    arrays = {}
+    for c in range(n_chars):
+        ink = np.repeat(drawings(1, seed=c), 20, axis=0)  # (20, S, S)
+        arrays[f"images_{which}/Alpha_{c % 3}/character{c:02d}"] = np.where(ink > 0, 0, 255).reshape(20, 784)
+    (directory / "omniglot").mkdir(exist_ok=True)
+    np.savez(directory / "omniglot" / f"images_{which}_28x28.npz", **arrays)
+
+
+def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    _fake_omniglot(tmp_path, "background", 24)
+    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
+    common = ["--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"),
+              "--eval-every", "2", "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    assert main(["vma", "--steps", "4", *common]) == 0
+    _, card = load_checkpoint("vma-omniglot", tmp_path / "ck")
+    assert card["kind"] == "vma" and card["config"]["channels"] == 4
+    assert card["training"]["steps"] in (2, 4) and len(card["training"]["history"]) == 2
+    assert np.isfinite(card["training"]["best_val_nll"])
+    assert main(["vma", "--steps", "6", "--resume", *common]) == 0
+    meta = json.loads((tmp_path / "runs" / "vma-omniglot" / "last.json").read_text())
+    assert meta["step"] == 6 and [h["step"] for h in meta["history"]] == [2, 4, 6]

@@ -13,14 +13,11 @@ from app.errors import InvalidRequest, ModelNotFound
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-DEFAULT_VMA_CAPACITY = 4096
-
 
 def _pick_model(svc: Services, kind: str, name: str | None) -> ModelInfo:
     if name is None:
-        if kind == "memnet":
-            name = svc.settings.default_memnet_model
-        else:
+        name = svc.settings.default_memnet_model if kind == "memnet" else svc.settings.default_vma_model
+        if name not in svc.catalog:  # the default is absent: any model of the kind
             name = next((m.name for m in svc.catalog.values() if m.kind == kind), None)
             if name is None:
                 raise ModelNotFound(f"no {kind} model is loaded", kind=kind)
@@ -33,9 +30,12 @@ def _pick_model(svc: Services, kind: str, name: str | None) -> ModelInfo:
     return info
 
 
-def _capacity(kind: str, info: ModelInfo, asked: int | None) -> int:
+def _capacity(svc: Services, kind: str, info: ModelInfo, asked: int | None) -> int:
     if kind != "memnet":
-        return asked or DEFAULT_VMA_CAPACITY
+        most = svc.settings.max_vma_capacity
+        if asked is not None and asked > most:
+            raise InvalidRequest(f"capacity is at most {most}", max_capacity=most)
+        return asked or svc.settings.vma_capacity
     fixed = int(info.config.get("capacity", 0))
     if asked is not None and asked != fixed:
         raise InvalidRequest(f"a MemNet session's capacity is fixed by its model ({fixed})")
@@ -48,7 +48,7 @@ def _info(sid: str, data: dict[str, Any]) -> SessionInfo:
         id=sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
         ttl_s=m.ttl_s, expires_in_s=data["expires_in_s"], capacity=m.capacity,
         input_dim=m.input_dim, step=data["step"], version=data["version"],
-        memory_bytes=data["memory_bytes"],
+        memory_bytes=data["memory_bytes"], exemplars=data["exemplars"],
     )  # fmt: skip
 
 
@@ -59,7 +59,7 @@ async def create_session(body: CreateSession, svc: ServicesDep, response: Respon
     ttl = body.ttl_s or svc.settings.default_ttl_s
     if ttl > svc.settings.max_ttl_s:
         raise InvalidRequest(f"ttl_s is at most {svc.settings.max_ttl_s}", max_ttl_s=svc.settings.max_ttl_s)
-    capacity = _capacity(body.kind, info, body.capacity)
+    capacity = _capacity(svc, body.kind, info, body.capacity)
     meta = await svc.sessions.create(body.kind, info.name, info.version, ttl, info.input_dim, capacity)
     response.headers["Location"] = f"/v1/sessions/{meta.sid}"
     return _info(meta.sid, await svc.sessions.info(meta.sid))

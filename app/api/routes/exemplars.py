@@ -1,0 +1,92 @@
+"""VMA exemplars: add (embedded once by a worker), list, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response, status
+
+from app.api.deps import Services, ServicesDep
+from app.api.schemas import AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
+from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, WrongSessionKind, from_slug
+from app.jobs.images import decode_item, encode_png
+from app.jobs.vma import VmaJob
+from app.store.sessions import SessionMeta
+
+router = APIRouter(prefix="/v1/sessions", tags=["vma"])
+
+MAX_LABEL_CHARS = 200
+
+
+async def vma_meta(svc: Services, sid: str) -> SessionMeta:
+    """The session's meta; WrongSessionKind unless it is a VMA session."""
+    meta = await svc.sessions.meta(sid)
+    if meta.kind != "vma":
+        raise WrongSessionKind(f"session {sid} is a {meta.kind} session; this needs a vma session")
+    return meta
+
+
+def _label(value: str | int, where: str) -> str:
+    label = str(value)
+    if not label or len(label) > MAX_LABEL_CHARS:
+        raise InvalidImage(f"{where}: a label is 1 to {MAX_LABEL_CHARS} characters", at=where)
+    return label
+
+
+@router.post("/{sid}/exemplars", response_model=AddedExemplars, status_code=status.HTTP_201_CREATED)
+async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, request: Request) -> Response:
+    """Add labelled drawings to the session's memory; a worker embeds each once. All or none are added."""
+    meta = await vma_meta(svc, sid)
+    most = svc.settings.max_exemplars_per_request
+    if len(body.exemplars) > most:
+        raise PayloadTooLarge(f"at most {most} exemplars per request", max_exemplars=most)
+    images = np.stack(
+        [decode_item(e.image, e.pixels, f"exemplars[{i}]") for i, e in enumerate(body.exemplars)]
+    )  # (N, 28, 28)
+    labels = [_label(e.label, f"exemplars[{i}].label") for i, e in enumerate(body.exemplars)]
+    count = await svc.exemplars.count(sid)
+    if count + len(labels) > meta.capacity:  # checked again, atomically, when the worker commits
+        raise CapacityReached(
+            f"the session holds {count} of {meta.capacity} exemplars; {len(labels)} more do not fit: "
+            "delete some or create a session with a larger capacity",
+            capacity=meta.capacity, count=count,
+        )  # fmt: skip
+    job = VmaJob.new(
+        sid, meta.model, "add", svc.queue.channel, images, request.headers.get("x-request-id", ""),
+        labels=labels, capacity=meta.capacity, ttl=meta.ttl_s,
+    )  # fmt: skip
+    reply = await svc.queue.run(
+        svc.keys.stream("vma"), job, svc.settings.request_timeout_s,
+        hint="the exemplars may still be added: list them before adding them again",
+    )  # fmt: skip
+    if not reply.ok:
+        raise from_slug(reply.slug, reply.detail, **(reply.extra or {}))
+    return Response(reply.body, status_code=status.HTTP_201_CREATED, media_type="application/json")
+
+
+@router.get("/{sid}/exemplars", response_model=ExemplarPage)
+async def list_exemplars(
+    sid: str,
+    svc: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    images: Annotated[bool, Query(description="include each drawing as a base64 PNG")] = False,
+) -> ExemplarPage:
+    """The session's exemplars in the order they were added, a page at a time."""
+    await vma_meta(svc, sid)
+    page = await svc.exemplars.list(sid, offset, limit, images)
+    pngs = [encode_png(p) for p in page["pixels"]] if images else [None] * len(page["ids"])
+    entries = [
+        ExemplarEntry(id=i, label=lab, image=png)
+        for i, lab, png in zip(page["ids"], page["labels"], pngs, strict=True)
+    ]
+    return ExemplarPage(exemplars=entries, total=page["total"], offset=offset, limit=limit)
+
+
+@router.delete("/{sid}/exemplars/{eid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_exemplar(sid: str, eid: int, svc: ServicesDep) -> Response:
+    """Remove one exemplar from the session's memory."""
+    meta = await vma_meta(svc, sid)
+    await svc.exemplars.delete(sid, eid, meta.ttl_s)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

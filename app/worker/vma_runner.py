@@ -1,0 +1,365 @@
+"""Runs VMA jobs: add exemplars, classify drawings, draw samples, batched across sessions.
+
+Per batch: every ``add`` job's drawings go through h(m) in one forward pass and are
+committed per session by a script (ids, pixels, embeddings, version, reply: all or nothing,
+once per job). Queries first read every session's version in one round trip and load only
+the memories the device-side cache lacks; then all drawings to classify go through h_q in
+one pass, the likelihood bound's decoder evaluations of all of them in another, and all
+samples of all sessions through the decoder in a third.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import redis
+import torch
+from torch import Tensor
+
+from app.jobs.images import encode_png
+from app.jobs.messages import error_reply, ok_reply
+from app.jobs.reader import Delivery
+from app.jobs.vma import VmaJob
+from app.store import scripts
+from app.store.exemplars import MEMORY_FIELDS, Memory
+from app.store.keys import Keys
+from app.worker.memnet_runner import Outcome
+from app.worker.vma_memory import DeviceMemory, MemoryCache, to_device
+from models.vma import VMA
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Delivery, VmaJob, DeviceMemory]
+
+
+class ServedVMA:
+    """One loaded VMA checkpoint and what its card says about serving it."""
+
+    def __init__(self, model: VMA, card: dict[str, Any], device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.card = card
+        self.device = device
+        threshold = (card.get("serving") or {}).get("novelty_threshold_nats")
+        self.novelty_threshold = None if threshold is None else float(threshold)
+
+
+@dataclass
+class Refusal:
+    status: int
+    slug: str
+    detail: str
+
+
+class VmaRunner:
+    """Processes batches of VMA jobs for every loaded VMA checkpoint."""
+
+    kind = "vma"
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        models: dict[str, ServedVMA],
+        reply_ttl_s: int,
+        max_deliveries: int,
+        cache_bytes: int = 512 << 20,
+    ) -> None:
+        self.r = r
+        self.keys = keys
+        self.models = models
+        self.reply_ttl_s = reply_ttl_s
+        self.max_deliveries = max_deliveries
+        self.cache = MemoryCache(cache_bytes)
+        self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
+        self._touch = r.register_script(scripts.TOUCH)
+
+    def process(self, deliveries: list[Delivery]) -> Outcome:
+        """Run one batch; returns what to acknowledge and the replies to send."""
+        out = Outcome()
+        adds: list[tuple[Delivery, VmaJob]] = []
+        queries: list[tuple[Delivery, VmaJob]] = []
+        for d in deliveries:
+            try:
+                job = VmaJob.from_fields(d.fields)
+            except (KeyError, ValueError) as e:
+                log.error("dropping malformed job %s: %s", d.entry_id, e)
+                out.ack.append(d.entry_id)
+                continue
+            if d.deliveries > self.max_deliveries:
+                self._refuse(out, d, job, Refusal(500, "job-failed", "the job failed on every try"))
+            elif job.model not in self.models:
+                detail = f"no worker has model {job.model!r} loaded"
+                self._refuse(out, d, job, Refusal(503, "model-unavailable", detail))
+            else:
+                (adds if job.op == "add" else queries).append((d, job))
+        if adds:
+            self._add(adds, out)
+        if queries:
+            # Query replies are only published, not also kept under a reply key as those of
+            # adds are: a query changes nothing, so a client that missed one simply asks again,
+            # and keeping them would cost Redis a copy of every answer.
+            self._query(queries, out)
+        return out
+
+    def _refuse(self, out: Outcome, d: Delivery, job: VmaJob, why: Refusal) -> None:
+        out.replies.append((job.reply_to, error_reply(job.job_id, why.status, why.slug, why.detail)))
+        out.ack.append(d.entry_id)
+
+    # ------------------------------------------------------------------ add
+    def _add(self, adds: list[tuple[Delivery, VmaJob]], out: Outcome) -> None:
+        by_model: dict[str, list[tuple[Delivery, VmaJob]]] = {}
+        for d, job in adds:
+            by_model.setdefault(job.model, []).append((d, job))
+        for name, group in by_model.items():
+            served = self.models[name]
+            x = torch.from_numpy(np.concatenate([job.images() for _, job in group]))
+            h = served.model.memory_embedding(x.unsqueeze(1).to(served.device)).cpu().numpy()  # (N, D)
+            h = h.astype("<f4")
+            with self.r.pipeline(transaction=False) as p:
+                start = 0
+                for _, job in group:
+                    k = self.keys
+                    args = [
+                        job.params["ttl"], self.reply_ttl_s, job.params["capacity"], job.job_id,
+                        orjson.dumps(job.params["labels"]), job.count, job.pixels,
+                        h[start : start + job.count].tobytes(), h.shape[1],
+                    ]  # fmt: skip
+                    keys = [k.meta(job.sid), k.exemplars(job.sid), k.reply(job.sid, job.job_id)]
+                    self._commit(keys=keys, args=args, client=p)
+                    start += job.count
+                results = p.execute()
+            for (d, job), res in zip(group, results, strict=True):
+                if res == b"gone":
+                    self._refuse(out, d, job, _gone(job))
+                    continue
+                out.replies.append((job.reply_to, res))
+                out.ack.append(d.entry_id)
+            out.steps += len(group)
+
+    # -------------------------------------------------------------- queries
+    def _memories(self, jobs: list[VmaJob]) -> dict[str, DeviceMemory | None]:
+        """Each job's session memory at its current version (None: the session has ended)."""
+        sids = sorted({j.sid for j in jobs})
+        model_of = {j.sid: j.model for j in jobs}
+        with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(self.keys.meta(sid), "version")
+                self._touch(keys=[self.keys.meta(sid), self.keys.exemplars(sid)], client=p)
+            res = p.execute()
+        found: dict[str, DeviceMemory | None] = {}
+        load = []
+        for sid, version in zip(sids, res[::2], strict=True):
+            if version is None:
+                found[sid] = None
+            elif (mem := self.cache.get(sid, int(version))) is not None:
+                found[sid] = mem
+            else:
+                load.append(sid)
+        if load:
+            with self.r.pipeline(transaction=True) as p:  # a version and its columns, read together
+                for sid in load:
+                    p.hget(self.keys.meta(sid), "version")
+                    p.hmget(self.keys.exemplars(sid), list(MEMORY_FIELDS))
+                res = p.execute()
+            for sid, version, fields in zip(load, res[::2], res[1::2], strict=True):
+                if version is None:
+                    found[sid] = None
+                    continue
+                served = self.models[model_of[sid]]
+                memory = Memory.from_fields(fields)
+                mem = to_device(memory, int(version), model_of[sid], served.model, served.device)
+                self.cache.put(sid, mem)
+                found[sid] = mem
+        return found
+
+    def _query(self, queries: list[tuple[Delivery, VmaJob]], out: Outcome) -> None:
+        memories = self._memories([job for _, job in queries])
+        groups: dict[tuple[str, str], list[Item]] = {}
+        for d, job in queries:
+            mem = memories.get(job.sid)
+            if mem is None:
+                self._refuse(out, d, job, _gone(job))
+            elif mem.size == 0:
+                detail = "the session's memory is empty: add exemplars first"
+                self._refuse(out, d, job, Refusal(409, "empty-memory", detail))
+            else:
+                groups.setdefault((job.op, job.model), []).append((d, job, mem))
+        for (op, name), items in groups.items():
+            run = self._classify if op == "classify" else self._sample
+            for (d, job, _), body in zip(items, run(self.models[name], items), strict=True):
+                payload = body if isinstance(body, bytes) else ok_reply(job.job_id, body)
+                out.replies.append((job.reply_to, payload))
+                out.ack.append(d.entry_id)
+            out.steps += len(items)
+
+    # ------------------------------------------------------------- classify
+    @torch.inference_mode()
+    def _classify(self, served: ServedVMA, items: list[Item]) -> list[dict[str, Any] | bytes]:
+        model, dev = served.model, served.device
+        x = torch.from_numpy(np.concatenate([job.images() for _, job, _ in items])).unsqueeze(1).to(dev)
+        e = model.query_embedding(x)  # (N, D): every drawing of every session in one pass
+        parts, start = [], 0
+        for _, job, mem in items:
+            n = job.count
+            parts.append(_address(model, mem, x[start : start + n], e[start : start + n], job))
+            start += n
+        _bounds(model, parts)
+        return [_classify_body(p, served.novelty_threshold) for p in parts]
+
+    # --------------------------------------------------------------- sample
+    @torch.inference_mode()
+    def _sample(self, served: ServedVMA, items: list[Item]) -> list[dict[str, Any] | bytes]:
+        bodies: list[dict[str, Any] | bytes] = []
+        slots, noise, owners = [], [], []
+        for i, (_, job, mem) in enumerate(items):
+            picked = _pick_slots(mem, job, served.model.config.z_dim)
+            if isinstance(picked, Refusal):
+                bodies.append(error_reply(job.job_id, picked.status, picked.slug, picked.detail))
+                continue
+            bodies.append({})
+            slots.append(picked[0])
+            noise.append(picked[1])
+            owners.append(i)
+        if owners:
+            pairs = zip(owners, slots, strict=True)
+            m_a = torch.cat([items[i][2].pixels(s, served.device) for i, s in pairs])  # (N, 1, S, S)
+            probs = served.model.sample_from(m_a, torch.cat(noise).to(served.device)).cpu().numpy()
+            start = 0
+            for i, s in zip(owners, slots, strict=True):
+                job, mem = items[i][1], items[i][2]
+                bodies[i] = _sample_body(mem, job, s, probs[start : start + len(s)])
+                start += len(s)
+        return bodies
+
+
+# --------------------------------------------------------------------------- helpers
+def _gone(job: VmaJob) -> Refusal:
+    return Refusal(404, "session-not-found", f"session {job.sid} does not exist")
+
+
+@dataclass
+class _Addressing:
+    """One classify job's addressing results and the candidates of its likelihood bound."""
+
+    job: VmaJob
+    mem: DeviceMemory
+    x: Tensor  # (n, 1, S, S)
+    log_q: Tensor  # (n, A)
+    kl: Tensor  # (n,)
+    cand: Tensor  # (n, T) top addresses under q(a|x)
+    samples: int  # z samples per candidate
+    log_w: Tensor | None = None  # (n, T) log E_z[...] per candidate
+
+
+def _address(model: VMA, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
+    log_q = model.similarity(mem.h, e).log_softmax(-1)  # (n, A)
+    q = log_q.exp()
+    kl = torch.where(q > 0, q * (log_q - mem.log_prior), torch.zeros_like(q)).sum(-1)
+    budget = int(job.params["samples"])
+    t = min(mem.size, budget)  # 0: addressing only, no likelihood bound
+    return _Addressing(job, mem, x, log_q, kl, log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1)))
+
+
+def _bounds(model: VMA, parts: list[_Addressing]) -> None:
+    """Fill each part's log_w: decoder evaluations of all parts with the same (T, K) in one pass."""
+    groups: dict[tuple[int, int], list[_Addressing]] = {}
+    for p in parts:
+        if p.cand.shape[1]:
+            groups.setdefault((p.cand.shape[1], p.samples), []).append(p)
+    z_dim = model.config.z_dim
+    for (t, k), group in groups.items():
+        xs, ms, eps = [], [], []
+        for p in group:
+            n = p.x.shape[0]
+            slots = p.cand.flatten().cpu().numpy()
+            m_a = p.mem.pixels(slots, p.x.device)
+            ms.append(m_a.view(n, t, *p.x.shape[1:]))  # (n T, 1, S, S) -> (n, T, 1, S, S)
+            gen = torch.Generator().manual_seed(int(p.job.params["seed"]))
+            eps.append(torch.randn(n, t, k, z_dim, generator=gen))  # per request: batch-independent
+            xs.append(p.x)
+        log_w = model.candidate_log_weights(
+            torch.cat(xs), torch.cat(ms), k, eps=torch.cat(eps).to(xs[0].device)
+        )  # (sum n, T)
+        start = 0
+        for p in group:
+            p.log_w = log_w[start : start + p.x.shape[0]]
+            start += p.x.shape[0]
+
+
+def _classify_body(p: _Addressing, threshold: float | None) -> dict[str, Any]:
+    mem, job = p.mem, p.job
+    n_labels = len(mem.label_names)
+    if p.log_w is None:  # samples = 0
+        bound: list[float | None] = [None] * p.x.shape[0]
+        novel: list[bool | None] = [None] * p.x.shape[0]
+    else:
+        log_wa = p.log_w + mem.log_prior[p.cand]  # (n, T): log w_a = log p(a) + log E_z[...]
+        bound = torch.logsumexp(log_wa, dim=-1).tolist()
+        best_single = p.log_w.max(dim=-1).values.tolist()  # the best one-exemplar bound log p(x|m_a)
+        novel = [None if threshold is None else b < threshold for b in best_single]
+    top_k = min(int(job.params["top_k"]), mem.size)
+    if job.params["method"] == "importance":
+        assert p.log_w is not None, "the importance method needs samples"
+        weights = log_wa.softmax(-1)  # (n, T): p(a|x) self-normalised over the candidates
+        scores = torch.zeros(weights.shape[0], n_labels, device=weights.device)
+        scores.scatter_add_(1, mem.label_idx[p.cand], weights)
+        top_p, at = weights.topk(min(top_k, weights.shape[1]), dim=-1)
+        top_a = p.cand.gather(1, at)
+    else:
+        q = p.log_q.exp()
+        scores = torch.zeros(q.shape[0], n_labels, device=q.device)
+        scores.scatter_add_(1, mem.label_idx.expand_as(q), q)
+        top_p, top_a = q.topk(top_k, dim=-1)
+    scores_np, kl = scores.cpu().numpy(), p.kl.cpu().numpy()
+    top_q_np, top_a_np = top_p.cpu().numpy(), top_a.cpu().numpy()
+    results = []
+    for i in range(len(scores_np)):
+        results.append({
+            "label": mem.label_names[int(scores_np[i].argmax())],
+            "scores": {name: float(s) for name, s in zip(mem.label_names, scores_np[i], strict=True)},
+            "top": [
+                {"exemplar_id": int(mem.ids[a]), "label": mem.labels[a], "p": float(q)}
+                for a, q in zip(top_a_np[i].tolist(), top_q_np[i], strict=True)
+            ],
+            "kl_nats": float(kl[i]),
+            "log_likelihood_nats": bound[i],
+            "novel": novel[i],
+        })  # fmt: skip
+    return {"method": job.params["method"], "samples": int(job.params["samples"]), "results": results}
+
+
+def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | Refusal:
+    """The slots a ~ p(a|M) (restricted as asked) and the z noise of one sample job, from its seed."""
+    label, eid = job.params.get("label"), job.params.get("exemplar_id")
+    allowed = np.arange(mem.size)
+    if eid is not None:
+        slot = mem.slot_of(int(eid))
+        if slot is None:
+            return Refusal(404, "exemplar-not-found", f"session {job.sid} has no exemplar {eid}")
+        allowed = np.array([slot])
+    elif label is not None:
+        allowed = np.flatnonzero(np.array(mem.labels, dtype=object) == label)
+        if not len(allowed):
+            return Refusal(404, "label-not-found", f"no exemplar of session {job.sid} has label {label!r}")
+    gen = torch.Generator().manual_seed(int(job.params["seed"]))
+    probs = mem.log_prior[torch.from_numpy(allowed).to(mem.log_prior.device)].softmax(-1).cpu()
+    picks = torch.multinomial(probs, int(job.params["n"]), replacement=True, generator=gen).numpy()
+    noise = torch.randn(len(picks), z_dim, generator=gen)
+    return allowed[picks], noise
+
+
+def _sample_body(mem: DeviceMemory, job: VmaJob, slots: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    as_png = job.params.get("format", "png") == "png"
+    samples = []
+    for slot, p in zip(slots.tolist(), probs, strict=True):
+        s: dict[str, Any] = {"exemplar_id": int(mem.ids[slot]), "label": mem.labels[slot]}
+        if as_png:
+            s["image"] = encode_png(p)
+        else:
+            s["probs"] = np.round(p, 5).tolist()
+        samples.append(s)
+    return {"samples": samples, "seed": int(job.params["seed"])}

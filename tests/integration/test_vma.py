@@ -1,0 +1,292 @@
+"""VMA through the real service: uvicorn API, real worker processes, real Redis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import redis
+import torch
+from PIL import Image
+
+from app.config import Settings
+from app.store.keys import Keys
+from models.checkpoint import load_checkpoint
+from tests.conftest import VMA_TEST_MODEL, drawings, png_b64
+
+PROBLEM = "application/problem+json"
+
+
+def new_session(client: httpx.Client, **body: object) -> str:
+    r = client.post("/v1/sessions", json={"kind": "vma", **body})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def add(client: httpx.Client, sid: str, images: np.ndarray, labels: list[str]) -> httpx.Response:
+    items = [{"pixels": img.tolist(), "label": lab} for img, lab in zip(images, labels, strict=True)]
+    return client.post(f"/v1/sessions/{sid}/exemplars", json={"exemplars": items})
+
+
+def classify(client: httpx.Client, sid: str, images: np.ndarray, **body: object) -> httpx.Response:
+    return client.post(
+        f"/v1/sessions/{sid}/classify", json={"images": [{"pixels": i.tolist()} for i in images], **body}
+    )
+
+
+def decode(png: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("L"))
+
+
+@pytest.fixture
+def served(client: httpx.Client, start_worker) -> httpx.Client:
+    start_worker()
+    return client
+
+
+def test_exemplars_are_added_listed_and_counted(
+    served: httpx.Client, rdb: redis.Redis, settings: Settings
+) -> None:
+    sid = new_session(served)
+    imgs = drawings(5, seed=1)
+    r = add(served, sid, imgs[:3], ["a", "b", "a"])
+    assert r.status_code == 201, r.text
+    assert r.json() == {"ids": [0, 1, 2], "count": 3, "version": 1}
+    # A PNG at 4x the size, light ink on dark: decoded back to the same drawing.
+    body = {"exemplars": [{"image": png_b64(imgs[3], scale=4, invert=True), "label": 7}]}
+    r = served.post(f"/v1/sessions/{sid}/exemplars", json=body)
+    assert r.json() == {"ids": [3], "count": 4, "version": 2}
+    page = served.get(f"/v1/sessions/{sid}/exemplars", params={"images": True}).json()
+    assert page["total"] == 4
+    assert [(e["id"], e["label"]) for e in page["exemplars"]] == [(0, "a"), (1, "b"), (2, "a"), (3, "7")]
+    for e, img in zip(page["exemplars"], imgs[:4], strict=True):
+        assert np.array_equal(decode(e["image"]) < 128, img.astype(bool))  # dark ink on white
+    second = served.get(f"/v1/sessions/{sid}/exemplars", params={"offset": 1, "limit": 2}).json()
+    assert [e["id"] for e in second["exemplars"]] == [1, 2] and second["total"] == 4
+    info = served.get(f"/v1/sessions/{sid}").json()
+    assert info["exemplars"] == 4 and info["version"] == 2 and info["kind"] == "vma"
+    assert info["capacity"] == settings.vma_capacity
+    # The cached embeddings equal h(m) computed offline.
+    model, _ = load_checkpoint(VMA_TEST_MODEL, settings.checkpoint_dir)
+    h = np.frombuffer(rdb.hget(Keys(settings.key_prefix).exemplars(sid), "h"), dtype="<f4").reshape(4, -1)
+    x = torch.from_numpy(imgs[:4].astype(np.float32)).unsqueeze(1)
+    np.testing.assert_allclose(h, model.memory_embedding(x).numpy(), atol=1e-5)
+
+
+def test_classify_scores_match_the_model_offline(served: httpx.Client, settings: Settings) -> None:
+    sid = new_session(served)
+    imgs = drawings(6, seed=2)
+    labels = ["a", "b", "c", "d", "e", "a"]
+    assert add(served, sid, imgs, labels).status_code == 201
+    r = classify(served, sid, imgs[:5], top_k=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["method"] == "posterior" and body["samples"] == 1
+    model, _ = load_checkpoint(VMA_TEST_MODEL, settings.checkpoint_dir)
+    m = torch.from_numpy(imgs.astype(np.float32))[None, :, None]  # (1, A, 1, S, S)
+    h_m, _ = model.embed_memory(m)
+    lab = torch.tensor([[0, 1, 2, 3, 4, 0]])
+    scores, kl = model.classify(torch.from_numpy(imgs[:5].astype(np.float32)).unsqueeze(1), h_m, None, lab, 5)
+    for i, res in enumerate(body["results"]):
+        got = [res["scores"][c] for c in "abcde"]
+        np.testing.assert_allclose(got, scores[i].numpy(), atol=1e-5)
+        assert sum(res["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert res["kl_nats"] == pytest.approx(float(kl[i]), abs=1e-4)
+        # An exact copy of an exemplar is its own best address (h_q starts as h).
+        assert res["top"][0]["exemplar_id"] == i and res["top"][0]["label"] == labels[i]
+        assert res["label"] == "abcde"[int(scores[i].argmax())]
+        assert len(res["top"]) == 3 and res["top"][0]["p"] >= res["top"][1]["p"] >= res["top"][2]["p"]
+        assert np.isfinite(res["log_likelihood_nats"]) and res["log_likelihood_nats"] < 0
+        assert isinstance(res["novel"], bool)
+
+
+def test_importance_method_and_seeded_bound(served: httpx.Client) -> None:
+    sid = new_session(served)
+    imgs = drawings(4, seed=3)
+    assert add(served, sid, imgs, ["a", "b", "c", "d"]).status_code == 201
+    first = classify(served, sid, imgs, method="importance", samples=8, seed=5).json()
+    again = classify(served, sid, imgs, method="importance", samples=8, seed=5).json()
+    other = classify(served, sid, imgs, method="importance", samples=8, seed=6).json()
+    assert first == again  # z noise drawn per request from its seed
+    assert first["method"] == "importance" and first["samples"] == 8
+    lls = [r["log_likelihood_nats"] for r in first["results"]]
+    assert lls != [r["log_likelihood_nats"] for r in other["results"]]
+    for res in first["results"]:
+        assert sum(res["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert set(res["scores"]) == {"a", "b", "c", "d"}
+        # One exemplar per label: the top address is the label's, with its score as p.
+        assert res["top"][0]["label"] == res["label"]
+        assert res["top"][0]["p"] == pytest.approx(res["scores"][res["label"]], abs=1e-6)
+
+
+def test_samples_are_seeded_and_restricted(served: httpx.Client) -> None:
+    sid = new_session(served)
+    assert add(served, sid, drawings(6, seed=4), ["x", "x", "y", "y", "z", "z"]).status_code == 201
+    url = f"/v1/sessions/{sid}/samples"
+    a = served.post(url, json={"n": 16, "seed": 11}).json()
+    b = served.post(url, json={"n": 16, "seed": 11}).json()
+    c = served.post(url, json={"n": 16, "seed": 12}).json()
+    assert a == b and a["seed"] == 11 and len(a["samples"]) == 16
+    assert [s["image"] for s in a["samples"]] != [s["image"] for s in c["samples"]]
+    assert all(decode(s["image"]).shape == (28, 28) for s in a["samples"])
+    only_y = served.post(url, json={"n": 12, "label": "y", "seed": 1}).json()["samples"]
+    assert {s["label"] for s in only_y} == {"y"} and {s["exemplar_id"] for s in only_y} <= {2, 3}
+    one = served.post(url, json={"n": 5, "exemplar_id": 4, "format": "probs"}).json()["samples"]
+    assert {s["exemplar_id"] for s in one} == {4}
+    probs = np.array([s["probs"] for s in one])
+    assert probs.shape == (5, 28, 28) and probs.min() >= 0 and probs.max() <= 1
+    assert "image" not in one[0] or one[0]["image"] is None
+
+
+def test_deleting_an_exemplar_changes_what_queries_see(served: httpx.Client) -> None:
+    sid = new_session(served)
+    imgs = drawings(3, seed=5)
+    assert add(served, sid, imgs, ["a", "b", "c"]).status_code == 201
+    assert classify(served, sid, imgs[1:2]).json()["results"][0]["label"] == "b"  # cached now
+    assert served.delete(f"/v1/sessions/{sid}/exemplars/1").status_code == 204
+    res = classify(served, sid, imgs[1:2], top_k=5).json()["results"][0]
+    assert set(res["scores"]) == {"a", "c"} and {t["exemplar_id"] for t in res["top"]} == {0, 2}
+    page = served.get(f"/v1/sessions/{sid}/exemplars").json()
+    assert [e["id"] for e in page["exemplars"]] == [0, 2]
+    assert served.get(f"/v1/sessions/{sid}").json()["version"] == 2
+    gone = served.delete(f"/v1/sessions/{sid}/exemplars/1")
+    assert gone.status_code == 404 and gone.json()["type"].endswith("/exemplar-not-found")
+    # Ids are never reused: the next exemplar gets 3.
+    assert add(served, sid, imgs[1:2], ["b"]).json()["ids"] == [3]
+
+
+def test_many_sessions_at_once_each_get_their_own_answer(served: httpx.Client) -> None:
+    sids = [new_session(served) for _ in range(6)]
+    sets = [drawings(4, seed=100 + i) for i in range(6)]
+    for i, (sid, imgs) in enumerate(zip(sids, sets, strict=True)):
+        assert add(served, sid, imgs, [f"s{i}c{j}" for j in range(4)]).status_code == 201
+
+    def ask(i: int) -> list[str]:
+        r = classify(served, sids[i], sets[i])
+        assert r.status_code == 200, r.text
+        return [res["label"] for res in r.json()["results"]]
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, [i % 6 for i in range(24)]))
+    for k, labels in enumerate(answers):
+        assert labels == [f"s{k % 6}c{j}" for j in range(4)]
+
+
+def test_vma_errors_change_nothing(served: httpx.Client, settings: Settings) -> None:
+    sid = new_session(served, capacity=3)
+    url = f"/v1/sessions/{sid}"
+    imgs = drawings(4, seed=6)
+
+    def problem(r: httpx.Response, status: int, slug: str) -> dict:
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith(PROBLEM) and r.json()["type"].endswith("/" + slug)
+        return r.json()
+
+    problem(classify(served, sid, imgs[:1]), 409, "empty-memory")
+    problem(served.post(f"{url}/samples", json={"n": 2}), 409, "empty-memory")
+    assert add(served, sid, imgs[:2], ["a", "b"]).status_code == 201
+    full = problem(add(served, sid, imgs[2:4], ["c", "d"]), 409, "capacity-reached")
+    assert full["capacity"] == 3 and full["count"] == 2
+    bad_png = {
+        "exemplars": [{"pixels": imgs[2].tolist(), "label": "c"}, {"image": "bm90IGEgcG5n", "label": "d"}]
+    }
+    assert (
+        "exemplars[1]"
+        in problem(served.post(f"{url}/exemplars", json=bad_png), 422, "invalid-image")["detail"]
+    )
+    problem(
+        served.post(f"{url}/exemplars", json={"exemplars": [{"image": "***", "label": "d"}]}),
+        422,
+        "invalid-image",
+    )
+    wrong_shape = {"exemplars": [{"pixels": [[0.0] * 27] * 28, "label": "c"}]}
+    problem(served.post(f"{url}/exemplars", json=wrong_shape), 422, "invalid-image")
+    out_of_range = {"exemplars": [{"pixels": (imgs[2] * 2).tolist(), "label": "c"}]}
+    problem(served.post(f"{url}/exemplars", json=out_of_range), 422, "invalid-image")
+    both = {"exemplars": [{"pixels": imgs[2].tolist(), "image": png_b64(imgs[2]), "label": "c"}]}
+    problem(served.post(f"{url}/exemplars", json=both), 422, "invalid-image")
+    problem(
+        served.post(f"{url}/exemplars", json={"exemplars": [{"pixels": imgs[2].tolist()}]}),
+        422,
+        "invalid-request",
+    )
+    many = {"images": [{"pixels": imgs[0].tolist()}] * (settings.max_images_per_request + 1)}
+    problem(served.post(f"{url}/classify", json=many), 413, "payload-too-large")
+    problem(served.post(f"{url}/samples", json={"label": "nope"}), 404, "label-not-found")
+    problem(served.post(f"{url}/samples", json={"exemplar_id": 99}), 404, "exemplar-not-found")
+    problem(served.post(f"{url}/samples", json={"label": "a", "exemplar_id": 0}), 422, "invalid-request")
+    problem(served.post(f"{url}/samples", json={"n": 65}), 422, "invalid-request")
+    problem(served.post(f"{url}/points", json={"values": [1.0]}), 409, "wrong-session-kind")
+    nobody = "/v1/sessions/" + "0" * 32 + "/classify"
+    problem(served.post(nobody, json={"images": [{"pixels": imgs[0].tolist()}]}), 404, "session-not-found")
+    memnet = served.post("/v1/sessions", json={"kind": "memnet"}).json()["id"]
+    problem(classify(served, memnet, imgs[:1]), 409, "wrong-session-kind")
+    problem(served.post("/v1/sessions", json={"kind": "vma", "capacity": settings.max_vma_capacity + 1}), 422,
+            "invalid-request")  # fmt: skip
+    # Nothing above changed the memory.
+    page = served.get(f"{url}/exemplars").json()
+    assert page["total"] == 2 and [e["label"] for e in page["exemplars"]] == ["a", "b"]
+    assert served.get(url).json()["version"] == 1
+
+
+def test_a_killed_workers_exemplar_jobs_complete_elsewhere_once(
+    client: httpx.Client, start_worker, api, settings: Settings, rdb: redis.Redis
+) -> None:
+    # The first worker sleeps after reading each batch, so it dies holding the jobs.
+    doomed = start_worker(fault_batch_delay_ms=60_000)
+    sids = [new_session(client) for _ in range(3)]
+    imgs = drawings(4, seed=7)
+    replies: dict[str, httpx.Response] = {}
+
+    def one(sid: str) -> None:
+        with httpx.Client(base_url=api.url, timeout=60) as c:
+            replies[sid] = add(c, sid, imgs, ["a", "b", "c", "d"])
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in sids]
+    for t in threads:
+        t.start()
+    stream = settings.key_prefix + ":jobs:vma"
+    for _ in range(200):  # wait until the doomed worker holds jobs it will never finish
+        if rdb.xpending(stream, "workers")["pending"] >= 1:
+            break
+        threading.Event().wait(0.05)
+    assert rdb.xpending(stream, "workers")["pending"] >= 1
+    doomed.kill()
+    start_worker()
+    for t in threads:
+        t.join(60)
+    for sid in sids:
+        assert replies[sid].status_code == 201, replies[sid].text
+        assert replies[sid].json()["ids"] == [0, 1, 2, 3]
+        assert client.get(f"/v1/sessions/{sid}").json()["exemplars"] == 4  # added once
+    assert rdb.xpending(stream, "workers")["pending"] == 0
+
+
+def test_queries_reuse_the_cached_memory_until_it_changes(
+    served: httpx.Client, rdb: redis.Redis, settings: Settings
+) -> None:
+    sid = new_session(served)
+    imgs = drawings(3, seed=8)
+    assert add(served, sid, imgs[:2], ["a", "b"]).status_code == 201
+
+    def cache() -> tuple[int, int]:
+        threading.Event().wait(settings.heartbeat_interval_s * 3)  # the next heartbeat
+        beat = [orjson.loads(rdb.get(k)) for k in rdb.scan_iter(f"{settings.key_prefix}:workers:*")]
+        return beat[0]["memory_cache_hits"], beat[0]["memory_cache_misses"]
+
+    classify(served, sid, imgs[:1])
+    hits0, misses0 = cache()
+    for _ in range(3):
+        classify(served, sid, imgs[:1])
+    hits1, misses1 = cache()
+    assert hits1 - hits0 == 3 and misses1 == misses0
+    assert add(served, sid, imgs[2:3], ["c"]).status_code == 201
+    res = classify(served, sid, imgs[2:3]).json()["results"][0]
+    assert set(res["scores"]) == {"a", "b", "c"}  # the new version was loaded
+    assert cache()[1] == misses1 + 1
