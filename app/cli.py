@@ -141,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--device", help="auto, cpu, cuda or cuda:N (MEMSERVE_DEVICE)")
         if name == "serve":
             s.add_argument("--workers", type=int, help="worker processes (MEMSERVE_WORKERS)")
-    sub.add_parser("train", help="train a checkpoint: memserve train memnet --data ...", add_help=False)
-    sub.add_parser("bench", help="benchmarks: memserve bench stream --url ...", add_help=False)
+    sub.add_parser("train", help="train a checkpoint: memserve train {memnet,vma,vae} ...", add_help=False)
+    sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma} --url ...", add_help=False)
     return p
 
 

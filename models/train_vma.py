@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-shots", type=int, default=1, help="fewest memory drawings per character")
     p.add_argument("--no-rotations", dest="rotations", action="store_false", help="upright only")
     p.add_argument("--k", type=int, default=4, help="VIMCO samples")
+    p.add_argument("--kl-warmup", type=int, default=0, help="steps over which z's KL weight rises 0 -> 1")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--match-dim", type=int, default=128)
@@ -91,11 +92,14 @@ def validate(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict[s
     model.eval()
     rng = np.random.default_rng([args.seed, 12345])
     bounds, correct, total = [], 0, 0
+    kls = []
     for _ in range(args.val_episodes // 4):
         ep = sample_episode(images, rng, 8, 4, 4)
         x = torch.from_numpy(ep.queries).unsqueeze(1).to(args.device)  # (N, 1, S, S)
         m = torch.from_numpy(ep.memory)[None, :, None].to(args.device)  # (1, A, 1, S, S)
         bounds.append(model.log_likelihood_bound(x, m, None, 16).mean().item())
+        same = m[0, ep.query_labels * 4]  # (N, 1, S, S): one memory drawing of each query's class
+        kls.append(model.kl_z(x, same).mean().item())
     for _ in range(args.val_episodes):
         ep = sample_episode(images, rng, 5, 1, 1)
         x = torch.from_numpy(ep.queries).unsqueeze(1).to(args.device)
@@ -106,7 +110,7 @@ def validate(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict[s
         correct += int((scores.argmax(-1).cpu().numpy() == ep.query_labels).sum())
         total += len(ep.query_labels)
     model.train()
-    return {"nll": -float(np.mean(bounds)), "acc_5w1s": correct / total}
+    return {"nll": -float(np.mean(bounds)), "acc_5w1s": correct / total, "kl_z": float(np.mean(kls))}
 
 
 def make_model(args: argparse.Namespace) -> VMA:
@@ -135,7 +139,8 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         x, m = make_batch(train_imgs, rng, args, args.device)
-        loss, bound = model.vimco_loss(x, m, None, args.k)
+        beta = min(1.0, step / args.kl_warmup) if args.kl_warmup > 0 else 1.0
+        loss, bound = model.vimco_loss(x, m, None, args.k, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -152,7 +157,8 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
             val = validate(model, val_imgs, args)
             meta["history"].append({"step": meta["step"], "train_nll": round(ema, 2), **val})
             bar.write(
-                f"step {meta['step']}: train {ema:.2f} val nll {val['nll']:.2f} 5w1s {val['acc_5w1s']:.3f}"
+                f"step {meta['step']}: train {ema:.2f} val nll {val['nll']:.2f} "
+                f"5w1s {val['acc_5w1s']:.3f} kl_z {val['kl_z']:.2f}"
             )
             if val["nll"] < meta["best_nll"]:
                 meta.update(best_nll=val["nll"], best_step=meta["step"], best_acc_5w1s=val["acc_5w1s"])
@@ -185,6 +191,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
         "params": sum(p.numel() for p in snapshot.parameters()),
         "batch": {"ways": args.ways, "targets": args.targets, "shots": [args.min_shots, args.shots],
                   "rotations": args.rotations, "k": args.k},
+        "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
         "history": meta["history"],
     }  # fmt: skip

@@ -241,7 +241,9 @@ class VMA(nn.Module):
         mu, log_std = self.gen.head(top).chunk(2, dim=-1)  # (N, 2 z) -> 2 x (N, z)
         return mu, log_std, self.gen_context(top.flatten(1))
 
-    def log_likelihood_terms(self, x: Tensor, m: Tensor, mask: Tensor | None, a: Tensor) -> Tensor:
+    def log_likelihood_terms(
+        self, x: Tensor, m: Tensor, mask: Tensor | None, a: Tensor, beta: float = 1.0
+    ) -> Tensor:
         """log p(x|z, m_a) + log p(z|m_a) - log q(z|m_a, x), one reparameterised z ~ q each.
 
         x (B, 1, S, S), m (B or 1, A, 1, S, S), a (B, K) addresses -> (B, K).
@@ -259,11 +261,14 @@ class VMA(nn.Module):
         z = mu_q + log_std_q.exp() * torch.randn_like(mu_q)
         logits = self.decoder(z, c_m, feats)
         log_px = -F.binary_cross_entropy_with_logits(logits, x_k, reduction="none").sum((1, 2, 3))
-        terms = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
+        # beta < 1 (training's KL warm-up only) discounts z's KL term; beta = 1 is the bound.
+        terms = log_px + beta * (_gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q))
         return terms.view(b, k)  # (B K,) -> (B, K)
 
     # ------------------------------------------------------------ bounds
-    def _log_weights(self, x: Tensor, m: Tensor, mask: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+    def _log_weights(
+        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int, beta: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
         """K samples a ~ q(a|x), z ~ q(z|m_a, x): log w (B, K) and log q(a_k|x) (B, K)."""
         h_m = self.h_mem(m.flatten(0, 1)).view(*m.shape[:2], -1)  # (B A, D) -> (B, A, D)
         log_q = self.address_logits(h_m, x, mask).log_softmax(-1)  # (B, A)
@@ -271,19 +276,23 @@ class VMA(nn.Module):
         a = torch.multinomial(log_q.detach().exp(), k, replacement=True)  # (B, K)
         log_qa = log_q.gather(1, a)
         log_pa = log_p.expand_as(log_q).gather(1, a)
-        return self.log_likelihood_terms(x, m, mask, a) + log_pa - log_qa, log_qa
+        return self.log_likelihood_terms(x, m, mask, a, beta) + log_pa - log_qa, log_qa
 
     def vimco_loss(
-        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int | None = None
+        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int | None = None, beta: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """VIMCO surrogate (scalar, mean over rows; minimise it) and the bound L_K per row, detached.
 
         The surrogate's gradient is the VIMCO estimator of grad L_K (paper eq. 8):
         sum_k w~_k grad log w_k + sum_k (L_K - L_K^{-k}) grad log q(a_k|x).
+        ``beta`` < 1 scales z's KL term inside log w (a KL warm-up for the first steps of
+        training: with the decoder's skips from m_a, a full KL from step 0 lets z collapse);
+        the result is then not a bound. beta = 1 is the objective.
         """
         k = self.config.k_train if k is None else k
         assert k >= 2, "VIMCO needs at least two samples for its leave-one-out baseline"
-        log_w, log_qa = self._log_weights(x, m, mask, k)
+        assert 0.0 <= beta <= 1.0, "beta must lie in [0, 1]"
+        log_w, log_qa = self._log_weights(x, m, mask, k, beta)
         bound = torch.logsumexp(log_w, dim=-1) - math.log(k)  # (B,)
         lw = log_w.detach()
         mean_others = (lw.sum(-1, keepdim=True) - lw) / (k - 1)  # (B, K)
@@ -294,6 +303,16 @@ class VMA(nn.Module):
         signal = bound.detach().unsqueeze(-1) - bound_loo  # (B, K)
         surrogate = bound + (signal * log_qa).sum(-1)
         return -surrogate.mean(), bound.detach()
+
+    @torch.inference_mode()
+    def kl_z(self, x: Tensor, m_a: Tensor) -> Tensor:
+        """KL(q(z|m_a, x) || p(z|m_a)) in nats (N,), analytic, for paired x and m_a (N, 1, S, S)."""
+        assert x.shape == m_a.shape and x.dim() == 4, "x and m_a must both be (N, 1, S, S)"
+        mu_p, log_std_p, _ = self._z_prior(self.gen.pyramid(m_a))
+        mu_q, log_std_q = self.post(torch.cat([x, m_a], dim=1)).chunk(2, dim=-1)  # (N, z) each
+        var_ratio = (2 * (log_std_q - log_std_p)).exp()
+        mahal = ((mu_q - mu_p) / log_std_p.exp()).square()
+        return 0.5 * (var_ratio + mahal - 1.0 - 2 * (log_std_q - log_std_p)).sum(-1)
 
     @torch.inference_mode()
     def log_likelihood_bound(self, x: Tensor, m: Tensor, mask: Tensor | None, k: int) -> Tensor:
