@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=count, default=16, help="closed-loop clients")
     load.add_argument("--images-per-request", type=per_request, default=1, help="query images per classify")
     load.add_argument("--method", choices=("posterior", "importance"), default="posterior")
+    load.add_argument(
+        "--samples", type=bounded(int, 0, 256), default=None,
+        help="classify's decoder evaluations per image (default: the server's; 0: addressing only)",
+    )  # fmt: skip
     load.add_argument("--sample-n", type=per_request, default=8, help="samples per /samples request")
     load.add_argument("--sample-format", choices=("png", "probs"), default="png")
     load.add_argument("--procs", type=count, default=1, help="client processes sharing the clients")
@@ -136,9 +140,8 @@ def make_clients(
         plan = plans[c % len(sids)]
         if endpoint == "classify":
             queries = query_plan(plan, images.shape[1], BODIES_PER_CLIENT * args.images_per_request, rng)
-            bodies = tuple(
-                classify_body(images, q, args.method) for q in np.split(queries, BODIES_PER_CLIENT)
-            )
+            parts = np.split(queries, BODIES_PER_CLIENT)
+            bodies = tuple(classify_body(images, q, args.method, args.samples) for q in parts)
         else:
             labels = [str(x) for x in rng.choice(np.unique(plan[:, 0]), BODIES_PER_CLIENT // 2)]
             bodies = sample_bodies(args.sample_n, args.sample_format, labels)

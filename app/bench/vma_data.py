@@ -92,10 +92,13 @@ def exemplar_bodies(images: np.ndarray, plan: np.ndarray) -> Iterator[tuple[byte
         yield orjson.dumps({"exemplars": items}, option=NUMPY_JSON), len(part)
 
 
-def classify_body(images: np.ndarray, queries: np.ndarray, method: str) -> bytes:
+def classify_body(images: np.ndarray, queries: np.ndarray, method: str, samples: int | None = None) -> bytes:
     """A /classify body; pixels go as 0/1 integers, the most compact JSON form."""
     items = [{"pixels": images[c, d]} for c, d in queries.tolist()]
-    return orjson.dumps({"images": items, "method": method}, option=NUMPY_JSON)
+    body: dict = {"images": items, "method": method}
+    if samples is not None:
+        body["samples"] = samples
+    return orjson.dumps(body, option=NUMPY_JSON)
 
 
 def sample_bodies(n: int, fmt: str, labels: list[str]) -> tuple[bytes, ...]:
