@@ -304,7 +304,7 @@ def novelty(model: VMA, background: tuple[np.ndarray, list[str]], evaluation: np
 
     return {
         "threshold_nats": thr,
-        "score": "max over top-4 q(a|x) addresses of the 1-sample log p(x|m_a)",
+        "score": f"max over top-{NOVELTY_TOP} q(a|x) addresses of the 1-sample log p(x|m_a)",
         "calibration": {"set": "background held-out characters", **summary(k_cal, n_cal)},
         "evaluation": {"set": "evaluation alphabets", **summary(k_ev, n_ev)},
     }
