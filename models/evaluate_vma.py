@@ -58,7 +58,7 @@ from tqdm import tqdm
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
 from models.vae import VAE
-from models.vma import VMA, _gauss_logpdf
+from models.vma import VMA, _gauss_logpdf, gauss_kl, label_scores
 
 TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots)
 SHOTS = (1, 2, 5, 10, 19)
@@ -104,9 +104,7 @@ def importance_scores(
     log_p = model.address_logits(h_m).log_softmax(-1)[0]  # (A,)
     top = log_q.topk(min(n_slots, IMPORTANCE_TOP), dim=-1).indices  # (B, T)
     log_w = model.candidate_log_weights(x, m[0][top], samples, gen) + log_p[top]  # m_a (B, T, 1, S, S)
-    w = log_w.softmax(-1)  # (B, T)
-    scores = torch.zeros(x.shape[0], n_classes, dtype=w.dtype)
-    return scores.scatter_add_(1, labels[top], w)
+    return label_scores(log_w.softmax(-1), labels[top], n_classes)  # (B, T) weights -> (B, classes)
 
 
 @torch.inference_mode()
@@ -135,12 +133,6 @@ def few_shot(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict:
 
 
 # -------------------------------------------------------------------------- NLL
-def _gauss_kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
-    """KL(N(mu_q, e^ls_q) || N(mu_p, e^ls_p)), summed over the last dim."""
-    var_ratio = (2 * (ls_q - ls_p)).exp()
-    return 0.5 * (var_ratio + ((mu_q - mu_p) / ls_p.exp()).square() - 1.0 - 2 * (ls_q - ls_p)).sum(-1)
-
-
 @torch.inference_mode()
 def memory_bound(
     model: VMA, x: Tensor, m: Tensor, k: int, gen: torch.Generator, chunk: int = 256
@@ -163,7 +155,7 @@ def memory_bound(
     slot_of_pair = torch.arange(b * n_slots) % n_slots + (torch.arange(b * n_slots) // n_slots) * (
         n_slots if m.shape[0] == b else 0
     )  # (B A,): the pyramid row each (row, slot) pair reads
-    kl_z = _gauss_kl(mu_q, ls_q, mu_p[slot_of_pair], ls_p[slot_of_pair]).view(b, n_slots)  # (B, A)
+    kl_z = gauss_kl(mu_q, ls_q, mu_p[slot_of_pair], ls_p[slot_of_pair]).view(b, n_slots)  # (B, A)
     q = log_q.exp()
     a = torch.multinomial(q, k, replacement=True, generator=gen)  # (B, K)
     pair = (torch.arange(b).unsqueeze(1) * n_slots + a).flatten()  # (B K,) index into the (B A) pairs

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from models.checkpoint import save_checkpoint, state_tensors
 from models.data.omniglot import load_omniglot, sample_episode, split_characters, with_rotations
+from models.train import load_train_state, save_train_state
 from models.vma import VMA, VMAConfig
 
 
@@ -122,8 +123,6 @@ def make_model(args: argparse.Namespace) -> VMA:
 
 
 def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs: np.ndarray, argv) -> dict:
-    from models.train import load_train_state, save_train_state  # shared resumable-state format
-
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     run_dir = args.runs / args.name
     best = {k: v.clone() for k, v in state_tensors(model).items()}

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models.vma import Embedder, VMAConfig, _gauss_logpdf, _scales
+from models.vma import Embedder, VMAConfig, _gauss_logpdf, _scales, gauss_kl
 
 
 @dataclass
@@ -134,7 +134,7 @@ class VAE(nn.Module):
     def kl_z(self, x: Tensor) -> Tensor:
         """Analytic KL(q(z|x) || N(0, I)) per row (B,), in nats."""
         mu, log_std = self.posterior(x)
-        return 0.5 * (mu.square() + (2 * log_std).exp() - 1.0 - 2 * log_std).sum(-1)
+        return gauss_kl(mu, log_std, torch.zeros_like(mu), torch.zeros_like(log_std))
 
     @torch.inference_mode()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

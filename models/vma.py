@@ -165,6 +165,25 @@ def _gauss_logpdf(z: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
     return (-0.5 * ((z - mu) / log_std.exp()).square() - log_std - 0.5 * _LOG_2PI).sum(-1)
 
 
+def gauss_kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
+    """KL(N(mu_q, e^ls_q) || N(mu_p, e^ls_p)) of diagonal Gaussians, summed over the last dim."""
+    var_ratio = (2 * (ls_q - ls_p)).exp()
+    return 0.5 * (var_ratio + ((mu_q - mu_p) / ls_p.exp()).square() - 1.0 - 2 * (ls_q - ls_p)).sum(-1)
+
+
+def label_scores(p: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """Per-class sums of address probabilities: p (B, T), labels (B or 1, T) -> (B, n_classes)."""
+    scores = torch.zeros(p.shape[0], n_classes, dtype=p.dtype, device=p.device)
+    return scores.scatter_add_(1, labels.expand_as(p), p)
+
+
+def address_kl(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """KL(q(a|x) || p(a)) in nats (B,), from log q (B, A) and log p (B or 1, A)."""
+    q = log_q.exp()
+    # Empty slots have q = p = 0; where() keeps their 0 * (-inf - -inf) out of the sum.
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
+
+
 def _gather_slots(t: Tensor, a: Tensor) -> Tensor:
     """t (B, A, *rest), a (B, K) -> (B * K, *rest): the slot each sampled address picks."""
     b, k = a.shape
@@ -310,9 +329,7 @@ class VMA(nn.Module):
         assert x.shape == m_a.shape and x.dim() == 4, "x and m_a must both be (N, 1, S, S)"
         mu_p, log_std_p, _ = self._z_prior(self.gen.pyramid(m_a))
         mu_q, log_std_q = self.post(torch.cat([x, m_a], dim=1)).chunk(2, dim=-1)  # (N, z) each
-        var_ratio = (2 * (log_std_q - log_std_p)).exp()
-        mahal = ((mu_q - mu_p) / log_std_p.exp()).square()
-        return 0.5 * (var_ratio + mahal - 1.0 - 2 * (log_std_q - log_std_p)).sum(-1)
+        return gauss_kl(mu_q, log_std_q, mu_p, log_std_p)
 
     @torch.inference_mode()
     def log_likelihood_bound(self, x: Tensor, m: Tensor, mask: Tensor | None, k: int) -> Tensor:
@@ -332,16 +349,11 @@ class VMA(nn.Module):
         """
         log_q = self.address_logits(h_m, x, mask).log_softmax(-1)  # (B, A)
         log_p = self.address_logits(h_m, None, mask).log_softmax(-1).expand_as(log_q)
-        q = log_q.exp()
         labels = labels.expand_as(log_q)
         if mask is not None:
             labels = labels.masked_fill(~mask.expand_as(labels), 0)  # q = 0 there: adds nothing
         assert bool(((labels >= 0) & (labels < n_classes)).all()), "labels must lie in [0, n_classes)"
-        scores = torch.zeros(q.shape[0], n_classes, dtype=q.dtype, device=q.device)
-        scores.scatter_add_(1, labels, q)
-        # Empty slots have q = p = 0; where() keeps their 0 * (-inf - -inf) out of the sum.
-        kl = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
-        return scores, kl
+        return label_scores(log_q.exp(), labels, n_classes), address_kl(log_q, log_p)
 
     @torch.inference_mode()
     def sample(

@@ -267,3 +267,34 @@ def png_b64(ink: np.ndarray, scale: int = 1, invert: bool = False) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: tiny models run faster so, and timings stay steady on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_fake_omniglot(
+    path: Path, which: str, alphabets: int, chars: int, rng: np.random.Generator, noise: float
+) -> None:
+    """An Omniglot-like npz: each character a random blob of strokes, its 20 drawings with ``noise`` flips."""
+    arrays = {}
+    for a in range(alphabets):
+        for c in range(chars):
+            ink = rng.random((28, 28)) < 0.15  # the character
+            flips = rng.random((20, 28, 28)) < noise  # per-drawing variation
+            pixels = np.where(ink[None] ^ flips, 0, 255).astype(np.uint8).reshape(20, 784)  # background 255
+            arrays[f"images_{which}/Alpha{a}/character{c + 1:02d}"] = pixels
+    np.savez_compressed(path / f"images_{which}_28x28.npz", **arrays)
+
+
+def wait_until_pending(r: redis.Redis, stream: str, timeout: float = 10.0) -> None:
+    """Block until some job of ``stream`` is held, unacknowledged, by a worker."""
+    deadline = time.monotonic() + timeout
+    while r.xpending(stream, "workers")["pending"] < 1:
+        assert time.monotonic() < deadline, f"no job of {stream} became pending"
+        time.sleep(0.05)

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.errors import SessionNotFound
+from app.errors import SessionNotFound, WrongSessionKind
 from app.store import scripts
 from app.store.keys import SESSION_ID_RE, Keys, new_session_id
 
@@ -93,6 +93,14 @@ class SessionStore:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[sid] = (now + _CACHE_S, meta)
+        return meta
+
+    async def meta_of_kind(self, sid: str, kind: str, what: str) -> SessionMeta:
+        """``meta(sid)``, or WrongSessionKind naming ``what`` needs a ``kind`` session."""
+        meta = await self.meta(sid)
+        if meta.kind != kind:
+            detail = f"session {sid} is a {meta.kind} session; {what} is for {kind} sessions only"
+            raise WrongSessionKind(detail)
         return meta
 
     async def info(self, sid: str) -> dict[str, Any]:

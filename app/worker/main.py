@@ -26,7 +26,8 @@ from app.jobs.reader import BatchReader, Delivery
 from app.logs import setup_logging
 from app.runtime import tune_gc
 from app.store.keys import Keys
-from app.worker.memnet_runner import MemNetRunner, Outcome, ServedMemNet
+from app.worker.memnet_runner import MemNetRunner, ServedMemNet
+from app.worker.runner import Outcome
 from app.worker.vma_runner import ServedVMA, VmaRunner
 from models.checkpoint import load_checkpoint
 from models.vma import VMA

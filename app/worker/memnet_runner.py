@@ -8,18 +8,19 @@ one batch, then commit each session's new state with a compare-and-set script an
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 import torch
 
-from app.jobs.messages import PointsJob, error_reply, frame_replies, ok_reply
+from app.jobs.messages import PointsJob, error_reply, ok_reply
 from app.jobs.reader import Delivery
 from app.store import scripts
 from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
+from app.worker.runner import Outcome, Runner
 from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetState
 
@@ -52,23 +53,6 @@ class Loaded:
     @property
     def has_state(self) -> bool:
         return self.head[0] is not None
-
-
-@dataclass
-class Outcome:
-    """What a batch did: entries to acknowledge, jobs to run again, counters."""
-
-    ack: list[bytes] = field(default_factory=list)
-    retry: list[Delivery] = field(default_factory=list)
-    replies: list[tuple[str, bytes]] = field(default_factory=list)
-    steps: int = 0
-
-    def messages(self) -> list[tuple[str, bytes]]:
-        """One message per waiting API process, carrying all of its replies of this batch."""
-        by_channel: dict[str, list[bytes]] = {}
-        for channel, payload in self.replies:
-            by_channel.setdefault(channel, []).append(payload)
-        return [(channel, frame_replies(payloads)) for channel, payloads in by_channel.items()]
 
 
 class ServedMemNet:
@@ -150,7 +134,7 @@ def run_chunks(
     return state, preds_np, forecasts, y_last.cpu().numpy()
 
 
-class MemNetRunner:
+class MemNetRunner(Runner[ServedMemNet]):
     """Processes batches of `points` jobs for every loaded MemNet checkpoint."""
 
     kind = "memnet"
@@ -164,11 +148,7 @@ class MemNetRunner:
         max_deliveries: int,
         cache_bytes: int = 256 << 20,
     ) -> None:
-        self.r = r
-        self.keys = keys
-        self.models = models
-        self.reply_ttl_s = reply_ttl_s
-        self.max_deliveries = max_deliveries
+        super().__init__(r, keys, models, reply_ttl_s, max_deliveries)
         self.cache = StateCache(cache_bytes)
         self._commit = r.register_script(scripts.COMMIT_STATE)
 
@@ -246,11 +226,10 @@ class MemNetRunner:
             return False
         if not ld.meta:
             return self._refuse(ld, out, 404, "session-not-found", f"session {job.sid} does not exist")
-        if ld.delivery.deliveries > self.max_deliveries:
-            log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
-            return self._refuse(ld, out, 500, "job-failed", "the job failed repeatedly")
-        if job.model not in self.models:
-            return self._refuse(ld, out, 503, "model-unavailable", f"model {job.model} is not loaded")
+        if (why := self.cannot_run(ld.delivery, job.model)) is not None:
+            if why.slug == "job-failed":
+                log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
+            return self._refuse(ld, out, why.status, why.slug, why.detail)
         if job.seq is not None and job.seq != ld.step:
             _step, last_seq, last_digest = ld.head
             if last_seq == b"%d" % job.seq and last_digest == job.digest.encode():

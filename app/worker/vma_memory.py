@@ -43,8 +43,9 @@ class DeviceMemory:
 
     def pixels(self, slots: np.ndarray, device: torch.device) -> Tensor:
         """Drawings of the given slots (N,) -> (N, 1, S, S) float on ``device``."""
-        raw = b"".join(self.pix[i * PIX_BYTES : (i + 1) * PIX_BYTES] for i in slots.tolist())
-        return torch.from_numpy(unpack_pixels(raw)).unsqueeze(1).to(device)  # (N, S, S) -> (N, 1, S, S)
+        rows = np.frombuffer(self.pix, dtype=np.uint8).reshape(-1, PIX_BYTES)[slots]  # (A, 98) -> (N, 98)
+        images = torch.from_numpy(unpack_pixels(rows.tobytes()))  # (N, S, S)
+        return images.unsqueeze(1).to(device)  # (N, S, S) -> (N, 1, S, S)
 
     def slot_of(self, exemplar_id: int) -> int | None:
         hits = np.flatnonzero(self.ids == exemplar_id)

@@ -27,9 +27,9 @@ from app.jobs.vma import VmaJob
 from app.store import scripts
 from app.store.exemplars import MEMORY_FIELDS, Memory
 from app.store.keys import Keys
-from app.worker.memnet_runner import Outcome
+from app.worker.runner import Outcome, Refusal, Runner
 from app.worker.vma_memory import DeviceMemory, MemoryCache, to_device
-from models.vma import VMA
+from models.vma import VMA, address_kl, label_scores
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,7 @@ class ServedVMA:
         self.novelty_threshold = None if threshold is None else float(threshold)
 
 
-@dataclass
-class Refusal:
-    status: int
-    slug: str
-    detail: str
-
-
-class VmaRunner:
+class VmaRunner(Runner[ServedVMA]):
     """Processes batches of VMA jobs for every loaded VMA checkpoint."""
 
     kind = "vma"
@@ -68,11 +61,7 @@ class VmaRunner:
         max_deliveries: int,
         cache_bytes: int = 512 << 20,
     ) -> None:
-        self.r = r
-        self.keys = keys
-        self.models = models
-        self.reply_ttl_s = reply_ttl_s
-        self.max_deliveries = max_deliveries
+        super().__init__(r, keys, models, reply_ttl_s, max_deliveries)
         self.cache = MemoryCache(cache_bytes)
         self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
         self._touch = r.register_script(scripts.TOUCH)
@@ -89,11 +78,8 @@ class VmaRunner:
                 log.error("dropping malformed job %s: %s", d.entry_id, e)
                 out.ack.append(d.entry_id)
                 continue
-            if d.deliveries > self.max_deliveries:
-                self._refuse(out, d, job, Refusal(500, "job-failed", "the job failed on every try"))
-            elif job.model not in self.models:
-                detail = f"no worker has model {job.model!r} loaded"
-                self._refuse(out, d, job, Refusal(503, "model-unavailable", detail))
+            if (why := self.cannot_run(d, job.model)) is not None:
+                self._refuse(out, d, job, why)
             else:
                 (adds if job.op == "add" else queries).append((d, job))
         if adds:
@@ -257,8 +243,7 @@ class _Addressing:
 
 def _address(model: VMA, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
     log_q = model.similarity(mem.h, e).log_softmax(-1)  # (n, A)
-    q = log_q.exp()
-    kl = torch.where(q > 0, q * (log_q - mem.log_prior), torch.zeros_like(q)).sum(-1)
+    kl = address_kl(log_q, mem.log_prior)
     budget = int(job.params["samples"])
     t = min(mem.size, budget)  # 0: addressing only, no likelihood bound
     return _Addressing(job, mem, x, log_q, kl, log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1)))
@@ -305,14 +290,12 @@ def _classify_body(p: _Addressing, threshold: float | None) -> dict[str, Any]:
     if job.params["method"] == "importance":
         assert p.log_w is not None, "the importance method needs samples"
         weights = log_wa.softmax(-1)  # (n, T): p(a|x) self-normalised over the candidates
-        scores = torch.zeros(weights.shape[0], n_labels, device=weights.device)
-        scores.scatter_add_(1, mem.label_idx[p.cand], weights)
+        scores = label_scores(weights, mem.label_idx[p.cand], n_labels)
         top_p, at = weights.topk(min(top_k, weights.shape[1]), dim=-1)
         top_a = p.cand.gather(1, at)
     else:
         q = p.log_q.exp()
-        scores = torch.zeros(q.shape[0], n_labels, device=q.device)
-        scores.scatter_add_(1, mem.label_idx.expand_as(q), q)
+        scores = label_scores(q, mem.label_idx, n_labels)
         top_p, top_a = q.topk(top_k, dim=-1)
     scores_np, kl = scores.cpu().numpy(), p.kl.cpu().numpy()
     top_q_np, top_a_np = top_p.cpu().numpy(), top_a.cpu().numpy()
@@ -342,9 +325,9 @@ def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray,
             return Refusal(404, "exemplar-not-found", f"session {job.sid} has no exemplar {eid}")
         allowed = np.array([slot])
     elif label is not None:
-        allowed = np.flatnonzero(np.array(mem.labels, dtype=object) == label)
-        if not len(allowed):
+        if label not in mem.label_names:
             return Refusal(404, "label-not-found", f"no exemplar of session {job.sid} has label {label!r}")
+        allowed = (mem.label_idx == mem.label_names.index(label)).nonzero()[:, 0].cpu().numpy()
     gen = torch.Generator().manual_seed(int(job.params["seed"]))
     probs = mem.log_prior[torch.from_numpy(allowed).to(mem.log_prior.device)].softmax(-1).cpu()
     picks = torch.multinomial(probs, int(job.params["n"]), replacement=True, generator=gen).numpy()

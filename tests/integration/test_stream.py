@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app.config import Settings
-from tests.conftest import TEST_MODEL, run_offline
+from tests.conftest import TEST_MODEL, run_offline, wait_until_pending
 
 
 def offline(ckpt_dir: Path, series: np.ndarray, horizon: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -155,11 +155,7 @@ def test_a_killed_workers_jobs_complete_elsewhere(
     for t in threads:
         t.start()
     stream = settings.key_prefix + ":jobs:memnet"
-    for _ in range(200):  # wait until the doomed worker holds jobs it will never finish
-        if rdb.xpending(stream, "workers")["pending"] >= 1:
-            break
-        threading.Event().wait(0.05)
-    assert rdb.xpending(stream, "workers")["pending"] >= 1
+    wait_until_pending(rdb, stream)  # the doomed worker holds jobs it will never finish
     doomed.kill()
     start_worker()
     for t in threads:

@@ -18,7 +18,7 @@ from PIL import Image
 from app.config import Settings
 from app.store.keys import Keys
 from models.checkpoint import load_checkpoint
-from tests.conftest import VMA_TEST_MODEL, drawings, png_b64
+from tests.conftest import VMA_TEST_MODEL, drawings, png_b64, wait_until_pending
 
 PROBLEM = "application/problem+json"
 
@@ -252,11 +252,7 @@ def test_a_killed_workers_exemplar_jobs_complete_elsewhere_once(
     for t in threads:
         t.start()
     stream = settings.key_prefix + ":jobs:vma"
-    for _ in range(200):  # wait until the doomed worker holds jobs it will never finish
-        if rdb.xpending(stream, "workers")["pending"] >= 1:
-            break
-        threading.Event().wait(0.05)
-    assert rdb.xpending(stream, "workers")["pending"] >= 1
+    wait_until_pending(rdb, stream)  # the doomed worker holds jobs it will never finish
     doomed.kill()
     start_worker()
     for t in threads:

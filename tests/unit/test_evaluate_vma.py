@@ -13,7 +13,6 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data.omniglot import load_omniglot
 from models.evaluate_vma import (
-    _gauss_kl,
     auroc,
     balanced_accuracy,
     best_threshold,
@@ -22,41 +21,22 @@ from models.evaluate_vma import (
     memory_bound,
 )
 from models.vae import VAE, VAEConfig
-from models.vma import VMA, VMAConfig, _gauss_logpdf
+from models.vma import VMA, VMAConfig, _gauss_logpdf, gauss_kl
+from tests.conftest import write_fake_omniglot
 
 TINY_VMA = VMAConfig(channels=4, hidden_dim=16, match_dim=16, z_dim=4)
 TINY_VAE = VAEConfig(channels=4, hidden_dim=16, z_dim=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _write_set(
-    path: Path, which: str, alphabets: int, chars: int, rng: np.random.Generator, noise: float
-) -> None:
-    """An Omniglot-like npz: each character a random blob of strokes, its 20 drawings with ``noise`` flips."""
-    arrays = {}
-    for a in range(alphabets):
-        for c in range(chars):
-            ink = rng.random((28, 28)) < 0.15  # the character
-            flips = rng.random((20, 28, 28)) < noise  # per-drawing variation
-            drawings = ink[None] ^ flips  # (20, 28, 28)
-            pixels = np.where(drawings, 0, 255).astype(np.uint8).reshape(20, 784)  # background 255
-            arrays[f"images_{which}/Alpha{a}/character{c + 1:02d}"] = pixels
-    np.savez_compressed(path / f"images_{which}_28x28.npz", **arrays)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("omniglot")
     rng = np.random.default_rng(0)
-    _write_set(d, "evaluation", 2, 12, rng, 0.02)  # 24 characters: enough for 20-way
-    _write_set(d, "background", 2, 60, rng, 0.02)  # 5% held out -> 3 per alphabet, 6 in all
+    write_fake_omniglot(d, "evaluation", 2, 12, rng, 0.02)  # 24 characters: enough for 20-way
+    write_fake_omniglot(d, "background", 2, 60, rng, 0.02)  # 5% held out -> 3 per alphabet, 6 in all
     return d
 
 
@@ -116,7 +96,7 @@ def test_copies_of_exemplars_are_classified_perfectly(tmp_path):
     A random-init VMA's embeddings are nearly parallel (cosines ~ 1 - 1e-6), too close for the
     summed posterior to separate reliably, so h and h_q are a shared random projection here.
     """
-    _write_set(tmp_path, "evaluation", 1, 24, np.random.default_rng(1), 0.0)
+    write_fake_omniglot(tmp_path, "evaluation", 1, 24, np.random.default_rng(1), 0.0)
     images, _ = load_omniglot("evaluation", tmp_path)
     model = VMA(TINY_VMA).eval()
     model.h_mem = model.h_query = _Projection(0)
@@ -150,7 +130,7 @@ def test_gauss_kl_matches_monte_carlo():
     mu_q, ls_q, mu_p, ls_p = (0.5 * torch.randn(3, 5, generator=g) for _ in range(4))
     z = mu_q + ls_q.exp() * torch.randn(20000, 3, 5, generator=g)  # (N, 3, 5)
     mc = (_gauss_logpdf(z, mu_q, ls_q) - _gauss_logpdf(z, mu_p, ls_p)).mean(0)  # (N, 3) -> (3,)
-    assert torch.allclose(_gauss_kl(mu_q, ls_q, mu_p, ls_p), mc, atol=0.1)
+    assert torch.allclose(gauss_kl(mu_q, ls_q, mu_p, ls_p), mc, atol=0.1)
 
 
 def test_novelty_threshold_helpers():

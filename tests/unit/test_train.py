@@ -13,6 +13,7 @@ from models.checkpoint import load_checkpoint
 from models.data.timeseries import mackey_glass
 from models.evaluate import validation_view
 from models.train import is_spike, main
+from tests.conftest import write_fake_omniglot
 
 TINY = [
     "--hidden", "8", "--key-dim", "4", "--value-dim", "4", "--capacity", "8",
@@ -92,20 +93,8 @@ def test_validation_view_is_the_end_of_train() -> None:
     assert n_fit == 72 and len(part) == 80 and part[-1, 0] == 79
 
 
-def _fake_omniglot(directory: Path, which: str, n_chars: int) -> None:
-    """An npz in the Omniglot layout: keys images_<which>/<Alphabet>/characterNN, (20, 784) uint8, ink 0."""
-    from tests.conftest import drawings
-
-    arrays = {}
-    for c in range(n_chars):
-        ink = np.repeat(drawings(1, seed=c), 20, axis=0)  # (20, S, S)
-        arrays[f"images_{which}/Alpha_{c % 3}/character{c:02d}"] = np.where(ink > 0, 0, 255).reshape(20, 784)
-    (directory / "omniglot").mkdir(exist_ok=True)
-    np.savez(directory / "omniglot" / f"images_{which}_28x28.npz", **arrays)
-
-
 def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
-    _fake_omniglot(tmp_path, "background", 24)
+    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
     small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
     common = ["--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"),
               "--eval-every", "2", "--val-episodes", "4", "--quiet", *small]  # fmt: skip

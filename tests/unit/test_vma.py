@@ -13,13 +13,7 @@ from models.vma import VMA, VMAConfig
 TINY = VMAConfig(image_size=8, n_levels=1, channels=4, hidden_dim=16, match_dim=8, z_dim=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is faster and keeps timings steady on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bits(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor:

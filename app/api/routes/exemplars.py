@@ -7,27 +7,18 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import Services, ServicesDep
+from app.api.deps import ServicesDep
 from app.api.schemas import AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
-from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, WrongSessionKind, from_slug
+from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item, encode_png
 from app.jobs.vma import VmaJob
-from app.store.sessions import SessionMeta
 
 router = APIRouter(prefix="/v1/sessions", tags=["vma"])
 
 MAX_LABEL_CHARS = 200
 
 
-async def vma_meta(svc: Services, sid: str) -> SessionMeta:
-    """The session's meta; WrongSessionKind unless it is a VMA session."""
-    meta = await svc.sessions.meta(sid)
-    if meta.kind != "vma":
-        raise WrongSessionKind(f"session {sid} is a {meta.kind} session; this needs a vma session")
-    return meta
-
-
-def _label(value: str | int, where: str) -> str:
+def parse_label(value: str | int, where: str) -> str:
     label = str(value)
     if not label or len(label) > MAX_LABEL_CHARS:
         raise InvalidImage(f"{where}: a label is 1 to {MAX_LABEL_CHARS} characters", at=where)
@@ -37,14 +28,14 @@ def _label(value: str | int, where: str) -> str:
 @router.post("/{sid}/exemplars", response_model=AddedExemplars, status_code=status.HTTP_201_CREATED)
 async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, request: Request) -> Response:
     """Add labelled drawings to the session's memory; a worker embeds each once. All or none are added."""
-    meta = await vma_meta(svc, sid)
+    meta = await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
     most = svc.settings.max_exemplars_per_request
     if len(body.exemplars) > most:
         raise PayloadTooLarge(f"at most {most} exemplars per request", max_exemplars=most)
     images = np.stack(
         [decode_item(e.image, e.pixels, f"exemplars[{i}]") for i, e in enumerate(body.exemplars)]
     )  # (N, 28, 28)
-    labels = [_label(e.label, f"exemplars[{i}].label") for i, e in enumerate(body.exemplars)]
+    labels = [parse_label(e.label, f"exemplars[{i}].label") for i, e in enumerate(body.exemplars)]
     count = await svc.exemplars.count(sid)
     if count + len(labels) > meta.capacity:  # checked again, atomically, when the worker commits
         raise CapacityReached(
@@ -74,7 +65,7 @@ async def list_exemplars(
     images: Annotated[bool, Query(description="include each drawing as a base64 PNG")] = False,
 ) -> ExemplarPage:
     """The session's exemplars in the order they were added, a page at a time."""
-    await vma_meta(svc, sid)
+    await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
     page = await svc.exemplars.list(sid, offset, limit, images)
     pngs = [encode_png(p) for p in page["pixels"]] if images else [None] * len(page["ids"])
     entries = [
@@ -87,6 +78,6 @@ async def list_exemplars(
 @router.delete("/{sid}/exemplars/{eid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_exemplar(sid: str, eid: int, svc: ServicesDep) -> Response:
     """Remove one exemplar from the session's memory."""
-    meta = await vma_meta(svc, sid)
+    meta = await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
     await svc.exemplars.delete(sid, eid, meta.ttl_s)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ServicesDep
 from app.api.schemas import PointsRequest, PointsResponse
-from app.errors import InvalidRequest, WrongSessionKind, from_slug
+from app.errors import InvalidRequest, from_slug
 from app.jobs.points import chunk_array, points_job
 
 router = APIRouter(prefix="/v1/sessions", tags=["memnet"])
@@ -19,9 +19,7 @@ async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, request: 
     `seq` must equal the session's step count (409 otherwise, with `expected_seq`), except
     for a repeat of the last applied chunk, which returns the same predictions again.
     """
-    meta = await svc.sessions.meta(sid)
-    if meta.kind != "memnet":
-        raise WrongSessionKind(f"session {sid} is a {meta.kind} session; points need a memnet session")
+    meta = await svc.sessions.meta_of_kind(sid, "memnet", "/points")
     if body.horizon > svc.settings.max_horizon:
         raise InvalidRequest(
             f"horizon is at most {svc.settings.max_horizon}", max_horizon=svc.settings.max_horizon

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ServicesDep
-from app.api.routes.exemplars import _label, vma_meta
+from app.api.routes.exemplars import parse_label
 from app.api.schemas import ClassifyRequest, ClassifyResponse, SampleRequest, SampleResponse
 from app.errors import InvalidRequest, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item
@@ -24,11 +24,11 @@ DEFAULT_SAMPLES = {"posterior": 1, "importance": 16}
 async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, request: Request) -> Response:
     """Draw new drawings from the memory: a ~ p(a|M) (or among one label's or one exemplar), z ~ p(z|m_a),
     x ~ p(x|z, m_a). Each sample names the exemplar it came from; the same seed gives the same samples."""
-    meta = await vma_meta(svc, sid)
+    meta = await svc.sessions.meta_of_kind(sid, "vma", "/samples")
     if body.label is not None and body.exemplar_id is not None:
         raise InvalidRequest("give label or exemplar_id, not both")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**63)
-    label = None if body.label is None else _label(body.label, "label")
+    label = None if body.label is None else parse_label(body.label, "label")
     job = VmaJob.new(
         sid, meta.model, "sample", svc.queue.channel, None, request.headers.get("x-request-id", ""),
         n=body.n, label=label, exemplar_id=body.exemplar_id, seed=seed, format=body.format,
@@ -41,7 +41,7 @@ async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, request:
 async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, request: Request) -> Response:
     """Per drawing: p(c|x) per label, the top addresses, KL(q(a|x)||p(a)), a log-likelihood bound and
     whether the drawing is unlike everything in memory."""
-    meta = await vma_meta(svc, sid)
+    meta = await svc.sessions.meta_of_kind(sid, "vma", "/classify")
     most = svc.settings.max_images_per_request
     if len(body.images) > most:
         raise PayloadTooLarge(f"at most {most} images per request", max_images=most)
