@@ -1,8 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   install into .venv if needed, then run memserve (embedded Redis unless MEMSERVE_REDIS_URL)
 #   make test    install into .venv if needed, then lint, type-check and run the whole test suite
-# TORCH picks the PyTorch build: the default is the CPU wheel; on a GPU host use e.g.
-#   make serve TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# TORCH picks the PyTorch build: the default is the CPU wheel; on a GPU host the CUDA 13 build
+# (the CUDA onnxruntime-gpu 1.31 needs too):
+#   make serve TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu130"
 
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.timeseries import Splits, load_series, make_splits
+from models.export import export_checkpoint
 from models.memnet import MemNet, MemNetConfig
 
 
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_training(args, model, splits, args.runs / name)
     card = make_card(args, argv, model, splits, info, meta)
     weights, card_path = save_checkpoint(model.cpu(), card, args.out, name)
-    print(f"wrote {weights} and {card_path} (best val {meta['best_val']:.4g})")
+    export_checkpoint(card_path)  # the serving graphs of the ONNX backend, next to it
+    print(f"wrote {weights}, {card_path} and its ONNX graphs (best val {meta['best_val']:.4g})")
     return 0
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from models.checkpoint import save_checkpoint, state_tensors
 from models.data.omniglot import load_omniglot, sample_episode, split_characters, with_rotations
+from models.export import export_checkpoint
 from models.train import load_train_state, save_train_state
 from models.vma import VMA, VMAConfig
 
@@ -196,7 +197,8 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
     }  # fmt: skip
     data = {"dataset": "omniglot-28x28", "train": "background alphabets", "val_frac": args.val_frac}
     card = {"data": data, "training": training, "sizes": dataclasses.asdict(model.config), "metrics": {}}
-    save_checkpoint(snapshot, card, args.out, args.name)
+    _, card_path = save_checkpoint(snapshot, card, args.out, args.name)
+    export_checkpoint(card_path)  # the serving graphs of the ONNX backend, next to it
 
 
 def main(argv: list[str]) -> int:

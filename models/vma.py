@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -402,9 +403,23 @@ class VMA(nn.Module):
         Serving batches the exemplars picked for many sessions into one call; with the same
         noise the result equals ``sample``'s for the same addresses.
         """
-        want = (m_a.shape[0], self.config.z_dim)
-        assert m_a.dim() == 4 and noise.shape == want, "m_a must be (N, 1, S, S) and noise (N, z_dim)"
-        return self._decode_prior(self.gen.pyramid(m_a), noise)
+        return decode_samples(self, m_a, noise)
+
+    # The three parts serving composes (the ONNX backend runs the same parts as graphs).
+    def z_prior(self, m_a: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """m_a (N, 1, S, S) -> p(z|m_a) mean and log std (N, z), decoder context c(m_a) (N, z), pyramid."""
+        feats = self.gen.pyramid(m_a)
+        mu, log_std, c_m = self._z_prior(feats)
+        return mu, log_std, c_m, feats
+
+    def z_posterior(self, x: Tensor, m_a: Tensor) -> tuple[Tensor, Tensor]:
+        """x, m_a (N, 1, S, S) -> q(z|m_a, x) mean and log std, (N, z) each."""
+        mu, log_std = self.post(torch.cat([x, m_a], dim=1)).chunk(2, dim=-1)  # (N, 2z) -> 2 x (N, z)
+        return mu, log_std
+
+    def decode(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
+        """Logits of p(x|z, m_a) (N, 1, S, S) from z, c(m_a) and m_a's pyramid as ``z_prior`` returns them."""
+        return self.decoder(z, c_m, feats)
 
     @torch.inference_mode()
     def memory_embedding(self, m: Tensor) -> Tensor:
@@ -414,8 +429,7 @@ class VMA(nn.Module):
 
     def similarity(self, h_m: Tensor, e: Tensor) -> Tensor:
         """S = <h(m_a), e> / ||h(m_a)||: h_m (A, D), e (N, D) query embeddings (or e_p) -> logits (N, A)."""
-        assert h_m.dim() == 2 and e.dim() == 2 and h_m.shape[1] == e.shape[1], "h_m (A, D) and e (N, D)"
-        return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+        return similarity(h_m, e)
 
     def prior_query(self) -> Tensor:
         """The learned query point e_p (1, match_dim) of the address prior p(a|M)."""
@@ -446,22 +460,57 @@ class VMA(nn.Module):
         request's result does not depend on what else shares its batch).
         """
         assert samples >= 1, "samples must be positive"
-        n, t = m_a.shape[:2]
-        assert x.shape[0] == n and m_a.shape[2:] == x.shape[1:], "x (N,1,S,S) and m_a (N,T,1,S,S) disagree"
-        reps = t * samples
-        m_r = m_a.unsqueeze(2).expand(n, t, samples, *m_a.shape[2:]).flatten(0, 2)  # (N T K, 1, S, S)
-        x_r = x.unsqueeze(1).expand(n, reps, *x.shape[1:]).flatten(0, 1)  # (N T K, 1, S, S)
-        feats = self.gen.pyramid(m_r)
-        mu_p, log_std_p, c_m = self._z_prior(feats)
-        mu_q, log_std_q = self.post(torch.cat([x_r, m_r], dim=1)).chunk(2, dim=-1)  # (N T K, z) each
         if eps is None:
-            eps = torch.randn(mu_q.shape, generator=generator, device=mu_q.device, dtype=mu_q.dtype)
-        else:
-            assert eps.shape == (n, t, samples, mu_q.shape[-1]), "eps must be (N, T, K, z_dim)"
-            eps = eps.reshape(mu_q.shape)  # (N, T, K, z) -> (N T K, z)
-        z = mu_q + log_std_q.exp() * eps
-        logits = self.decoder(z, c_m, feats)
-        log_px = -F.binary_cross_entropy_with_logits(logits, x_r, reduction="none").sum((1, 2, 3))
-        log_w = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
-        log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
-        return torch.logsumexp(log_w, dim=-1) - math.log(samples)
+            n, t = m_a.shape[:2]
+            shape = (n, t, samples, self.config.z_dim)
+            eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+        return importance_log_weights(self, x, m_a, eps)
+
+
+class VMAParts(Protocol):
+    """The networks serving composes; `VMA` itself, or the ONNX backend's graphs of them."""
+
+    def z_prior(self, m_a: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]: ...
+
+    def z_posterior(self, x: Tensor, m_a: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def decode(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor: ...
+
+
+def similarity(h_m: Tensor, e: Tensor) -> Tensor:
+    """S = <h(m_a), e> / ||h(m_a)||: h_m (A, D), e (N, D) query embeddings (or e_p) -> logits (N, A)."""
+    assert h_m.dim() == 2 and e.dim() == 2 and h_m.shape[1] == e.shape[1], "h_m (A, D) and e (N, D)"
+    return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+
+
+def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor) -> Tensor:
+    """z = mu_p + sigma_p * noise ~ p(z|m_a), then Bernoulli means of p(x|z, m_a): (N, S, S)."""
+    assert m_a.dim() == 4 and noise.dim() == 2 and noise.shape[0] == m_a.shape[0], (
+        "m_a must be (N, 1, S, S) and noise (N, z_dim)"
+    )
+    mu, log_std, c_m, feats = parts.z_prior(m_a)
+    assert noise.shape == mu.shape, "noise must be (N, z_dim)"
+    return torch.sigmoid(parts.decode(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
+
+
+def importance_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+    """log E_{z~q}[p(x|z,m_a) p(z|m_a) / q(z|m_a,x)] per candidate, with the noise of z given.
+
+    x (N, 1, S, S), m_a (N, T, 1, S, S), eps (N, T, K, z_dim) -> (N, T); see
+    ``VMA.candidate_log_weights``.
+    """
+    n, t = m_a.shape[:2]
+    samples = eps.shape[2]
+    assert x.shape[0] == n and m_a.shape[2:] == x.shape[1:], "x (N,1,S,S) and m_a (N,T,1,S,S) disagree"
+    assert eps.shape[:3] == (n, t, samples), "eps must be (N, T, K, z_dim)"
+    m_r = m_a.unsqueeze(2).expand(n, t, samples, *m_a.shape[2:]).flatten(0, 2)  # (N T K, 1, S, S)
+    x_r = x.unsqueeze(1).expand(n, t * samples, *x.shape[1:]).flatten(0, 1)  # (N T K, 1, S, S)
+    mu_p, log_std_p, c_m, feats = parts.z_prior(m_r)
+    mu_q, log_std_q = parts.z_posterior(x_r, m_r)
+    z = mu_q + log_std_q.exp() * eps.reshape(mu_q.shape)  # (N, T, K, z) -> (N T K, z)
+    logits = parts.decode(z, c_m, feats)
+    log_px = -F.binary_cross_entropy_with_logits(logits, x_r, reduction="none").sum((1, 2, 3))
+    log_w = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
+    log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
+    return torch.logsumexp(log_w, dim=-1) - math.log(samples)

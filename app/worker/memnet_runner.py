@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis
 import torch
+from torch import Tensor
 
 from app.jobs.messages import PointsJob, error_reply, ok_reply
 from app.jobs.reader import Delivery
@@ -22,7 +23,7 @@ from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
 from app.worker.runner import Outcome, Runner
 from app.worker.state import SessionState, StateCache, commit_args
-from models.memnet import MemNet, MemNetState
+from models.memnet import MemNet, MemNetConfig, MemNetState
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,55 @@ class Loaded:
         return self.head[0] is not None
 
 
-class ServedMemNet:
-    """One loaded MemNet checkpoint with its normalisation."""
+class TorchMemNet:
+    """MemNet's serving operations in PyTorch, on the model's device (the torch backend)."""
 
-    def __init__(self, model: MemNet, card: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, model: MemNet, device: torch.device) -> None:
         self.model = model.to(device).eval()
+        self.config = model.config
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemNetState:
+        return self.model.initial_state(batch_size, device)
+
+    @torch.inference_mode()
+    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> Tensor:
+        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; ``state`` in place."""
+        b, t_max, dim = x.shape
+        preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=x.device)
+        shortest = int(lengths.min())
+        for t in range(t_max):
+            active = None if t < shortest else lengths > t  # no masking while every row is live
+            preds[:, t] = self.model.step_(x[:, t], state, active)  # the batch's own buffers, in place
+        return preds
+
+    def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor:
+        return self.model.forecast(y_last, state, horizon)
+
+
+class MemNetEngine(Protocol):
+    """What the runner asks of a backend (`TorchMemNet`, `app.worker.onnx_backend.OnnxMemNet`)."""
+
+    config: MemNetConfig
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemNetState: ...
+
+    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> Tensor: ...
+
+    def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor: ...
+
+
+class ServedMemNet:
+    """One loaded MemNet checkpoint with its normalisation, run by either backend."""
+
+    def __init__(self, engine: MemNetEngine, card: dict[str, Any], device: torch.device) -> None:
+        self.engine = engine
         self.card = card
-        self.device = device
+        self.device = device  # where the batch's state tensors live
         norm = card.get("normalization") or {}
-        dim = int(card.get("input_dim") or model.config.input_dim)
+        dim = int(card.get("input_dim") or engine.config.input_dim)
         self.mean = np.asarray(norm.get("mean", [0.0] * dim), dtype=np.float32)
         self.std = np.asarray(norm.get("std", [1.0] * dim), dtype=np.float32)
-        init = model.initial_state(1, device=torch.device("cpu"))
+        init = engine.initial_state(1, device=torch.device("cpu"))
         self._init = {
             "h": init.h[0].numpy(),
             "keys": init.keys[0].numpy(),
@@ -106,27 +144,22 @@ def run_chunks(
     Returns the new state, predictions (B, T_max, D) in client units, forecasts in client
     units (None where horizon is 0) and the last normalised prediction of each row (B, D).
     """
-    model, dev = served.model, served.device
+    engine, dev = served.engine, served.device
     b, dim = len(chunks), int(chunks[0].shape[1])
     lengths = np.array([c.shape[0] for c in chunks])
     t_max = int(lengths.max())
     x = np.zeros((b, t_max, dim), dtype=np.float32)  # (B, T_max, D), padded
     for i, c in enumerate(chunks):
         x[i, : c.shape[0]] = (c - served.mean) / served.std
-    xt = torch.from_numpy(x).to(dev)
     len_t = torch.from_numpy(lengths).to(dev)
-    preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=dev)
-    shortest = int(lengths.min())
-    for t in range(t_max):
-        active = None if t < shortest else len_t > t  # no masking while every row is live
-        preds[:, t] = model.step_(xt[:, t], state, active)  # the batch's own buffers, in place
+    preds = engine.run_steps(torch.from_numpy(x).to(dev), len_t, state)  # (B, T_max, D)
     rows = torch.arange(b, device=dev)
     y_last = preds[rows, len_t - 1]  # (B, D)
     forecasts: list[np.ndarray | None] = [None] * b
     want = [i for i, h in enumerate(horizons) if h > 0]
     if want:
         idx = torch.tensor(want, device=dev)
-        fc = model.forecast(y_last[idx], _select(state, idx), max(horizons[i] for i in want))
+        fc = engine.forecast(y_last[idx], _select(state, idx), max(horizons[i] for i in want))
         fc_np = fc.cpu().numpy() * served.std + served.mean  # (B', H_max, D)
         for j, i in enumerate(want):
             forecasts[i] = fc_np[j, : horizons[i]]
@@ -255,7 +288,7 @@ class MemNetRunner(Runner[ServedMemNet]):
             state = served.stack([SessionState.from_redis(fields)])  # type: ignore[arg-type]
             with torch.inference_mode():
                 y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (D,) -> (1, D)
-                fc = served.model.forecast(y, state, ld.job.horizon).cpu().numpy()
+                fc = served.engine.forecast(y, state, ld.job.horizon).cpu().numpy()
             body["forecast"] = fc[0] * served.std + served.mean
         out.replies.append((ld.job.reply_to, ok_reply(ld.job.job_id, body)))
         out.ack.append(ld.delivery.entry_id)

@@ -10,13 +10,35 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from app.store.exemplars import PIX_BYTES, Memory, unpack_pixels
-from models.vma import VMA
+from models.vma import VMAConfig
+
+
+class VMAEngine(Protocol):
+    """What serving asks of a VMA backend: `models.vma.VMA` itself, or `onnx_backend.OnnxVMA`."""
+
+    config: VMAConfig
+
+    def memory_embedding(self, m: Tensor) -> Tensor: ...
+
+    def query_embedding(self, x: Tensor) -> Tensor: ...
+
+    def similarity(self, h_m: Tensor, e: Tensor) -> Tensor: ...
+
+    def prior_query(self) -> Tensor: ...
+
+    def candidate_log_weights(
+        self, x: Tensor, m_a: Tensor, samples: int, generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
+    ) -> Tensor: ...  # fmt: skip
+
+    def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -54,7 +76,7 @@ class DeviceMemory:
 
 @torch.inference_mode()
 def to_device(
-    memory: Memory, version: int, model_name: str, model: VMA, device: torch.device
+    memory: Memory, version: int, model_name: str, model: VMAEngine, device: torch.device
 ) -> DeviceMemory:
     """Move a memory read from Redis to the device and compute its address prior."""
     names: dict[str, int] = {}
@@ -64,7 +86,7 @@ def to_device(
         log_prior = torch.zeros(0, device=device)
     else:
         h = torch.from_numpy(memory.h.copy()).to(device)  # (A, D)
-        log_prior = model.similarity(h, model.prior_query()).log_softmax(-1)[0]  # (1, A) -> (A,)
+        log_prior = model.similarity(h, model.prior_query().to(device)).log_softmax(-1)[0]  # (1, A) -> (A,)
     return DeviceMemory(
         version=version, model=model_name, ids=memory.ids, labels=memory.labels,
         label_names=list(names), label_idx=torch.tensor(idx, dtype=torch.int64, device=device),

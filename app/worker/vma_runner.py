@@ -28,8 +28,8 @@ from app.store import scripts
 from app.store.exemplars import MEMORY_FIELDS, Memory
 from app.store.keys import Keys
 from app.worker.runner import Outcome, Refusal, Runner
-from app.worker.vma_memory import DeviceMemory, MemoryCache, to_device
-from models.vma import VMA, address_kl, label_scores
+from app.worker.vma_memory import DeviceMemory, MemoryCache, VMAEngine, to_device
+from models.vma import address_kl, label_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ Item = tuple[Delivery, VmaJob, DeviceMemory]
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
-    def __init__(self, model: VMA, card: dict[str, Any], device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: VMAEngine, card: dict[str, Any], device: torch.device) -> None:
+        self.model = model  # on `device` already
         self.card = card
         self.device = device
         threshold = (card.get("serving") or {}).get("novelty_threshold_nats")
@@ -241,7 +241,7 @@ class _Addressing:
     log_w: Tensor | None = None  # (n, T) log E_z[...] per candidate
 
 
-def _address(model: VMA, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
+def _address(model: VMAEngine, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
     log_q = model.similarity(mem.h, e).log_softmax(-1)  # (n, A)
     kl = address_kl(log_q, mem.log_prior)
     budget = int(job.params["samples"])
@@ -249,7 +249,7 @@ def _address(model: VMA, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -
     return _Addressing(job, mem, x, log_q, kl, log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1)))
 
 
-def _bounds(model: VMA, parts: list[_Addressing]) -> None:
+def _bounds(model: VMAEngine, parts: list[_Addressing]) -> None:
     """Fill each part's log_w: decoder evaluations of all parts with the same (T, K) in one pass."""
     groups: dict[tuple[int, int], list[_Addressing]] = {}
     for p in parts:

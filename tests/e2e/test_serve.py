@@ -30,11 +30,12 @@ pytestmark = pytest.mark.skipif(
 class Serve:
     """`memserve serve` with the embedded Redis (no MEMSERVE_REDIS_URL), stopped by its pid."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMSERVE_")}
         env.update(MEMSERVE_REDIS_DATA_DIR=str(data_dir), MEMSERVE_WORKERS="1", PYTHONUNBUFFERED="1")
+        env.update({f"MEMSERVE_{k.upper()}": v for k, v in settings.items()})
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -1,0 +1,93 @@
+"""The two inference backends a worker can run its models on: PyTorch or ONNX Runtime.
+
+``MEMSERVE_BACKEND=torch`` runs the checkpoints' modules on ``MEMSERVE_DEVICE`` (the first
+GPU under ``auto`` when there is one). ``onnx`` runs the graphs ``memserve export`` wrote
+next to each checkpoint (verified against the hashes in its card) with the CUDA execution
+provider when it can and the CPU provider otherwise; its tensors between graphs stay on the
+CPU. Either way, `Backend.describe` is what the heartbeat and ``/health/ready`` report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.config import Settings, SettingsError
+from app.worker.memnet_runner import ServedMemNet, TorchMemNet
+from app.worker.vma_runner import ServedVMA
+from models.export import StaleExport, graph_paths
+from models.memnet import MemNet
+from models.vma import VMA
+
+log = logging.getLogger("memserve.worker")
+
+
+def pick_device(setting: str) -> torch.device:
+    """The device named by MEMSERVE_DEVICE; `auto` takes the first GPU when there is one."""
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(setting)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"MEMSERVE_DEVICE={setting} but no CUDA device is visible")
+    return dev
+
+
+@dataclass
+class Backend:
+    """A worker's backend, its device and, for ONNX Runtime, the provider it got."""
+
+    name: str
+    device: torch.device  # where runners keep their tensors
+    threads: int
+    setting: str = "auto"  # MEMSERVE_DEVICE, for ONNX Runtime's placement
+    provider: str | None = None
+    device_id: int = 0
+    fallback: str | None = None
+    _placement: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """What a heartbeat (and so /health/ready) says about where the models run."""
+        where = f"cuda:{self.device_id}" if self.provider == "CUDAExecutionProvider" else str(self.device)
+        return {"backend": self.name, "device": where, "provider": self.provider, "fallback": self.fallback}
+
+    def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> ServedMemNet | ServedVMA:
+        """Wrap a loaded checkpoint for its runner, on this backend."""
+        if self.name == "torch":
+            if isinstance(model, VMA):
+                return ServedVMA(model.to(self.device).eval(), card, self.device)
+            return ServedMemNet(TorchMemNet(model, self.device), card, self.device)
+        from app.worker.onnx_backend import OnnxMemNet, OnnxVMA
+
+        try:
+            paths = graph_paths(card, card_dir)
+        except StaleExport as e:
+            raise SettingsError(f"MEMSERVE_BACKEND=onnx: {e} (or set MEMSERVE_BACKEND=torch)") from e
+        if self._placement is None:
+            self._place(next(iter(paths.values())))
+        if isinstance(model, MemNet):
+            return ServedMemNet(OnnxMemNet(model, paths, self._placement, self.threads), card, self.device)
+        return ServedVMA(OnnxVMA(model, paths, self._placement, self.threads), card, self.device)
+
+    def _place(self, probe: Path) -> None:
+        from app.worker.onnx_backend import place
+
+        self._placement = p = place(self.setting, probe, self.threads)
+        self.provider, self.device_id, self.fallback = p.provider, p.device_id, p.fallback
+        if p.fallback:  # expected on a machine without a GPU; a GPU asked for by name is not found
+            level = logging.INFO if self.setting == "auto" else logging.WARNING
+            log.log(level, "onnx backend on %s: %s", p.provider, p.fallback)
+        else:
+            log.info("onnx backend on %s (device %d)", p.provider, p.device_id)
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The backend the settings ask for; fails fast with the setting to change."""
+    if settings.backend == "torch":
+        return Backend("torch", pick_device(settings.device), settings.torch_threads)
+    if settings.device not in ("auto", "cpu", "cuda") and not settings.device.startswith("cuda:"):
+        raise SettingsError(f"MEMSERVE_DEVICE={settings.device}: use auto, cpu, cuda or cuda:N")
+    return Backend("onnx", torch.device("cpu"), settings.torch_threads, setting=settings.device)

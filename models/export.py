@@ -1,0 +1,253 @@
+"""Export a checkpoint's serving graphs to ONNX (`memserve export`).
+
+What serving runs, as graphs with a dynamic batch axis ``n`` on every input and output:
+
+* MemNet ``step``: one time step of B sessions, the whole recurrent state in and out
+  (x, h, ring-buffer keys and values, count, write position, an ``active`` mask for rows
+  whose chunk has ended) -> (y, h', keys', values', count', pos'). Forecasts feed y back.
+* VMA ``memory_embedding`` h(m), ``query_embedding`` h_q(x), ``z_prior`` (p(z|m_a) with the
+  decoder's context and m_a's pyramid), ``z_posterior`` q(z|m_a, x) (the likelihood bound
+  of classify needs it) and ``decoder`` p(x|z, m_a) as logits. Serving composes them exactly
+  as the PyTorch backend composes the same modules (`models.vma.VMAParts`).
+
+The graphs go to ``<dir>/<name>-onnx/<graph>.onnx``, and the card gains an ``onnx`` section:
+opset, the torch version that exported them, the sha256 of the weights they came from and
+each graph's file, sha256, inputs and outputs. Export is repeatable: the same weights and
+the same torch give byte-identical graphs (a test exports twice and compares hashes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
+from models.memnet import MemNet, MemNetState
+from models.vma import VMA
+
+OPSET = 18
+STEP_INPUTS = ("x", "h", "keys", "values", "count", "pos", "active")
+STEP_OUTPUTS = ("y", "h_out", "keys_out", "values_out", "count_out", "pos_out")
+
+
+@dataclass
+class GraphSpec:
+    """One graph: the module to trace, example inputs (by name, in order) and output names."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, Tensor]
+    outputs: tuple[str, ...]
+
+
+# ------------------------------------------------------------------ MemNet
+class _Step(nn.Module):
+    def __init__(self, model: MemNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, h, keys, values, count, pos, active):  # type: ignore[no-untyped-def]
+        y, s = self.model.step(x, MemNetState(h, keys, values, count, pos), active)
+        return y, s.h, s.keys, s.values, s.count, s.pos
+
+
+def memnet_graphs(model: MemNet) -> list[GraphSpec]:
+    """The batched step with its state and ring buffer as inputs and outputs."""
+    b = 3
+    st = model.initial_state(b)
+    x = torch.zeros(b, model.config.input_dim)
+    active = torch.tensor([True, False, True])
+    inputs = dict(zip(STEP_INPUTS, (x, st.h, st.keys, st.values, st.count, st.pos, active), strict=True))
+    return [GraphSpec("step", _Step(model), inputs, STEP_OUTPUTS)]
+
+
+# --------------------------------------------------------------------- VMA
+class _Call(nn.Module):
+    """Wraps one VMA method as a module whose outputs are a flat tuple of tensors."""
+
+    def __init__(self, model: VMA, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        if self.method == "decode":
+            z, c_m, *feats = args
+            return (self.model.decode(z, c_m, list(feats)),)
+        if self.method == "z_prior":
+            mu, log_std, c_m, feats = self.model.z_prior(*args)
+            return (mu, log_std, c_m, *feats)
+        if self.method == "z_posterior":
+            return tuple(self.model.z_posterior(*args))
+        return (getattr(self.model, self.method)(*args),)
+
+
+def feat_names(model: VMA) -> tuple[str, ...]:
+    """Names of m_a's pyramid maps passed from z_prior to the decoder, finest first, top last."""
+    return tuple(f"feat{i}" for i in range(model.config.n_levels + 1))
+
+
+def vma_graphs(model: VMA) -> list[GraphSpec]:
+    """h(m), h_q(x), p(z|m_a) with the pyramid, q(z|m_a, x) and the decoder."""
+    c = model.config
+    n = 3
+    img = torch.rand(n, 1, c.image_size, c.image_size).round()
+    with torch.no_grad():
+        mu, _, c_m, feats = model.z_prior(img)
+    feats_in = dict(zip(feat_names(model), feats, strict=True))
+    return [
+        GraphSpec("memory_embedding", _Call(model, "h_mem"), {"m": img}, ("h",)),
+        GraphSpec("query_embedding", _Call(model, "h_query"), {"x": img}, ("e",)),
+        GraphSpec(
+            "z_prior",
+            _Call(model, "z_prior"),
+            {"m_a": img},
+            ("mu", "log_std", "c_m", *feat_names(model)),
+        ),
+        GraphSpec("z_posterior", _Call(model, "z_posterior"), {"x": img, "m_a": img}, ("mu", "log_std")),
+        GraphSpec("decoder", _Call(model, "decode"), {"z": mu, "c_m": c_m, **feats_in}, ("logits",)),
+    ]
+
+
+# ------------------------------------------------------------------ export
+def graph_specs(model: nn.Module) -> list[GraphSpec]:
+    """The serving graphs of a loaded model."""
+    if isinstance(model, MemNet):
+        return memnet_graphs(model)
+    if isinstance(model, VMA):
+        return vma_graphs(model)
+    raise ValueError(f"no serving graphs for {type(model).__name__}")
+
+
+def export_graph(spec: GraphSpec, opset: int = OPSET) -> bytes:
+    """The ONNX bytes of one graph, with axis 0 of every input and output dynamic."""
+    batch = torch.export.Dim("n")
+    dynamic: tuple[Any, ...] = tuple({0: batch} for _ in spec.inputs)
+    if isinstance(spec.module, _Call):  # forward(*args): one spec for the args tuple
+        dynamic = (dynamic,)
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not our concern
+        program = torch.onnx.export(
+            spec.module.eval(),
+            tuple(spec.inputs.values()),
+            dynamo=True,
+            input_names=list(spec.inputs),
+            output_names=list(spec.outputs),
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    assert program is not None, "the exporter returned no program"
+    return canonical(program.model_proto).SerializeToString()
+
+
+def canonical(proto: Any) -> Any:
+    """The graph without what says where and how it was exported (source paths and lines,
+    the local build tag of torch): those would make the same weights give different bytes."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.metadata_props[:]
+    del proto.metadata_props[:]
+    proto.producer_version = proto.producer_version.split("+")[0]
+    return proto
+
+
+def onnx_dir(card_path: Path) -> Path:
+    """Where a checkpoint's graphs live: ``<dir>/<name>-onnx``."""
+    return card_path.parent / f"{card_path.stem}-onnx"
+
+
+def export_checkpoint(name_or_path: str | Path, directory: str | Path | None = None) -> dict[str, Any]:
+    """Export every serving graph of a checkpoint next to it and record them in its card."""
+    card_path = resolve_card_path(name_or_path, directory)
+    model, card = load_checkpoint(card_path)
+    out_dir = onnx_dir(card_path)
+    out_dir.mkdir(exist_ok=True)
+    graphs: dict[str, Any] = {}
+    for spec in graph_specs(model):
+        data = export_graph(spec)
+        path = out_dir / f"{spec.name}.onnx"
+        path.write_bytes(data)
+        path.chmod(0o644)
+        graphs[spec.name] = {
+            "file": f"{out_dir.name}/{path.name}",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "inputs": list(spec.inputs),
+            "outputs": list(spec.outputs),
+        }
+    card = read_card(card_path)  # re-read: only the onnx section changes
+    card["onnx"] = {
+        "opset": OPSET,
+        "torch": torch.__version__.split("+")[0],
+        "weights_sha256": card["files"]["sha256"],
+        "graphs": graphs,
+    }
+    write_card(card_path, card)
+    return card["onnx"]
+
+
+class StaleExport(RuntimeError):
+    """A checkpoint's ONNX graphs are missing, altered or from other weights."""
+
+
+def graph_paths(card: dict[str, Any], card_dir: Path) -> dict[str, Path]:
+    """The verified graph files of a card: present, hashes as recorded, from these weights."""
+    name = card.get("name", "?")
+    fix = f"run `memserve export --model {name}`"
+    onnx = card.get("onnx")
+    if not onnx:
+        raise StaleExport(f"checkpoint {name} has no ONNX graphs: {fix}")
+    if onnx.get("weights_sha256") != card["files"]["sha256"]:
+        raise StaleExport(f"the ONNX graphs of {name} were exported from other weights: {fix}")
+    paths = {}
+    for graph, info in onnx["graphs"].items():
+        path = card_dir / info["file"]
+        if not path.exists():
+            raise StaleExport(f"{path} is missing: {fix}")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != info["sha256"]:
+            raise StaleExport(f"{path} does not match the sha256 in its card: {fix}")
+        paths[graph] = path
+    return paths
+
+
+def servable(card: dict[str, Any]) -> bool:
+    """Whether serving runs this kind of model (only those get graphs)."""
+    return card.get("kind") in ("memnet", "vma")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`memserve export [--model NAME | --all] [--dir DIR]`."""
+    p = argparse.ArgumentParser(prog="memserve export", description=__doc__.split("\n")[0])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", action="append", help="checkpoint name (repeatable)")
+    which.add_argument("--all", action="store_true", help="every MemNet and VMA checkpoint in --dir")
+    p.add_argument("--dir", default="checkpoints", help="checkpoint directory")
+    args = p.parse_args(argv)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    directory = Path(args.dir)
+    if args.all:
+        names = sorted(c.stem for c in directory.glob("*.json") if servable(read_card(c)))
+    else:
+        names = args.model
+    for name in names:
+        section = export_checkpoint(name, directory)
+        for graph, info in section["graphs"].items():
+            print(f"{name}: {info['file']}  {info['bytes']:,} B  sha256 {info['sha256'][:16]}  ({graph})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
