@@ -33,7 +33,7 @@ def _run_api(settings: Settings) -> None:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        access_log=False, loop="auto", http="auto",
+        access_log=False, loop="auto", http="auto", log_config=None,  # our handler, our format
     )  # fmt: skip
     uvicorn.Server(config).run()
 
@@ -139,10 +139,16 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--port", type=int, help="listen port (MEMSERVE_PORT)")
         if name != "api":
             s.add_argument("--device", help="auto, cpu, cuda or cuda:N (MEMSERVE_DEVICE)")
+            s.add_argument(
+                "--backend", choices=["torch", "onnx"], help="inference backend (MEMSERVE_BACKEND)"
+            )
         if name == "serve":
             s.add_argument("--workers", type=int, help="worker processes (MEMSERVE_WORKERS)")
     sub.add_parser("train", help="train a checkpoint: memserve train {memnet,vma,vae} ...", add_help=False)
-    sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma} --url ...", add_help=False)
+    sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma,backends} ...", add_help=False)
+    sub.add_parser(
+        "export", help="export checkpoints to ONNX: memserve export --model NAME | --all", add_help=False
+    )
     return p
 
 
@@ -155,13 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(train_main(argv[1:]) or 0)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "export":
+        from models.export import main as export_main
+
+        return export_main(argv[1:])
     args = _parser().parse_args(argv)
     overrides = {
-        k: v for k in ("host", "port", "device", "workers") if (v := getattr(args, k, None)) is not None
+        k: v
+        for k in ("host", "port", "device", "backend", "workers")
+        if (v := getattr(args, k, None)) is not None
     }
     try:
         settings = Settings(**overrides)
-        setup_logging(settings.log_level)
+        setup_logging(settings.log_level, settings.log_format)
         return {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}[args.cmd](args, settings)
     except SettingsError as e:
         print(f"memserve: {e}", file=sys.stderr)
@@ -171,16 +183,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("stream", "vma"):
-        print("usage: memserve bench {stream,vma} --url URL [options]  (see --help)", file=sys.stderr)
+    if not argv or argv[0] not in ("stream", "vma", "backends"):
+        print("usage: memserve bench {stream,vma,backends} [options]  (see --help)", file=sys.stderr)
         return 2
+    if argv[0] == "backends":
+        from app.bench.backends import main as backends_main
+
+        return backends_main(argv[1:])
     if argv[0] == "vma":
-        from app.bench.vma import main as vma_main
+        from app.bench.vma import main as run
+    else:
+        from app.bench.stream import main as run
+    if any(a == "--backend" or a.startswith("--backend=") for a in argv[1:]):
+        from app.bench.served import compare
 
-        return int(vma_main(argv[1:]) or 0)
-    from app.bench.stream import main as stream_main
-
-    return int(stream_main(argv[1:]) or 0)
+        return compare(argv[0], argv[1:], run)
+    return int(run(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

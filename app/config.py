@@ -9,6 +9,7 @@ behind their backs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,7 +57,10 @@ class Settings(BaseSettings):
 
     # --- workers ---
     workers: int | None = Field(None, ge=0, description="`serve`: worker processes (unset: auto)")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (a worker runs on one device)")
+    backend: Literal["torch", "onnx"] = Field(
+        "onnx", description="inference backend of workers: torch, or onnx (ONNX Runtime, `memserve export`)"
+    )
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
     max_wait_ms: float = Field(2.0, ge=0, description="wait this long to fill a batch")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="how often a worker reports alive")
@@ -75,6 +79,12 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines: text (for people) or json (one object per line, for log shippers)"
+    )
+    access_log: bool = Field(
+        False, description="log a line per HTTP request (API) and per job (workers), with its request id"
+    )
 
     @field_validator("key_prefix")
     @classmethod

@@ -82,6 +82,22 @@ class SeqConflict(MemserveError):
     status, slug, title = 409, "seq-conflict", "The chunk does not continue the session"
 
 
+class InvalidBackup(MemserveError):
+    status, slug, title = 422, "invalid-backup", "The session document is malformed"
+
+
+class UnsupportedBackupVersion(MemserveError):
+    status, slug, title = 422, "unsupported-backup-version", "The session document's format is unknown"
+
+
+class BackupKindMismatch(MemserveError):
+    status, slug, title = 409, "backup-kind-mismatch", "The session document is of another kind"
+
+
+class ModelVersionMismatch(MemserveError):
+    status, slug, title = 409, "model-version-mismatch", "The session is from another model version"
+
+
 class PayloadTooLarge(MemserveError):
     status, slug, title = 413, "payload-too-large", "The request is too large"
 

@@ -26,6 +26,7 @@ import torch
 
 from app.config import Settings
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.export import export_checkpoint
 from models.memnet import MemNet, MemNetConfig
 from models.vma import VMA, VMAConfig
 
@@ -34,6 +35,16 @@ SHARED_DATA = Path(os.environ.get("MEMSERVE_DATA_DIR", REPO.parent / "shared" / 
 TEST_MODEL = "memnet-test"
 VMA_TEST_MODEL = "vma-test"
 VMA_TEST_CONFIG = VMAConfig(channels=8, hidden_dim=32, match_dim=16, z_dim=8)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where PyTorch sees a CUDA device and are skipped elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def run_offline(
@@ -99,6 +110,10 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # scores highest on it, which the service tests rely on.
     vma_card = {"data": {"source": "random init for tests"}, "serving": {"novelty_threshold_nats": -300.0}}
     save_checkpoint(VMA(VMA_TEST_CONFIG), vma_card, d, VMA_TEST_MODEL)
+    # Their ONNX graphs too, so that the service tests run on either backend
+    # (MEMSERVE_BACKEND=onnx in the environment switches the workers they start).
+    for name in (TEST_MODEL, VMA_TEST_MODEL):
+        export_checkpoint(name, d)
     return d
 
 

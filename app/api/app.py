@@ -15,12 +15,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import Services
 from app.api.errors import bare_500, install_error_handlers, problem_of
-from app.api.routes import exemplars, health, models, points, sessions, vma
+from app.api.metrics import ApiMetrics
+from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, vma
+from app.api.session_index import SessionIndex
+from app.api.telemetry import RequestTelemetry
 from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.errors import PayloadTooLarge
 from app.jobs.queue import JobQueue, ensure_group
+from app.logs import use_log_format
 from app.runtime import tune_gc
+from app.store.backup import BackupStore
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
@@ -111,9 +116,12 @@ async def _connect(settings: Settings) -> aioredis.Redis:
 def create_app(settings: Settings) -> FastAPI:
     """One API process: stateless; any number of them may share one Redis."""
     settings.check_checkpoints()
+    api_metrics = ApiMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Here, not in create_app: uvicorn configures its loggers after the app is built.
+        use_log_format(settings.log_format)
         r = await _connect(settings)
         keys = Keys(settings.key_prefix)
         for kind in KINDS:
@@ -123,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = Services(
             settings=settings, redis=r, keys=keys, sessions=SessionStore(r, keys),
             queue=queue, catalog=read_catalog(settings.checkpoint_dir), exemplars=ExemplarStore(r, keys),
+            backups=BackupStore(r, keys), metrics=api_metrics, live_sessions=SessionIndex(r, keys, KINDS),
         )  # fmt: skip
         tune_gc()
         log.info("API ready; models: %s", ", ".join(sorted(app.state.services.catalog)))
@@ -139,8 +148,20 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    _add_routes(app)
+    app.add_middleware(CatchAll)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Outermost (added last): it sees every response, the body limit's 413s included.
+    app.add_middleware(
+        RequestTelemetry, metrics=api_metrics, routes=app.router.routes, access=settings.access_log
+    )
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
     routers = (
-        sessions.router, points.router, exemplars.router, vma.router, models.router, health.router,
+        sessions.router, backup.router, points.router, exemplars.router, vma.router, models.router,
+        health.router, metrics.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
@@ -151,6 +172,3 @@ def create_app(settings: Settings) -> FastAPI:
         for route in router.routes
         if isinstance(route, APIRoute)
     ]
-    app.add_middleware(CatchAll)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    return app

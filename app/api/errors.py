@@ -20,6 +20,7 @@ from app.errors import (
     NotFound,
     RedisUnavailable,
 )
+from app.logs import current_request_id
 
 log = logging.getLogger("memserve.api")
 
@@ -27,6 +28,10 @@ PROBLEM = "application/problem+json"
 
 
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A problem+json response; it names the request (``request_id``) so a client can quote it."""
+    rid = current_request_id()
+    if rid and "request_id" not in body:
+        body = {**body, "request_id": rid}
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 

@@ -62,6 +62,18 @@ class PointsJob:
         return digest(self.values)
 
 
+def job_header(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """The JSON header (field ``h``) of a points or VMA job's stream entry; {} when unreadable.
+
+    For logging: the worker reads a job's id and request id (``rid``) without decoding the job.
+    """
+    try:
+        head = orjson.loads(fields[b"h"])
+    except (KeyError, orjson.JSONDecodeError):
+        return {}
+    return head if isinstance(head, dict) else {}
+
+
 @dataclass(frozen=True)
 class Reply:
     """A worker's answer to one job.

@@ -22,27 +22,19 @@ import torch
 
 from app.catalog import read_catalog
 from app.config import Settings, SettingsError
+from app.jobs.messages import job_header
 from app.jobs.reader import BatchReader, Delivery
-from app.logs import setup_logging
+from app.jobs.stats import WorkerStats
+from app.logs import log_context, setup_logging
 from app.runtime import tune_gc
 from app.store.keys import Keys
+from app.worker.backends import open_backend
 from app.worker.memnet_runner import MemNetRunner, ServedMemNet
 from app.worker.runner import Outcome
 from app.worker.vma_runner import ServedVMA, VmaRunner
 from models.checkpoint import load_checkpoint
-from models.vma import VMA
 
 log = logging.getLogger("memserve.worker")
-
-
-def pick_device(setting: str) -> torch.device:
-    """The device named by MEMSERVE_DEVICE; `auto` takes the first GPU when there is one."""
-    if setting == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(setting)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SettingsError(f"MEMSERVE_DEVICE={setting} but no CUDA device is visible")
-    return dev
 
 
 @dataclass
@@ -64,8 +56,10 @@ class Worker:
         self.keys = Keys(settings.key_prefix)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.r = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=30)
-        self.device = pick_device(settings.device)
+        self.backend = open_backend(settings)
+        self.device = self.backend.device
         self.counters = Counters()
+        self.stats = WorkerStats()  # batch sizes and times per kind, for the API's /metrics
         self.stopping = threading.Event()
         memnets, vmas = self._load_models()
         self.models = sorted([*memnets, *vmas])
@@ -83,6 +77,7 @@ class Worker:
             self.runners[self.keys.stream("memnet")] = self.runner
         if vmas:
             self.runners[self.keys.stream("vma")] = self.vma_runner
+        self.kind_of = {self.keys.stream(kind): kind for kind in ("memnet", "vma")}
         self.reader = BatchReader(
             self.r, self.keys, list(self.runners), self.id, settings.max_batch, settings.max_wait_ms
         )
@@ -97,11 +92,14 @@ class Worker:
             if info.kind not in ("memnet", "vma"):
                 continue
             model, card = load_checkpoint(name, self.settings.checkpoint_dir)
-            if isinstance(model, VMA):
-                vmas[name] = ServedVMA(model, card, self.device)
+            served = self.backend.serve(model, card, self.settings.checkpoint_dir)
+            if isinstance(served, ServedVMA):
+                vmas[name] = served
             else:
-                memnets[name] = ServedMemNet(model, card, self.device)  # type: ignore[arg-type]
-            log.info("loaded %s %s (version %s) on %s", info.kind, name, info.version, self.device)
+                memnets[name] = served
+            where = self.backend.describe()
+            log.info("loaded %s %s (version %s) on %s, %s backend", info.kind, name, info.version,
+                     where["device"], where["backend"])  # fmt: skip
         if not memnets and not vmas:
             raise SettingsError(
                 f"no MemNet or VMA checkpoint in {self.settings.checkpoint_dir}: set MEMSERVE_CHECKPOINT_DIR"
@@ -113,12 +111,12 @@ class Worker:
         c = self.counters
         beat = {
             "id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
-            "device": str(self.device), "backend": "torch", "models": self.models,
+            **self.backend.describe(), "models": self.models,
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
             "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
             "memory_cache_hits": self.vma_runner.cache.hits,
-            "memory_cache_misses": self.vma_runner.cache.misses,
+            "memory_cache_misses": self.vma_runner.cache.misses, "stats": self.stats.snapshot(),
         }  # fmt: skip
         ttl = self.settings.heartbeat_ttl_s
         with self.r.pipeline(transaction=False) as p:
@@ -145,12 +143,12 @@ class Worker:
         self.reader.ensure_group()
         self.heartbeat()
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        where = self.backend.describe()
         log.info(
-            "worker %s ready (device %s, max_batch %d)",
-            self.id,
-            self.device,
-            self.settings.max_batch,
-        )
+            "worker %s ready (%s backend on %s%s, max_batch %d)",
+            self.id, where["backend"], where["device"],
+            f" via {where['provider']}" if where["provider"] else "", self.settings.max_batch,
+        )  # fmt: skip
         next_claim = 0.0
         while not self.stopping.is_set():
             try:
@@ -188,40 +186,81 @@ class Worker:
             return
         if self.settings.fault_batch_delay_ms:
             time.sleep(self.settings.fault_batch_delay_ms / 1000)
-        try:
-            outs = self._process(batch)
-        except redis.RedisError:
-            self._retry = batch
-            raise
-        except Exception:
-            # Unknown failure: try again, counting it; past max_deliveries a job is refused.
-            log.exception("batch of %d jobs failed", len(batch))
-            self.counters.errors += 1
-            for d in batch:
-                d.deliveries += 1
-            self._retry = batch
-            return
+        # Every line logged while the batch runs names the requests of its jobs (read from the
+        # jobs only if a line is actually logged).
+        with log_context(request_ids=lambda: _request_ids(batch)):
+            try:
+                outs = self._process(batch)
+            except redis.RedisError:
+                self._retry = batch
+                raise
+            except Exception:
+                # Unknown failure: try again, counting it; past max_deliveries a job is refused.
+                log.exception("batch of %d jobs failed", len(batch))
+                self.counters.errors += 1
+                for d in batch:
+                    d.deliveries += 1
+                self._retry = batch
+                return
         # Replies first (an acked job was answered), then the jobs waiting meanwhile.
         acks = {stream: out.ack for stream, out in outs.items()}
         messages = [m for out in outs.values() for m in out.messages()]
         self._next = self.reader.ack(acks, messages, read_next=not self.stopping.is_set())
-        for out in outs.values():
+        for stream, out in outs.items():
             self._retry += out.retry
             self.counters.jobs += len(out.ack)
             self.counters.steps += out.steps
+            self.stats.batch_done(self.kind_of.get(stream, stream), len(out.ack), out.steps)
         self.counters.batches += 1
+        if self.settings.access_log:
+            self._log_jobs(batch, outs)
+
+    def _log_jobs(self, batch: list[Delivery], outs: dict[str, Outcome]) -> None:
+        """One line per job answered (MEMSERVE_ACCESS_LOG), with the request id it came with."""
+        acked = {entry_id for out in outs.values() for entry_id in out.ack}
+        now_ms = time.time() * 1000
+        for d in batch:
+            if d.entry_id not in acked:
+                continue
+            head = job_header(d.fields)
+            extra = {
+                "job": head.get("job", ""), "sid": head.get("sid", ""), "op": head.get("op", ""),
+                "kind": self.kind_of.get(d.stream, d.stream), "deliveries": d.deliveries,
+                "batch_jobs": len(batch), "since_queued_ms": round(now_ms - _queued_ms(d.entry_id), 1),
+            }  # fmt: skip
+            if head.get("rid"):
+                extra["request_id"] = str(head["rid"])
+            log.info("%s job %s done", extra["op"], extra["job"], extra=extra)
 
     def _process(self, batch: list[Delivery]) -> dict[str, Outcome]:
         """Each stream's jobs to the runner of its model kind."""
         by_stream: dict[str, list[Delivery]] = {}
         for d in batch:
             by_stream.setdefault(d.stream, []).append(d)
-        return {stream: self.runners[stream].process(ds) for stream, ds in by_stream.items()}
+        outs: dict[str, Outcome] = {}
+        for stream, ds in by_stream.items():
+            started = time.perf_counter()
+            outs[stream] = self.runners[stream].process(ds)
+            self.stats.batch_ran(self.kind_of.get(stream, stream), len(ds), time.perf_counter() - started)
+        return outs
+
+
+def _request_ids(batch: list[Delivery]) -> list[str]:
+    """The request ids the batch's jobs came with (for log lines about the batch)."""
+    return [str(rid) for d in batch if (rid := job_header(d.fields).get("rid"))]
+
+
+def _queued_ms(entry_id: bytes) -> float:
+    """When a stream entry was added (its id's first part: Redis' clock, in ms)."""
+    try:
+        return float(entry_id.split(b"-", 1)[0])
+    except ValueError:
+        return time.time() * 1000
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     """Entry point of a worker process (also the target of spawned workers)."""
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     torch.set_num_threads(settings.torch_threads)
     worker = Worker(settings, worker_id)
 

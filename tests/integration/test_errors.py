@@ -514,7 +514,9 @@ def test_unreadable_session_meta_is_a_bare_500_problem_and_is_logged(
         while not any("unhandled error" in m for m in caplog.messages) and time.monotonic() < deadline:
             time.sleep(0.01)
     assert r.status_code == 500 and r.headers["content-type"] == PROBLEM
-    assert r.json() == {"type": "about:blank", "title": "Internal Server Error", "status": 500}
+    body = r.json()
+    assert body.pop("request_id") == r.headers["x-request-id"]  # what a client quotes to the operator
+    assert body == {"type": "about:blank", "title": "Internal Server Error", "status": 500}
     assert "Traceback" not in r.text and "input_dim" not in r.text  # no internals leak
     record = next(rec for rec in caplog.records if "unhandled error" in rec.getMessage())
     assert f"/v1/sessions/{sid}" in record.getMessage() and record.exc_info is not None

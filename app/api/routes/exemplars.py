@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import ServicesDep
 from app.api.schemas import AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
 from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item, encode_png
 from app.jobs.vma import VmaJob
+from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["vma"])
 
@@ -26,7 +27,7 @@ def parse_label(value: str | int, where: str) -> str:
 
 
 @router.post("/{sid}/exemplars", response_model=AddedExemplars, status_code=status.HTTP_201_CREATED)
-async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, request: Request) -> Response:
+async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep) -> Response:
     """Add labelled drawings to the session's memory; a worker embeds each once. All or none are added."""
     meta = await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
     most = svc.settings.max_exemplars_per_request
@@ -44,7 +45,7 @@ async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, request:
             capacity=meta.capacity, count=count,
         )  # fmt: skip
     job = VmaJob.new(
-        sid, meta.model, "add", svc.queue.channel, images, request.headers.get("x-request-id", ""),
+        sid, meta.model, "add", svc.queue.channel, images, current_request_id(),
         labels=labels, capacity=meta.capacity, ttl=meta.ttl_s,
     )  # fmt: skip
     reply = await svc.queue.run(
@@ -53,6 +54,7 @@ async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, request:
     )  # fmt: skip
     if not reply.ok:
         raise from_slug(reply.slug, reply.detail, **(reply.extra or {}))
+    svc.metrics.exemplars_added.inc(len(labels))
     return Response(reply.body, status_code=status.HTTP_201_CREATED, media_type="application/json")
 
 

@@ -16,12 +16,16 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 async def live_workers(svc: Services) -> list[dict[str, Any]]:
-    """Heartbeats of the workers alive now (registered, and their heartbeat key not expired)."""
+    """Heartbeats of the workers alive now (registered, and their heartbeat key not expired),
+    without their batch histograms (``stats``: /metrics exposes them)."""
     ids: list[bytes] = await svc.redis.zrangebyscore(svc.keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
     if not ids:
         return []
     beats = await svc.redis.mget([svc.keys.worker(i.decode()) for i in ids])
-    return [json.loads(b) for b in beats if b]
+    out = [json.loads(b) for b in beats if b]
+    for beat in out:
+        beat.pop("stats", None)
+    return out
 
 
 @router.get("/live", response_model=Live)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from app.api.deps import ServicesDep
 from app.api.schemas import PointsRequest, PointsResponse
 from app.errors import InvalidRequest, from_slug
 from app.jobs.points import chunk_array, points_job
+from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["memnet"])
 
 
 @router.post("/{sid}/points", response_model=PointsResponse)
-async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, request: Request) -> Response:
+async def post_points(sid: str, body: PointsRequest, svc: ServicesDep) -> Response:
     """Apply a chunk of points to the session in order and return a prediction per point.
 
     `seq` must equal the session's step count (409 otherwise, with `expected_seq`), except
@@ -27,7 +28,7 @@ async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, request: 
     chunk = chunk_array(body.values, meta.input_dim, svc.settings.max_points_per_request)
     job = points_job(
         sid, meta.model, chunk, body.seq, body.horizon, svc.queue.channel,
-        request.headers.get("x-request-id", ""),
+        current_request_id(),
     )  # fmt: skip
     reply = await svc.queue.run(svc.keys.stream("memnet"), job, svc.settings.request_timeout_s)
     if not reply.ok:

@@ -42,7 +42,8 @@ def _capacity(svc: Services, kind: str, info: ModelInfo, asked: int | None) -> i
     return fixed
 
 
-def _info(sid: str, data: dict[str, Any]) -> SessionInfo:
+def session_info(sid: str, data: dict[str, Any]) -> SessionInfo:
+    """The response body for a session, from ``SessionStore.info``."""
     m = data["meta"]
     return SessionInfo(
         id=sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
@@ -61,18 +62,21 @@ async def create_session(body: CreateSession, svc: ServicesDep, response: Respon
         raise InvalidRequest(f"ttl_s is at most {svc.settings.max_ttl_s}", max_ttl_s=svc.settings.max_ttl_s)
     capacity = _capacity(svc, body.kind, info, body.capacity)
     meta = await svc.sessions.create(body.kind, info.name, info.version, ttl, info.input_dim, capacity)
+    await svc.live_sessions.add(meta.sid, body.kind, ttl)
+    svc.metrics.sessions_created.labels(body.kind).inc()
     response.headers["Location"] = f"/v1/sessions/{meta.sid}"
-    return _info(meta.sid, await svc.sessions.info(meta.sid))
+    return session_info(meta.sid, await svc.sessions.info(meta.sid))
 
 
 @router.get("/{sid}", response_model=SessionInfo)
 async def get_session(sid: str, svc: ServicesDep) -> SessionInfo:
     """The session's model, progress, expiry and memory footprint."""
-    return _info(sid, await svc.sessions.info(sid))
+    return session_info(sid, await svc.sessions.info(sid))
 
 
 @router.delete("/{sid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 async def delete_session(sid: str, svc: ServicesDep) -> Response:
     """End the session and drop its memory."""
     await svc.sessions.delete(sid)
+    await svc.live_sessions.remove(sid)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

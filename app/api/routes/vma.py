@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from app.api.deps import ServicesDep
 from app.api.routes.exemplars import parse_label
@@ -13,6 +13,7 @@ from app.api.schemas import ClassifyRequest, ClassifyResponse, SampleRequest, Sa
 from app.errors import InvalidRequest, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item
 from app.jobs.vma import VmaJob
+from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["vma"])
 
@@ -21,7 +22,7 @@ DEFAULT_SAMPLES = {"posterior": 1, "importance": 16}
 
 
 @router.post("/{sid}/samples", response_model=SampleResponse)
-async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, request: Request) -> Response:
+async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep) -> Response:
     """Draw new drawings from the memory: a ~ p(a|M) (or among one label's or one exemplar), z ~ p(z|m_a),
     x ~ p(x|z, m_a). Each sample names the exemplar it came from; the same seed gives the same samples."""
     meta = await svc.sessions.meta_of_kind(sid, "vma", "/samples")
@@ -30,7 +31,7 @@ async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, request:
     seed = body.seed if body.seed is not None else secrets.randbelow(2**63)
     label = None if body.label is None else parse_label(body.label, "label")
     job = VmaJob.new(
-        sid, meta.model, "sample", svc.queue.channel, None, request.headers.get("x-request-id", ""),
+        sid, meta.model, "sample", svc.queue.channel, None, current_request_id(),
         n=body.n, label=label, exemplar_id=body.exemplar_id, seed=seed, format=body.format,
         ttl=meta.ttl_s,
     )  # fmt: skip
@@ -38,7 +39,7 @@ async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, request:
 
 
 @router.post("/{sid}/classify", response_model=ClassifyResponse)
-async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, request: Request) -> Response:
+async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep) -> Response:
     """Per drawing: p(c|x) per label, the top addresses, KL(q(a|x)||p(a)), a log-likelihood bound and
     whether the drawing is unlike everything in memory."""
     meta = await svc.sessions.meta_of_kind(sid, "vma", "/classify")
@@ -51,7 +52,7 @@ async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, request: R
         raise InvalidRequest("the importance method needs samples >= 1")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**63)
     job = VmaJob.new(
-        sid, meta.model, "classify", svc.queue.channel, images, request.headers.get("x-request-id", ""),
+        sid, meta.model, "classify", svc.queue.channel, images, current_request_id(),
         method=body.method, samples=samples, top_k=body.top_k, seed=seed, ttl=meta.ttl_s,
     )  # fmt: skip
     return await _run(svc, job)
