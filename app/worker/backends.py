@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from app.worker.vma_runner import ServedVMA
 from models.export import StaleExport, graph_paths
 from models.memnet import MemNet
 from models.vma import VMA
+
+if TYPE_CHECKING:  # onnxruntime is imported only by workers that run the onnx backend
+    from app.worker.onnx_backend import Placement
 
 log = logging.getLogger("memserve.worker")
 
@@ -44,15 +47,15 @@ class Backend:
     device: torch.device  # where runners keep their tensors
     threads: int
     setting: str = "auto"  # MEMSERVE_DEVICE, for ONNX Runtime's placement
-    provider: str | None = None
-    device_id: int = 0
-    fallback: str | None = None
-    _placement: Any = None
+    placement: Placement | None = None  # ONNX Runtime's, once the first graph has been opened
 
     def describe(self) -> dict[str, Any]:
         """What a heartbeat (and so /health/ready) says about where the models run."""
-        where = f"cuda:{self.device_id}" if self.provider == "CUDAExecutionProvider" else str(self.device)
-        return {"backend": self.name, "device": where, "provider": self.provider, "fallback": self.fallback}
+        p = self.placement
+        if p is None:
+            return {"backend": self.name, "device": str(self.device), "provider": None, "fallback": None}
+        where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else str(self.device)
+        return {"backend": self.name, "device": where, "provider": p.provider, "fallback": p.fallback}
 
     def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> ServedMemNet | ServedVMA:
         """Wrap a loaded checkpoint for its runner, on this backend."""
@@ -66,22 +69,21 @@ class Backend:
             paths = graph_paths(card, card_dir)
         except StaleExport as e:
             raise SettingsError(f"MEMSERVE_BACKEND=onnx: {e} (or set MEMSERVE_BACKEND=torch)") from e
-        if self._placement is None:
-            self._place(next(iter(paths.values())))
+        placement = self.placement or self._place(next(iter(paths.values())))
         if isinstance(model, MemNet):
-            return ServedMemNet(OnnxMemNet(model, paths, self._placement, self.threads), card, self.device)
-        return ServedVMA(OnnxVMA(model, paths, self._placement, self.threads), card, self.device)
+            return ServedMemNet(OnnxMemNet(model, paths, placement, self.threads), card, self.device)
+        return ServedVMA(OnnxVMA(model, paths, placement, self.threads), card, self.device)
 
-    def _place(self, probe: Path) -> None:
+    def _place(self, probe: Path) -> Placement:
         from app.worker.onnx_backend import place
 
-        self._placement = p = place(self.setting, probe, self.threads)
-        self.provider, self.device_id, self.fallback = p.provider, p.device_id, p.fallback
+        self.placement = p = place(self.setting, probe, self.threads)
         if p.fallback:  # expected on a machine without a GPU; a GPU asked for by name is not found
             level = logging.INFO if self.setting == "auto" else logging.WARNING
             log.log(level, "onnx backend on %s: %s", p.provider, p.fallback)
         else:
             log.info("onnx backend on %s (device %d)", p.provider, p.device_id)
+        return p
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -77,7 +77,6 @@ class Worker:
             self.runners[self.keys.stream("memnet")] = self.runner
         if vmas:
             self.runners[self.keys.stream("vma")] = self.vma_runner
-        self.kind_of = {self.keys.stream(kind): kind for kind in ("memnet", "vma")}
         self.reader = BatchReader(
             self.r, self.keys, list(self.runners), self.id, settings.max_batch, settings.max_wait_ms
         )
@@ -210,7 +209,7 @@ class Worker:
             self._retry += out.retry
             self.counters.jobs += len(out.ack)
             self.counters.steps += out.steps
-            self.stats.batch_done(self.kind_of.get(stream, stream), len(out.ack), out.steps)
+            self.stats.batch_done(self.runners[stream].kind, len(out.ack), out.steps)
         self.counters.batches += 1
         if self.settings.access_log:
             self._log_jobs(batch, outs)
@@ -225,7 +224,7 @@ class Worker:
             head = job_header(d.fields)
             extra = {
                 "job": head.get("job", ""), "sid": head.get("sid", ""), "op": head.get("op", ""),
-                "kind": self.kind_of.get(d.stream, d.stream), "deliveries": d.deliveries,
+                "kind": self.runners[d.stream].kind, "deliveries": d.deliveries,
                 "batch_jobs": len(batch), "since_queued_ms": round(now_ms - _queued_ms(d.entry_id), 1),
             }  # fmt: skip
             if head.get("rid"):
@@ -241,7 +240,7 @@ class Worker:
         for stream, ds in by_stream.items():
             started = time.perf_counter()
             outs[stream] = self.runners[stream].process(ds)
-            self.stats.batch_ran(self.kind_of.get(stream, stream), len(ds), time.perf_counter() - started)
+            self.stats.batch_ran(self.runners[stream].kind, len(ds), time.perf_counter() - started)
         return outs
 
 
