@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing as mp
 import signal
@@ -10,7 +11,9 @@ import sys
 import threading
 from multiprocessing.process import BaseProcess
 
-from app.config import Settings, SettingsError
+from pydantic import ValidationError
+
+from app.config import ApiKey, Settings, SettingsError
 from app.logs import setup_logging
 
 log = logging.getLogger("memserve")
@@ -91,12 +94,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         embedded = EmbeddedRedis(settings.redis_data_dir)
         settings = settings.model_copy(update={"redis_url": embedded.url})
+    settings = _local_auth(settings)
+    settings.all_api_keys()  # fail before starting anything
     settings.check_checkpoints()
     count = settings.workers if settings.workers is not None else max(_gpu_count(), 1)
     pool = WorkerPool(settings, count)
     pool.start()
     print(f"memserve: http://{settings.host}:{settings.port} (docs at /docs), {count} worker(s), "
           f"Redis {settings.redis_url}", file=sys.stderr)  # fmt: skip
+    if settings.auth == "off":
+        print("memserve: authentication is OFF (local use): no API keys, every request acts for one "
+              "tenant, no limits; set MEMSERVE_API_KEYS to require keys", file=sys.stderr)  # fmt: skip
     # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal into the handler that
     # was there before it: this one lets the cleanup below run instead of dying on SIGTERM.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +115,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         pool.stop()
         if embedded is not None:
             embedded.stop()
+    return 0
+
+
+def _local_auth(settings: Settings) -> Settings:
+    """`serve` is for local use: without keys configured and no MEMSERVE_AUTH given, auth is off."""
+    no_keys = not settings.api_keys and settings.api_keys_file is None
+    if no_keys and "auth" not in settings.model_fields_set:
+        return settings.model_copy(update={"auth": "off"})
+    return settings
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """Make an API key: the key for the client, the entry for MEMSERVE_API_KEYS."""
+    from app.api.auth import key_digest, new_api_key
+
+    key = new_api_key()
+    entry: dict[str, object] = {"tenant": args.tenant, "sha256": key_digest(key)}
+    for name in ("max_sessions", "rate_per_s", "burst"):
+        if getattr(args, name) is not None:
+            entry[name] = getattr(args, name)
+    ApiKey.model_validate(entry)  # the tenant name must be valid
+    print(
+        f"API key for {args.tenant} (give it to the client; memserve keeps only its hash):", file=sys.stderr
+    )
+    print(key)
+    print(
+        "add this entry to the JSON list in MEMSERVE_API_KEYS (or MEMSERVE_API_KEYS_FILE):", file=sys.stderr
+    )
+    print(json.dumps(entry))
     return 0
 
 
@@ -144,6 +181,15 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "serve":
             s.add_argument("--workers", type=int, help="worker processes (MEMSERVE_WORKERS)")
+    keys = sub.add_parser("keys", help="make an API key: memserve keys new TENANT")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    new = keys_sub.add_parser("new", help="a new random key and its MEMSERVE_API_KEYS entry")
+    new.add_argument("tenant", help="who the key acts for (letters, digits, . _ -)")
+    new.add_argument("--max-sessions", type=int, help="live sessions (default MEMSERVE_MAX_SESSIONS_PER_KEY)")
+    new.add_argument(
+        "--rate-per-s", type=float, help="requests per second (default MEMSERVE_RATE_LIMIT_PER_S)"
+    )
+    new.add_argument("--burst", type=int, help="requests at once above the rate (MEMSERVE_RATE_LIMIT_BURST)")
     sub.add_parser("train", help="train a checkpoint: memserve train {memnet,vma,vae} ...", add_help=False)
     sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma,backends} ...", add_help=False)
     sub.add_parser(
@@ -174,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         setup_logging(settings.log_level, settings.log_format)
-        return {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker}[args.cmd](args, settings)
-    except SettingsError as e:
+        commands = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker, "keys": cmd_keys}
+        return commands[args.cmd](args, settings)
+    except (SettingsError, ValidationError) as e:
         print(f"memserve: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

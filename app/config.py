@@ -8,10 +8,12 @@ behind their backs.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +21,41 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 class SettingsError(RuntimeError):
     """A setting makes startup impossible; the message names the setting to change."""
+
+
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ApiKey(BaseModel):
+    """One API key, as configured: never the key itself, only its SHA-256.
+
+    Keys are 256-bit random strings (``memserve keys new``), so a plain SHA-256 is enough to
+    make a leaked configuration useless: there is nothing to brute-force, unlike a password.
+    Several keys may name one tenant (rotation: both work while clients move over); sessions
+    belong to the tenant, and its limits are counted per tenant.
+    """
+
+    tenant: str = Field(description="who the key acts for; owns the sessions it creates")
+    sha256: str = Field(description="hex SHA-256 of the key")
+    # Unset: the default setting; 0: unlimited.
+    max_sessions: int | None = Field(None, ge=0, description="live sessions of the tenant at most")
+    rate_per_s: float | None = Field(None, ge=0, description="requests per second")
+    burst: int | None = Field(None, ge=1, description="requests allowed at once above the rate")
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, v: str) -> str:
+        if not TENANT_RE.match(v):
+            raise ValueError("a tenant is 1-64 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, v: str) -> str:
+        v = v.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("sha256 is 64 hex digits (see `memserve keys new`)")
+        return v
 
 
 class Settings(BaseSettings):
@@ -32,6 +69,9 @@ class Settings(BaseSettings):
     )
     redis_data_dir: Path = Field(Path(".memserve"), description="where the embedded Redis keeps its database")
     key_prefix: str = Field("ms", description="prefix of every Redis key memserve writes")
+    redis_cluster: bool = Field(
+        False, description="MEMSERVE_REDIS_URL names a node of a Redis Cluster (client in cluster mode)"
+    )
 
     # --- models ---
     checkpoint_dir: Path = Field(
@@ -39,6 +79,9 @@ class Settings(BaseSettings):
     )
     default_memnet_model: str = Field("memnet-mackey-glass", description="model of new sessions")
     default_vma_model: str = Field("vma-omniglot", description="model of new VMA sessions")
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="how often workers and the API look for new checkpoint versions (0: never)"
+    )
 
     # --- HTTP API ---
     host: str = Field("127.0.0.1", description="API listen address")
@@ -54,6 +97,20 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, description="drawings to classify in one request (413)")
     request_timeout_s: float = Field(10.0, gt=0, description="wait for a worker's reply (504)")
     queue_cap: int = Field(10_000, ge=1, description="jobs waiting per stream before 429")
+
+    # --- tenancy ---
+    auth: Literal["keys", "off"] = Field(
+        "keys",
+        description="keys: every /v1 request needs `Authorization: Bearer <key>`; off: one local "
+        "tenant, no keys, no limits (`memserve serve` turns it off unless keys are given)",
+    )
+    api_keys: list[ApiKey] = Field(
+        [], description="JSON list of {tenant, sha256[, max_sessions, rate_per_s, burst]}"
+    )
+    api_keys_file: Path | None = Field(None, description="JSON file of more api_keys (e.g. a mounted secret)")
+    max_sessions_per_key: int = Field(1000, ge=0, description="live sessions per tenant (429; 0: unlimited)")
+    rate_limit_per_s: float = Field(100.0, ge=0, description="requests per second per tenant (0: unlimited)")
+    rate_limit_burst: int = Field(200, ge=1, description="requests a tenant may make at once above the rate")
 
     # --- workers ---
     workers: int | None = Field(None, ge=0, description="`serve`: worker processes (unset: auto)")
@@ -92,6 +149,25 @@ class Settings(BaseSettings):
         if not v or any(c in v for c in "{}: "):
             raise ValueError("MEMSERVE_KEY_PREFIX must be non-empty, without braces, ':' or spaces")
         return v
+
+    def all_api_keys(self) -> list[ApiKey]:
+        """`api_keys` plus those of `api_keys_file`; a startup error names what to fix."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                raw = json.loads(self.api_keys_file.read_text())
+                keys += [ApiKey.model_validate(k) for k in raw]
+            except (OSError, ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+                raise SettingsError(f"MEMSERVE_API_KEYS_FILE {self.api_keys_file}: {e}") from e
+        digests = [k.sha256 for k in keys]
+        if len(set(digests)) != len(digests):
+            raise SettingsError("MEMSERVE_API_KEYS: the same key (sha256) is listed twice")
+        if self.auth == "keys" and not keys:
+            raise SettingsError(
+                "no API keys: add one to MEMSERVE_API_KEYS (`memserve keys new TENANT` prints it), "
+                "or set MEMSERVE_AUTH=off for local use without keys"
+            )
+        return keys
 
     def require_redis_url(self) -> str:
         """The Redis URL, or a startup error that says which setting to give."""

@@ -102,6 +102,22 @@ class PayloadTooLarge(MemserveError):
     status, slug, title = 413, "payload-too-large", "The request is too large"
 
 
+class Unauthorized(MemserveError):
+    status, slug, title = 401, "unauthorized", "A valid API key is needed"
+
+
+class RateLimited(MemserveError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class SessionLimit(MemserveError):
+    status, slug, title = 429, "session-limit", "Too many live sessions"
+
+
+class StoreFull(MemserveError):
+    status, slug, title = 503, "store-full", "The session store is out of memory"
+
+
 class QueueFull(MemserveError):
     status, slug, title = 429, "queue-full", "Too many jobs are waiting"
 

@@ -27,8 +27,10 @@ import urllib.error
 import urllib.request
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from app.config import Settings, SettingsError
+from app.store.client import sync_client
 from app.store.keys import Keys
 
 # A health check must answer well inside the HEALTHCHECK timeout even when Redis hangs.
@@ -50,15 +52,17 @@ def check_worker(settings: Settings, host: str | None = None) -> str | None:
     exists, else the reason why not."""
     host = host or socket.gethostname()
     keys = Keys(settings.key_prefix)
-    r = redis.Redis.from_url(
-        settings.require_redis_url(), socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
-    )
+    try:
+        # A cluster client connects as it is built, so building it may fail too.
+        r = sync_client(settings, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    except (redis.RedisError, RedisClusterException) as e:
+        return f"redis unreachable: {e}"
     try:
         # The registry scores each worker by when its heartbeat expires: one range query
         # finds the live ones without a SCAN over all keys.
         ids: list[bytes] = r.zrangebyscore(keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
         beats: list[bytes | None] = r.mget([keys.worker(i.decode()) for i in ids]) if ids else []  # type: ignore[assignment]
-    except redis.RedisError as e:
+    except (redis.RedisError, RedisClusterException) as e:
         return f"redis unreachable: {e}"
     finally:
         r.close()

@@ -126,6 +126,7 @@ def settings(redis_url: str, key_prefix: str, ckpt_dir: Path) -> Settings:
         default_memnet_model=TEST_MODEL,
         default_vma_model=VMA_TEST_MODEL,
         port=free_port(),
+        auth="off",  # tests of tenancy turn keys on (tests/integration/test_tenancy.py)
         request_timeout_s=20,
         heartbeat_interval_s=0.3,
         heartbeat_ttl_s=1.5,

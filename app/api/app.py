@@ -8,27 +8,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import Services
+from app.api.auth import KeyRing
+from app.api.catalog_watch import CatalogWatch
+from app.api.deps import Services, get_tenant
 from app.api.errors import bare_500, install_error_handlers, problem_of
 from app.api.metrics import ApiMetrics
-from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, vma
+from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, tenant, vma
 from app.api.session_index import SessionIndex
 from app.api.telemetry import RequestTelemetry
-from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.errors import PayloadTooLarge
 from app.jobs.queue import JobQueue, ensure_group
 from app.logs import use_log_format
 from app.runtime import tune_gc
 from app.store.backup import BackupStore
+from app.store.client import async_client
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
+from app.store.tenants import TenantStore
 
 log = logging.getLogger("memserve.api")
 
@@ -101,12 +104,12 @@ class CatchAll:
 
 async def _connect(settings: Settings) -> aioredis.Redis:
     url = settings.require_redis_url()
-    r = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    r = async_client(settings)
     for attempt in range(20):
         try:
             await r.ping()
             return r
-        except RedisError as e:
+        except (RedisError, RedisClusterException) as e:  # the latter: no cluster node reachable
             if attempt == 19:
                 raise SettingsError(f"cannot reach Redis at {url} ({e}): check MEMSERVE_REDIS_URL") from e
             await asyncio.sleep(0.25)
@@ -116,6 +119,7 @@ async def _connect(settings: Settings) -> aioredis.Redis:
 def create_app(settings: Settings) -> FastAPI:
     """One API process: stateless; any number of them may share one Redis."""
     settings.check_checkpoints()
+    keyring = KeyRing(settings)  # fails fast on bad or missing keys
     api_metrics = ApiMetrics()
 
     @asynccontextmanager
@@ -128,16 +132,22 @@ def create_app(settings: Settings) -> FastAPI:
             await ensure_group(r, keys.stream(kind))
         queue = JobQueue(r, keys, settings.queue_cap)
         await queue.start()
+        catalog_watch = CatalogWatch(settings, r, keys)
+        await catalog_watch.refresh()
         app.state.services = Services(
             settings=settings, redis=r, keys=keys, sessions=SessionStore(r, keys),
-            queue=queue, catalog=read_catalog(settings.checkpoint_dir), exemplars=ExemplarStore(r, keys),
+            queue=queue, catalog=catalog_watch.catalog, exemplars=ExemplarStore(r, keys),
             backups=BackupStore(r, keys), metrics=api_metrics, live_sessions=SessionIndex(r, keys, KINDS),
+            keyring=keyring, tenants=TenantStore(r, keys),
         )  # fmt: skip
         tune_gc()
-        log.info("API ready; models: %s", ", ".join(sorted(app.state.services.catalog)))
+        catalog_watch.start()
+        listed = (f"{m.name} {m.version}" for m in catalog_watch.catalog.all())
+        log.info("API ready; models: %s", ", ".join(listed))
         try:
             yield
         finally:
+            await catalog_watch.stop()
             await queue.stop()
             await r.aclose()
 
@@ -159,12 +169,17 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _add_routes(app: FastAPI) -> None:
-    routers = (
+    # Every /v1 route acts for a tenant: its key is checked and its rate counted before the
+    # route runs. Health and metrics stay open to probes and scrapers.
+    v1 = (
         sessions.router, backup.router, points.router, exemplars.router, vma.router, models.router,
-        health.router, metrics.router,
+        tenant.router,
     )  # fmt: skip
-    for router in routers:
+    for router in v1:
+        app.include_router(router, dependencies=[Depends(get_tenant)])
+    for router in (health.router, metrics.router):
         app.include_router(router)
+    routers = (*v1, health.router, metrics.router)
     # What a 405's Allow header lists: every method of every route on the path.
     app.state.route_methods = [
         (route.path_regex, route.methods)

@@ -8,15 +8,17 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
+from app.api.auth import KeyRing, check_rate
 from app.api.metrics import ApiMetrics
 from app.api.session_index import SessionIndex
-from app.catalog import ModelInfo
+from app.catalog import Catalog
 from app.config import Settings
 from app.jobs.queue import JobQueue
 from app.store.backup import BackupStore
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
 from app.store.sessions import SessionStore
+from app.store.tenants import Tenant, TenantStore
 
 
 @dataclass
@@ -28,11 +30,13 @@ class Services:
     keys: Keys
     sessions: SessionStore
     queue: JobQueue
-    catalog: dict[str, ModelInfo]
+    catalog: Catalog  # name -> the version new sessions get; every version (hot reload)
     exemplars: ExemplarStore
     backups: BackupStore
     metrics: ApiMetrics
     live_sessions: SessionIndex
+    keyring: KeyRing
+    tenants: TenantStore
 
 
 async def get_services(request: Request) -> Services:
@@ -43,13 +47,16 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_owner() -> str:
-    """The tenant a request acts for, stored as a session's ``owner``.
+async def get_tenant(request: Request, svc: ServicesDep) -> Tenant:
+    """Who the request acts for (its bearer key), counted against that tenant's rate limit.
 
-    There is no authentication yet, so every request acts for "" (nobody). API-key tenancy
-    sets it here, in one place, for every route that takes ``OwnerDep``.
+    Every /v1 router depends on this, so no route can forget it; a route that needs the
+    tenant takes ``TenantDep`` too and gets the same object (FastAPI caches it per request).
     """
-    return ""
+    tenant = svc.keyring.authenticate(request.headers.get("authorization"))
+    request.state.tenant = tenant.name
+    await check_rate(svc.tenants, tenant)
+    return tenant
 
 
-OwnerDep = Annotated[str, Depends(get_owner)]
+TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -9,7 +9,9 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,8 +21,10 @@ from app.errors import (
     MethodNotAllowed,
     NotFound,
     RedisUnavailable,
+    StoreFull,
 )
 from app.logs import current_request_id
+from app.store.tenants import out_of_memory
 
 log = logging.getLogger("memserve.api")
 
@@ -100,6 +104,19 @@ async def _on_redis(request: Request, exc: Exception) -> Response:
     return problem_of(err, request.url.path)
 
 
+async def _on_redis_response(request: Request, exc: Exception) -> Response:
+    if not out_of_memory(exc):
+        return await _on_unknown(request, exc)
+    # Redis runs with noeviction (docker-compose.yml): full, it refuses writes and keeps every
+    # session. That is the operator's to fix (maxmemory, more shards); the client may retry.
+    log.warning("redis is out of memory during %s %s: %s", request.method, request.url.path, exc)
+    err = StoreFull(
+        "the session store is full and takes no new data; reads still work. Retry later",
+        headers={"Retry-After": "5"},
+    )
+    return problem_of(err, request.url.path)
+
+
 def bare_500() -> Response:
     """What an unknown error becomes: no detail that could leak internals."""
     return problem_response(500, {"type": "about:blank", "title": "Internal Server Error", "status": 500})
@@ -117,4 +134,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(RedisConnectionError, _on_redis)
     app.add_exception_handler(RedisTimeoutError, _on_redis)
+    # Redis Cluster: no node reachable, a slot without a master, CLUSTERDOWN. (Misuse raises
+    # RedisClusterException as well; the warning logged names it, and the tests catch it.)
+    app.add_exception_handler(RedisClusterException, _on_redis)
+    app.add_exception_handler(ClusterDownError, _on_redis)
+    app.add_exception_handler(RedisResponseError, _on_redis_response)
     app.add_exception_handler(Exception, _on_unknown)

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from app.api.session_index import SessionIndex
 from app.jobs.stats import Buckets, KindStats, parse_stats
+from app.store import scripts
 from app.store.keys import GROUP, Keys
 
 log = logging.getLogger("memserve.api")
@@ -126,9 +127,13 @@ async def cluster_metrics(r: aioredis.Redis, keys: Keys, index: SessionIndex) ->
 
 
 async def _streams_and_workers(r: aioredis.Redis, keys: Keys) -> tuple[list[Metric], list[dict[str, Any]]]:
-    """The streams' families and the live workers' heartbeats (two round trips)."""
+    """The streams' families and the live workers' heartbeats (two round trips; on a plain
+    Redis, redis-py adds a SCRIPT EXISTS for the clock script)."""
+    clock = r.register_script(scripts.CLOCK)
     async with r.pipeline(transaction=False) as p:
-        p.time()  # ages from Redis' clock, the one that stamps the entry ids
+        # Ages from the clock that stamps the entry ids: that of the streams' node (a cluster
+        # pipeline refuses TIME, and each master has its own clock).
+        await clock(keys=[keys.stream(KINDS[0])], client=p)
         for kind in KINDS:
             stream = keys.stream(kind)
             p.xlen(stream)

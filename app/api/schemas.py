@@ -68,15 +68,24 @@ class PointsResponse(BaseModel):
 
 
 class ModelEntry(BaseModel):
+    """One version of one model."""
+
     name: str
     kind: str
     version: str
-    workers: list[str]
-    card: dict[str, Any]
+    latest: bool = Field(description="new sessions of this model get this version")
+    workers: list[str] = Field(description="ids of the live workers that have this version loaded")
+    on_disk: bool = Field(
+        default=True, description="its files are in the checkpoint directory (false: removed, still loaded)"
+    )
+    card: dict[str, Any] = Field(description="the model card ({} when its files are gone)")
 
 
 class ModelList(BaseModel):
+    """Every version of every model; a session keeps the version it was created with."""
+
     models: list[ModelEntry]
+    latest: dict[str, str] = Field(default_factory=dict, description="name -> the version new sessions get")
 
 
 class Live(BaseModel):
@@ -208,3 +217,14 @@ class ClassifyResponse(BaseModel):
     method: str
     samples: int
     results: list[Classification]
+
+
+class TenantInfo(BaseModel):
+    """Who the key acts for, its limits and what it uses of them (0: unlimited)."""
+
+    tenant: str = Field(description='the key\'s tenant; "" when authentication is off')
+    auth: Literal["keys", "off"]
+    max_sessions: int
+    live_sessions: int | None = Field(description="counted for the limit; null when there is none")
+    rate_per_s: float
+    burst: int

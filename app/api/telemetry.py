@@ -77,11 +77,14 @@ class RequestTelemetry:
             route = self._template(scope)
             self.metrics.observe_request(scope["method"], route, status, seconds)
             if self.access:
+                extra = {"method": scope["method"], "path": scope["path"], "route": route,
+                         "status": status, "duration_ms": round(seconds * 1000, 3)}  # fmt: skip
+                tenant = scope.get("state", {}).get("tenant")  # set by the API-key check
+                if tenant is not None:
+                    extra["tenant"] = tenant
                 access_log.info(
-                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000,
-                    extra={"method": scope["method"], "path": scope["path"], "route": route,
-                           "status": status, "duration_ms": round(seconds * 1000, 3)},
-                )  # fmt: skip
+                    "%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000, extra=extra
+                )
             reset_context(token)
 
     def _template(self, scope: Scope) -> str:

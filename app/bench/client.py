@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from array import array
 from collections import Counter
@@ -111,10 +112,13 @@ def session_phase(index: int) -> float:
 
 
 def make_http(timeout_s: float) -> aiohttp.ClientSession:
-    """One pooled keep-alive client; ``limit=0`` so the pool never caps concurrency."""
+    """One pooled keep-alive client; ``limit=0`` so the pool never caps concurrency. It sends
+    the API key in MEMSERVE_API_KEY, for a server that requires keys."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+    key = os.environ.get("MEMSERVE_API_KEY")
     return aiohttp.ClientSession(
         connector=connector,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         json_serialize=lambda o: orjson.dumps(o).decode(),
     )

@@ -273,8 +273,9 @@ async def measure_memory(
 
 
 def find_card_config(models: dict[str, Any] | None, name: str | None, kind: str) -> dict | None:
-    """The ``card.config`` of model ``name`` (or of the only model of ``kind``)."""
-    entries = [m for m in (models or {}).get("models", []) if isinstance(m, dict)]
+    """The ``card.config`` of model ``name`` (or of the only model of ``kind``), at the version
+    new sessions get (servers from before versions list one version, without ``latest``)."""
+    entries = [m for m in (models or {}).get("models", []) if isinstance(m, dict) and m.get("latest", True)]
     named = [m for m in entries if name is not None and m.get("name") == name]
     of_kind = [m for m in entries if m.get("kind") == kind]
     pick = named or (of_kind if len(of_kind) == 1 else [])

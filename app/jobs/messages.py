@@ -32,13 +32,14 @@ class PointsJob:
     horizon: int
     reply_to: str
     request_id: str = ""
+    model_version: str | None = None  # the session's; None from an API that predates versions
 
     def to_fields(self) -> dict[str, bytes]:
         """Two stream fields: a JSON header and the raw values (few arguments to pack)."""
         head = {
             "op": "points", "job": self.job_id, "sid": self.sid, "model": self.model,
-            "seq": self.seq, "t": self.length, "d": self.dim, "horizon": self.horizon,
-            "reply_to": self.reply_to, "rid": self.request_id,
+            "mv": self.model_version, "seq": self.seq, "t": self.length, "d": self.dim,
+            "horizon": self.horizon, "reply_to": self.reply_to, "rid": self.request_id,
         }  # fmt: skip
         return {"h": orjson.dumps(head), "v": self.values}
 
@@ -52,6 +53,7 @@ class PointsJob:
             seq=None if h["seq"] is None else int(h["seq"]), values=values,
             length=int(h["t"]), dim=int(h["d"]), horizon=int(h["horizon"]),
             reply_to=str(h["reply_to"]), request_id=str(h.get("rid", "")),
+            model_version=job_model_version(h),
         )  # fmt: skip
         if len(values) != 4 * job.length * job.dim:
             raise ValueError(f"{len(values)} value bytes for {job.length} x {job.dim} points")
@@ -60,6 +62,12 @@ class PointsJob:
     @property
     def digest(self) -> str:
         return digest(self.values)
+
+
+def job_model_version(head: dict[str, Any]) -> str | None:
+    """The model version a job's header names (``mv``); None when it names none."""
+    version = head.get("mv")
+    return None if version is None else str(version)
 
 
 def job_header(fields: dict[bytes, bytes]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """API side of the job queue: submit a job to a Redis stream and wait for its reply.
 
-Each API process subscribes to one pub/sub channel of its own; workers publish a job's
-reply there and also keep it under the job's reply key, so a reply published while the
-subscription was down is still found (at the deadline) rather than lost.
+Each API process subscribes to one pub/sub channel of its own (a sharded channel on Redis
+Cluster); workers publish a job's reply there and also keep it under the job's reply key, so
+a reply published while the subscription was down is still found (at the deadline) rather
+than lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import ResponseError
 from app.errors import QueueFull, ReplyTimeout
 from app.jobs.messages import Reply, parse_reply, unframe_replies
 from app.store import scripts
+from app.store.client import is_cluster
 from app.store.keys import GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -81,11 +83,7 @@ class JobQueue:
         while True:
             pubsub = self.r.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        self._deliver(msg["data"])
+                await (self._listen_sharded(pubsub) if is_cluster(self.r) else self._listen_plain(pubsub))
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -94,6 +92,26 @@ class JobQueue:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def _listen_plain(self, pubsub: Any) -> None:
+        await pubsub.subscribe(self.channel)
+        self._subscribed.set()
+        async for msg in pubsub.listen():
+            if msg.get("type") == "message":
+                self._deliver(msg["data"])
+
+    async def _listen_sharded(self, pubsub: Any) -> None:
+        """On a cluster, workers SPUBLISH (app.jobs.reader): subscribe on the channel's shard."""
+        await pubsub.ssubscribe(self.channel)
+        while True:
+            # Without a subscription (its shard unknown, or dropped as its slot moved) the read
+            # below returns at once: start over rather than spin.
+            if not pubsub.shard_channels:
+                raise ConnectionError(f"no shard subscription for {self.channel}")
+            self._subscribed.set()
+            msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None and msg.get("type") == "smessage":
+                self._deliver(msg["data"])
 
     def _deliver(self, message: bytes) -> None:
         try:
@@ -126,14 +144,15 @@ class JobQueue:
                         args += [k, v]
                     await self._submit(keys=[stream], args=args, client=p)
                 results = await p.execute()
+            if len(results) != len(batch):  # never answer a request with another's result
+                raise RuntimeError(f"{len(batch)} jobs submitted, {len(results)} results")
+            for (*_rest, fut), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
         except Exception as e:
-            for *_rest, fut in batch:
+            for *_rest, fut in batch:  # no request may wait forever on a lost submit
                 if not fut.done():
                     fut.set_exception(e)
-            return
-        for (*_rest, fut), res in zip(batch, results, strict=True):
-            if not fut.done():
-                fut.set_result(res)
 
     async def run(self, stream: str, job: Job, timeout_s: float, hint: str = POINTS_RETRY_HINT) -> Reply:
         """Queue `job` on `stream` and return the worker's reply; `hint` ends the timeout's message."""

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
+from app.store.client import is_cluster
 from app.store.keys import GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class BatchReader:
         self.consumer = consumer
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
+        self.sharded = is_cluster(r)  # replies by SPUBLISH (see `ack`)
+
+    def add_stream(self, stream: str) -> None:
+        """Read ``stream`` too from now on (the worker loaded its first model of that kind)."""
+        if stream not in self.streams:
+            self.streams.append(stream)
+            self.ensure_group()
 
     def ensure_group(self) -> None:
         for stream in self.streams:
@@ -113,8 +121,11 @@ class BatchReader:
         if not entry_ids and not messages and not read_next:
             return []
         with self.r.pipeline(transaction=False) as p:
+            # On a cluster, sharded pub/sub: a reply goes to the shard of its channel only, not
+            # over the cluster bus to every node (and redis-py's cluster pipelines refuse PUBLISH).
+            publish = p.spublish if self.sharded else p.publish
             for channel, payload in messages or []:
-                p.publish(channel, payload)
+                publish(channel, payload)
             for stream, ids in entry_ids.items():
                 p.xack(stream, GROUP, *ids)
                 p.xdel(stream, *ids)

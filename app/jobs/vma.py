@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.jobs.messages import job_model_version
 from app.store.exemplars import PIX_BYTES, pack_pixels, unpack_pixels
 from app.store.keys import new_job_id
 
@@ -32,16 +33,17 @@ class VmaJob:
     pixels: bytes = b""  # N * PIX_BYTES
     params: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
+    model_version: str | None = None  # the session's; None from an API that predates versions
 
     @classmethod
     def new(
         cls, sid: str, model: str, op: str, reply_to: str, images: np.ndarray | None, request_id: str = "",
-        **params: Any,
+        model_version: str | None = None, **params: Any,
     ) -> VmaJob:  # fmt: skip
         """A job with a fresh id; ``images`` (N, 28, 28) binary, or None for sampling."""
         assert op in OPS, f"op must be one of {OPS}"
         pixels = b"" if images is None else pack_pixels(images)
-        return cls(new_job_id(), sid, model, op, reply_to, pixels, params, request_id)
+        return cls(new_job_id(), sid, model, op, reply_to, pixels, params, request_id, model_version)
 
     @property
     def count(self) -> int:
@@ -53,7 +55,7 @@ class VmaJob:
     def to_fields(self) -> dict[str, bytes]:
         head = {
             "op": self.op, "job": self.job_id, "sid": self.sid, "model": self.model,
-            "reply_to": self.reply_to, "rid": self.request_id, "p": self.params,
+            "mv": self.model_version, "reply_to": self.reply_to, "rid": self.request_id, "p": self.params,
         }  # fmt: skip
         return {"h": orjson.dumps(head), "v": self.pixels}
 
@@ -64,7 +66,7 @@ class VmaJob:
         job = cls(
             job_id=str(h["job"]), sid=str(h["sid"]), model=str(h["model"]), op=str(h["op"]),
             reply_to=str(h["reply_to"]), pixels=f.get(b"v", b""), params=dict(h.get("p") or {}),
-            request_id=str(h.get("rid", "")),
+            request_id=str(h.get("rid", "")), model_version=job_model_version(h),
         )  # fmt: skip
         if job.op not in OPS or len(job.pixels) % PIX_BYTES:
             raise ValueError(f"bad vma job: op {job.op!r}, {len(job.pixels)} pixel bytes")

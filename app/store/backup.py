@@ -278,8 +278,9 @@ class BackupStore:
         self.keys = keys
         self._touch = r.register_script(scripts.TOUCH)
 
-    async def snapshot(self, sid: str) -> SessionDoc:
-        """Every key of the session read in one MULTI; slides its TTL. SessionNotFound if absent."""
+    async def snapshot(self, sid: str, owner: str) -> SessionDoc:
+        """Every key of the session read in one MULTI; slides its TTL. SessionNotFound if absent
+        or another tenant's (check ownership before, too: the read slides the TTL)."""
         if not SESSION_ID_RE.match(sid):
             raise SessionNotFound(f"session {sid} does not exist")
         names = self.keys.session_keys(sid)
@@ -290,7 +291,7 @@ class BackupStore:
             res: list[Any] = await p.execute()
         raw = {_section_name(key): fields for key, fields in zip(names, res, strict=False)}
         meta: Fields = raw.pop("meta")
-        if not meta:
+        if not meta or meta.get(b"owner", b"") != owner.encode():
             raise SessionNotFound(f"session {sid} does not exist")
         text = {k.decode(): v.decode() for k, v in meta.items()}
         sections = {n: f for n, f in raw.items() if f}
@@ -299,14 +300,15 @@ class BackupStore:
             sections["meta"] = rest
         return SessionDoc(Header.from_meta(text), sections)
 
-    async def export(self, sid: str) -> bytes:
+    async def export(self, sid: str, owner: str) -> bytes:
         """The session as a document (see the module docstring)."""
-        return encode(await self.snapshot(sid))
+        return encode(await self.snapshot(sid, owner))
 
-    async def restore(self, doc: SessionDoc, owner: str) -> str:
-        """Write `doc` under a new session id owned by `owner`, all keys in one MULTI, each with
-        the TTL set; returns the new id. Check the document first (app.store.backup_check)."""
-        sid = new_session_id()
+    async def restore(self, doc: SessionDoc, owner: str, sid: str | None = None) -> str:
+        """Write `doc` under a new session id (`sid`, or a fresh one) owned by `owner`, all keys
+        in one MULTI, each with the TTL set; returns the id. Check the document first
+        (app.store.backup_check)."""
+        sid = sid or new_session_id()
         ttl = doc.header.ttl_s
         meta: Fields = {**doc.sections.get("meta", {}), **doc.header.meta_fields(), b"owner": owner.encode()}
         async with self.r.pipeline(transaction=True) as p:
@@ -319,6 +321,6 @@ class BackupStore:
             await p.execute()
         return sid
 
-    async def fork(self, sid: str, owner: str) -> str:
-        """A copy of the session under a new id, from one consistent snapshot; returns the new id."""
-        return await self.restore(await self.snapshot(sid), owner)
+    async def fork(self, sid: str, owner: str, new_sid: str | None = None) -> str:
+        """A copy of `owner`'s session under a new id, from one consistent snapshot; returns the id."""
+        return await self.restore(await self.snapshot(sid, owner), owner, new_sid)

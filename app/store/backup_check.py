@@ -1,7 +1,8 @@
 """Whether a decoded session document may be restored next to the models loaded here.
 
 A document is refused unless its model is loaded, of the document's kind and at the same
-version (state written by another version of a model is meaningless to it), and unless
+version (state written by another version of a model is meaningless to it; any version in the
+checkpoint directory will do, as versions are served side by side), and unless
 its stored buffers have exactly the shapes the model reads. The last check matters because
 workers stack many sessions into one batch: one session with a wrong-sized buffer would
 fail the whole batch, not just its own requests. No torch here: the API imports this.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.catalog import ModelInfo
+from app.catalog import ModelInfo, versions_of
 from app.errors import BackupKindMismatch, InvalidBackup, InvalidRequest, ModelNotFound, ModelVersionMismatch
 from app.store.backup import Fields, Header, SessionDoc
 from app.store.codec import decode_fields
@@ -30,22 +31,26 @@ def check_importable(
 ) -> ModelInfo:
     """The loaded model `doc` restores into; a 4xx MemserveError saying why it cannot be restored."""
     h = doc.header
-    info = catalog.get(h.model)
-    if info is None:
+    versions = versions_of(catalog, h.model)
+    if not versions:
         known = ", ".join(sorted(m.name for m in catalog.values() if m.kind == h.kind)) or "none"
         raise ModelNotFound(
             f"the document's model {h.model!r} is not loaded here; {h.kind} models: {known}", model=h.model
         )
-    if info.kind != h.kind:
+    info = next((m for m in versions if m.version == h.model_version), None)
+    kind = (info or versions[-1]).kind
+    if kind != h.kind:
         raise BackupKindMismatch(
-            f"the document is a {h.kind} session but model {h.model!r} is a {info.kind} model here",
-            kind=h.kind, model_kind=info.kind,
+            f"the document is a {h.kind} session but model {h.model!r} is a {kind} model here",
+            kind=h.kind, model_kind=kind,
         )  # fmt: skip
-    if info.version != h.model_version:
+    if info is None:
+        loaded = ", ".join(f"version {m.version!r}" for m in versions)
         raise ModelVersionMismatch(
-            f"the document was written by {h.model} version {h.model_version!r} but version "
-            f"{info.version!r} is loaded; a session's state is meaningless to another version of its model",
-            model=h.model, document_version=h.model_version, loaded_version=info.version,
+            f"the document was written by {h.model} version {h.model_version!r} but {h.model} is loaded "
+            f"here at {loaded} only; a session's state is meaningless to another version of its model",
+            model=h.model, document_version=h.model_version, loaded_version=versions[-1].version,
+            loaded_versions=[m.version for m in versions],
         )  # fmt: skip
     if h.ttl_s > max_ttl_s:
         raise InvalidRequest(

@@ -48,7 +48,9 @@ class Keys:
         return [self.meta(sid), self.state(sid), self.exemplars(sid)]
 
     def stream(self, kind: str) -> str:
-        return f"{self.prefix}:jobs:{kind}"
+        """The job stream of a model kind. The streams share the hash tag ``{jobs}``: a worker
+        reads all of them in one XREADGROUP, which Redis Cluster allows on one slot only."""
+        return f"{self.prefix}:{{jobs}}:{kind}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:workers:{worker_id}"

@@ -44,6 +44,12 @@ redis.call('SET', KEYS[3], ARGV[3], 'EX', tonumber(ARGV[4]))
 return version
 """
 
+# The server's clock (TIME), read on the node that holds KEYS[1]: on a cluster, each master
+# stamps stream entry ids with its own clock. KEYS: a key of that node (named, not touched).
+CLOCK = """
+return redis.call('TIME')
+"""
+
 # Slide the TTL of a session's keys if it exists. KEYS: meta, then its other keys. ARGV: none.
 TOUCH = """
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '0')
@@ -99,6 +105,16 @@ redis.call('EXPIRE', KEYS[1], ttl)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ttl) end
 redis.call('SET', KEYS[3], reply, 'EX', tonumber(ARGV[2]))
 return reply
+"""
+
+# VMA: a session's version and memory columns, read together (a worker caches the memory under
+# that version). A script rather than MULTI, so that one pipeline reads many sessions on
+# Redis Cluster too, where MULTI must stay on one slot. Returns {version or nil, HMGET...}.
+# KEYS: meta, ex. ARGV: the columns.
+READ_MEMORY = """
+local out = redis.call('HMGET', KEYS[2], unpack(ARGV))
+table.insert(out, 1, redis.call('HGET', KEYS[1], 'version'))
+return out
 """
 
 # VMA: remove one exemplar (keeping the others' order), bump the version, slide the TTL.

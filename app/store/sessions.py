@@ -65,11 +65,22 @@ class SessionStore:
         self._touch = r.register_script(scripts.TOUCH)
 
     async def create(
-        self, kind: str, model: str, model_version: str, ttl_s: int, input_dim: int, capacity: int
+        self,
+        kind: str,
+        model: str,
+        model_version: str,
+        ttl_s: int,
+        input_dim: int,
+        capacity: int,
+        owner: str,
+        sid: str | None = None,
     ) -> SessionMeta:
-        """A new session; nothing but its meta exists until its first job is applied."""
+        """A new session owned by `owner` (under `sid` when given, e.g. one already counted
+        against its tenant's limit); nothing but its meta exists until its first job is applied."""
         created = datetime.now(UTC).isoformat(timespec="milliseconds")
-        meta = SessionMeta(new_session_id(), kind, model, model_version, created, ttl_s, input_dim, capacity)
+        meta = SessionMeta(
+            sid or new_session_id(), kind, model, model_version, created, ttl_s, input_dim, capacity, owner
+        )
         key = self.keys.meta(meta.sid)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(key, mapping=meta.to_hash())  # type: ignore[arg-type]
@@ -77,12 +88,14 @@ class SessionStore:
             await p.execute()
         return meta
 
-    async def meta(self, sid: str) -> SessionMeta:
-        """The session's meta (cached briefly); SessionNotFound when it does not exist."""
+    async def meta(self, sid: str, owner: str) -> SessionMeta:
+        """The session's meta (cached briefly); SessionNotFound when it does not exist or
+        belongs to another tenant than `owner`: the same answer, so ids of others' sessions
+        cannot be told from ids that were never issued."""
         now = time.monotonic()
         hit = self._cache.get(sid)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return _owned(hit[1], owner)
         if not SESSION_ID_RE.match(sid):
             raise SessionNotFound(f"session {sid} does not exist")
         h: dict[bytes, bytes] = await self.r.hgetall(self.keys.meta(sid))  # type: ignore[assignment]
@@ -93,20 +106,20 @@ class SessionStore:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[sid] = (now + _CACHE_S, meta)
-        return meta
+        return _owned(meta, owner)
 
-    async def meta_of_kind(self, sid: str, kind: str, what: str) -> SessionMeta:
-        """``meta(sid)``, or WrongSessionKind naming ``what`` needs a ``kind`` session."""
-        meta = await self.meta(sid)
+    async def meta_of_kind(self, sid: str, owner: str, kind: str, what: str) -> SessionMeta:
+        """``meta(sid, owner)``, or WrongSessionKind naming ``what`` needs a ``kind`` session."""
+        meta = await self.meta(sid, owner)
         if meta.kind != kind:
             detail = f"session {sid} is a {meta.kind} session; {what} is for {kind} sessions only"
             raise WrongSessionKind(detail)
         return meta
 
-    async def info(self, sid: str) -> dict[str, Any]:
+    async def info(self, sid: str, owner: str) -> dict[str, Any]:
         """Meta, progress and the Redis memory the session takes; slides its TTL."""
         self._cache.pop(sid, None)
-        meta = await self.meta(sid)
+        meta = await self.meta(sid, owner)
         meta_key, state_key = self.keys.meta(sid), self.keys.state(sid)
         await self._touch(keys=self.keys.session_keys(sid))
         async with self.r.pipeline(transaction=False) as p:
@@ -127,10 +140,16 @@ class SessionStore:
             "exemplars": int(n_ex or 0),
         }
 
-    async def delete(self, sid: str) -> None:
+    async def delete(self, sid: str, owner: str) -> None:
         """End the session: its keys go at once; jobs still queued for it are refused."""
-        await self.meta(sid)
+        await self.meta(sid, owner)
         self._cache.pop(sid, None)
         removed = await self.r.delete(*self.keys.session_keys(sid))
         if not removed:
             raise SessionNotFound(f"session {sid} does not exist")
+
+
+def _owned(meta: SessionMeta, owner: str) -> SessionMeta:
+    if meta.owner != owner:
+        raise SessionNotFound(f"session {meta.sid} does not exist")
+    return meta

@@ -19,22 +19,27 @@ from types import FrameType
 
 import redis
 import torch
+from redis.exceptions import RedisClusterException
 
-from app.catalog import read_catalog
 from app.config import Settings, SettingsError
 from app.jobs.messages import job_header
 from app.jobs.reader import BatchReader, Delivery
 from app.jobs.stats import WorkerStats
 from app.logs import log_context, setup_logging
 from app.runtime import tune_gc
+from app.store.client import sync_client
 from app.store.keys import Keys
 from app.worker.backends import open_backend
-from app.worker.memnet_runner import MemNetRunner, ServedMemNet
+from app.worker.memnet_runner import MemNetRunner
+from app.worker.model_set import ModelSet
 from app.worker.runner import Outcome
-from app.worker.vma_runner import ServedVMA, VmaRunner
-from models.checkpoint import load_checkpoint
+from app.worker.vma_runner import VmaRunner
 
 log = logging.getLogger("memserve.worker")
+
+# What a lost or failing-over Redis raises: plain clients raise RedisError, cluster clients
+# also RedisClusterException (no node reachable, slots moving), which is not one.
+REDIS_DOWN = (redis.RedisError, RedisClusterException)
 
 
 @dataclass
@@ -55,62 +60,66 @@ class Worker:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-        self.r = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=30)
+        self.r = sync_client(settings)
         self.backend = open_backend(settings)
         self.device = self.backend.device
         self.counters = Counters()
         self.stats = WorkerStats()  # batch sizes and times per kind, for the API's /metrics
         self.stopping = threading.Event()
-        memnets, vmas = self._load_models()
-        self.models = sorted([*memnets, *vmas])
+        self.model_set = ModelSet(settings, self.backend)
+        self._load_models()
+        ms = self.model_set
         self.runner = MemNetRunner(
-            self.r, self.keys, memnets, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.state_cache_mb << 20,
+            self.r, self.keys, ms.memnets, settings.reply_ttl_s, settings.max_deliveries,
+            cache_bytes=settings.state_cache_mb << 20, latest=ms.latest,
         )  # fmt: skip
         self.vma_runner = VmaRunner(
-            self.r, self.keys, vmas, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.memory_cache_mb << 20,
+            self.r, self.keys, ms.vmas, settings.reply_ttl_s, settings.max_deliveries,
+            cache_bytes=settings.memory_cache_mb << 20, latest=ms.latest,
         )  # fmt: skip
-        # A stream is read only when this worker has a model for it.
+        self.runner.on_missing = self.vma_runner.on_missing = ms.ensure
         self.runners: dict[str, MemNetRunner | VmaRunner] = {}
-        if memnets:
-            self.runners[self.keys.stream("memnet")] = self.runner
-        if vmas:
-            self.runners[self.keys.stream("vma")] = self.vma_runner
+        self._add_streams()
         self.reader = BatchReader(
             self.r, self.keys, list(self.runners), self.id, settings.max_batch, settings.max_wait_ms
         )
         self._retry: list[Delivery] = []
         self._next: list[Delivery] = []  # read with the last acknowledgement
 
-    def _load_models(self) -> tuple[dict[str, ServedMemNet], dict[str, ServedVMA]]:
-        catalog = read_catalog(self.settings.checkpoint_dir)
-        memnets: dict[str, ServedMemNet] = {}
-        vmas: dict[str, ServedVMA] = {}
-        for name, info in catalog.items():
-            if info.kind not in ("memnet", "vma"):
-                continue
-            model, card = load_checkpoint(name, self.settings.checkpoint_dir)
-            served = self.backend.serve(model, card, self.settings.checkpoint_dir)
-            if isinstance(served, ServedVMA):
-                vmas[name] = served
-            else:
-                memnets[name] = served
-            where = self.backend.describe()
-            log.info("loaded %s %s (version %s) on %s, %s backend", info.kind, name, info.version,
-                     where["device"], where["backend"])  # fmt: skip
-        if not memnets and not vmas:
-            raise SettingsError(
-                f"no MemNet or VMA checkpoint in {self.settings.checkpoint_dir}: set MEMSERVE_CHECKPOINT_DIR"
-            )
-        return memnets, vmas
+    def _load_models(self) -> None:
+        if self.model_set.load_new():
+            return
+        skipped = "; ".join(f"{n} {v}: {why}" for (n, v), why in self.model_set.scanner.skipped.items())
+        raise SettingsError(
+            f"no complete MemNet or VMA checkpoint in {self.settings.checkpoint_dir}"
+            + (f" ({skipped})" if skipped else "")
+            + ": set MEMSERVE_CHECKPOINT_DIR"
+        )
+
+    def _add_streams(self) -> list[str]:
+        """Read a kind's stream once this worker has a model of the kind (one loaded later too);
+        the streams added."""
+        added = []
+        for runner, models in ((self.runner, self.model_set.memnets), (self.vma_runner, self.model_set.vmas)):
+            stream = self.keys.stream(runner.kind)
+            if models and stream not in self.runners:
+                self.runners[stream] = runner
+                added.append(stream)
+        return added
+
+    def _reload(self) -> None:
+        """Load the versions dropped into the checkpoint directory since the last look."""
+        if self.model_set.poll():
+            for stream in self._add_streams():
+                self.reader.add_stream(stream)
+            self.heartbeat()  # tell the API at once: it hands new versions out only once loaded
 
     def heartbeat(self) -> None:
         """Publish liveness and counters; expires unless renewed."""
         c = self.counters
         beat = {
             "id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
-            **self.backend.describe(), "models": self.models,
+            **self.backend.describe(), **self.model_set.beat,
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
             "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
@@ -129,7 +138,7 @@ class Worker:
         while not self.stopping.wait(self.settings.heartbeat_interval_s):
             try:
                 self.heartbeat()
-            except redis.RedisError as e:
+            except REDIS_DOWN as e:
                 log.warning("heartbeat failed: %s", e)
 
     def live_workers(self) -> set[str]:
@@ -157,15 +166,16 @@ class Worker:
                     self.counters.reclaimed += len(claimed)
                     self._retry += claimed
                     next_claim = time.monotonic() + self.settings.claim_interval_s
+                self._reload()
                 self._one_batch()
-            except redis.RedisError as e:
+            except REDIS_DOWN as e:
                 # Unacknowledged jobs stay pending; they are re-run once Redis is back.
                 log.warning("redis error: %s; retrying in 1 s", e)
                 self.stopping.wait(1.0)
         if self._next or self._retry:  # jobs in hand when asked to stop: finish them
             try:
                 self._one_batch()
-            except redis.RedisError as e:
+            except REDIS_DOWN as e:
                 log.warning("could not finish the jobs in hand (%s); another worker will", e)
         with self.r.pipeline(transaction=False) as p:
             p.delete(self.keys.worker(self.id))
@@ -190,7 +200,7 @@ class Worker:
         with log_context(request_ids=lambda: _request_ids(batch)):
             try:
                 outs = self._process(batch)
-            except redis.RedisError:
+            except REDIS_DOWN:
                 self._retry = batch
                 raise
             except Exception:

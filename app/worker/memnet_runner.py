@@ -16,6 +16,7 @@ import redis
 import torch
 from torch import Tensor
 
+from app.catalog import ModelKey
 from app.jobs.messages import PointsJob, error_reply, ok_reply
 from app.jobs.reader import Delivery
 from app.store import scripts
@@ -176,12 +177,13 @@ class MemNetRunner(Runner[ServedMemNet]):
         self,
         r: redis.Redis,
         keys: Keys,
-        models: dict[str, ServedMemNet],
+        models: dict[ModelKey, ServedMemNet],
         reply_ttl_s: int,
         max_deliveries: int,
         cache_bytes: int = 256 << 20,
+        latest: dict[str, ModelKey] | None = None,
     ) -> None:
-        super().__init__(r, keys, models, reply_ttl_s, max_deliveries)
+        super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = StateCache(cache_bytes)
         self._commit = r.register_script(scripts.COMMIT_STATE)
 
@@ -203,11 +205,13 @@ class MemNetRunner(Runner[ServedMemNet]):
             jobs.append((d, job))
         runnable = [ld for ld in self._load(jobs) if self._triage(ld, out)]
         runnable = self._fill_states(runnable, out)
-        by_model: dict[str, list[Loaded]] = {}
+        by_model: dict[ModelKey, list[Loaded]] = {}
         for ld in runnable:
-            by_model.setdefault(ld.job.model, []).append(ld)
-        for name, group in by_model.items():
-            self._run_group(self.models[name], group, out)
+            key = self.key_of(ld.job.model, ld.job.model_version)
+            assert key is not None  # `_triage` refused the jobs of models not loaded here
+            by_model.setdefault(key, []).append(ld)
+        for key, group in by_model.items():
+            self._run_group(self.models[key], group, out)
         return out
 
     def _load(self, jobs: list[tuple[Delivery, PointsJob]]) -> list[Loaded]:
@@ -224,7 +228,7 @@ class MemNetRunner(Runner[ServedMemNet]):
         misses = []
         for ld in group:
             if not ld.has_state:
-                ld.state = self.models[ld.job.model].initial()
+                ld.state = self.served(ld.job.model, ld.job.model_version).initial()
             else:
                 ld.state = self.cache.get(ld.job.sid, ld.version)
                 if ld.state is None:
@@ -259,7 +263,7 @@ class MemNetRunner(Runner[ServedMemNet]):
             return False
         if not ld.meta:
             return self._refuse(ld, out, 404, "session-not-found", f"session {job.sid} does not exist")
-        if (why := self.cannot_run(ld.delivery, job.model)) is not None:
+        if (why := self.cannot_run(ld.delivery, job.model, job.model_version)) is not None:
             if why.slug == "job-failed":
                 log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
             return self._refuse(ld, out, why.status, why.slug, why.detail)
@@ -277,7 +281,7 @@ class MemNetRunner(Runner[ServedMemNet]):
 
     def _answer_repeat(self, ld: Loaded, out: Outcome) -> None:
         """A client retry of the last applied chunk: the same predictions, state unchanged."""
-        served = self.models[ld.job.model]
+        served = self.served(ld.job.model, ld.job.model_version)
         fields = self.r.hgetall(self.keys.state(ld.job.sid))
         arrays = decode_fields(fields)  # type: ignore[arg-type]
         body: dict[str, Any] = {

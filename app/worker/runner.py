@@ -3,11 +3,13 @@ that refuse a job before it runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import redis
 
+from app.catalog import ModelKey
 from app.jobs.messages import frame_replies
 from app.jobs.reader import Delivery
 from app.store.keys import Keys
@@ -42,21 +44,54 @@ class Refusal:
 
 
 class Runner(Generic[Served]):
-    """Base of the runners: the Redis client, key schema, loaded models and retry limits."""
+    """Base of the runners: the Redis client, key schema, loaded models and retry limits.
+
+    ``models`` holds every loaded version by (name, version) and ``latest`` the newest loaded
+    version of each name; the worker's `ModelSet` adds to both between batches (hot reload).
+    """
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, models: dict[str, Served], reply_ttl_s: int, max_deliveries: int
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        models: dict[ModelKey, Served],
+        reply_ttl_s: int,
+        max_deliveries: int,
+        latest: dict[str, ModelKey] | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
         self.models = models
+        self.latest = latest if latest is not None else {}
         self.reply_ttl_s = reply_ttl_s
         self.max_deliveries = max_deliveries
+        # Called with a job's model and version when they are not loaded, before the job is
+        # refused: the worker rescans its checkpoint directory (`ModelSet.ensure`).
+        self.on_missing: Callable[[str, str | None], object] | None = None
 
-    def cannot_run(self, delivery: Delivery, model: str) -> Refusal | None:
+    def key_of(self, name: str, version: str | None) -> ModelKey | None:
+        """The loaded version a job runs on: the one it names, or, for a job that names none
+        (queued by an API from before versions), the newest loaded; None when not loaded."""
+        key = (name, version) if version is not None else self.latest.get(name)
+        return key if key in self.models else None
+
+    def served(self, name: str, version: str | None) -> Served:
+        """The loaded model of a job that `cannot_run` let through."""
+        key = self.key_of(name, version)
+        assert key is not None, f"model {name} version {version} is not loaded"
+        return self.models[key]
+
+    def cannot_run(self, delivery: Delivery, model: str, version: str | None) -> Refusal | None:
         """Why a job may not run here at all: it failed too often, or its model is not loaded."""
         if delivery.deliveries > self.max_deliveries:
             return Refusal(500, "job-failed", "the job failed repeatedly")
-        if model not in self.models:
-            return Refusal(503, "model-unavailable", f"model {model} is not loaded")
+        if self.key_of(model, version) is None and self.on_missing is not None:
+            self.on_missing(model, version)
+        if self.key_of(model, version) is None:
+            which = f"model {model}" if version is None else f"model {model} version {version}"
+            detail = (
+                f"{which} is not loaded on this worker: no complete checkpoint of it is in its "
+                "checkpoint directory (not copied there yet, or removed)"
+            )
+            return Refusal(503, "model-unavailable", detail)
         return None

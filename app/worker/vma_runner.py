@@ -20,6 +20,7 @@ import redis
 import torch
 from torch import Tensor
 
+from app.catalog import ModelKey
 from app.jobs.images import encode_png
 from app.jobs.messages import error_reply, ok_reply
 from app.jobs.reader import Delivery
@@ -56,15 +57,17 @@ class VmaRunner(Runner[ServedVMA]):
         self,
         r: redis.Redis,
         keys: Keys,
-        models: dict[str, ServedVMA],
+        models: dict[ModelKey, ServedVMA],
         reply_ttl_s: int,
         max_deliveries: int,
         cache_bytes: int = 512 << 20,
+        latest: dict[str, ModelKey] | None = None,
     ) -> None:
-        super().__init__(r, keys, models, reply_ttl_s, max_deliveries)
+        super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = MemoryCache(cache_bytes)
         self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
         self._touch = r.register_script(scripts.TOUCH)
+        self._read_memory = r.register_script(scripts.READ_MEMORY)
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
         """Run one batch; returns what to acknowledge and the replies to send."""
@@ -78,7 +81,7 @@ class VmaRunner(Runner[ServedVMA]):
                 log.error("dropping malformed job %s: %s", d.entry_id, e)
                 out.ack.append(d.entry_id)
                 continue
-            if (why := self.cannot_run(d, job.model)) is not None:
+            if (why := self.cannot_run(d, job.model, job.model_version)) is not None:
                 self._refuse(out, d, job, why)
             else:
                 (adds if job.op == "add" else queries).append((d, job))
@@ -97,11 +100,11 @@ class VmaRunner(Runner[ServedVMA]):
 
     # ------------------------------------------------------------------ add
     def _add(self, adds: list[tuple[Delivery, VmaJob]], out: Outcome) -> None:
-        by_model: dict[str, list[tuple[Delivery, VmaJob]]] = {}
+        by_model: dict[ModelKey | None, list[tuple[Delivery, VmaJob]]] = {}
         for d, job in adds:
-            by_model.setdefault(job.model, []).append((d, job))
-        for name, group in by_model.items():
-            served = self.models[name]
+            by_model.setdefault(self.key_of(job.model, job.model_version), []).append((d, job))
+        for group in by_model.values():
+            served = self.served(group[0][1].model, group[0][1].model_version)
             x = torch.from_numpy(np.concatenate([job.images() for _, job in group]))
             h = served.model.memory_embedding(x.unsqueeze(1).to(served.device)).cpu().numpy()  # (N, D)
             h = h.astype("<f4")
@@ -130,7 +133,7 @@ class VmaRunner(Runner[ServedVMA]):
     def _memories(self, jobs: list[VmaJob]) -> dict[str, DeviceMemory | None]:
         """Each job's session memory at its current version (None: the session has ended)."""
         sids = sorted({j.sid for j in jobs})
-        model_of = {j.sid: j.model for j in jobs}
+        job_of = {j.sid: j for j in jobs}
         with self.r.pipeline(transaction=False) as p:
             for sid in sids:
                 p.hget(self.keys.meta(sid), "version")
@@ -146,25 +149,27 @@ class VmaRunner(Runner[ServedVMA]):
             else:
                 load.append(sid)
         if load:
-            with self.r.pipeline(transaction=True) as p:  # a version and its columns, read together
+            with self.r.pipeline(transaction=False) as p:
                 for sid in load:
-                    p.hget(self.keys.meta(sid), "version")
-                    p.hmget(self.keys.exemplars(sid), list(MEMORY_FIELDS))
+                    self._read_memory(
+                        keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=MEMORY_FIELDS, client=p
+                    )
                 res = p.execute()
-            for sid, version, fields in zip(load, res[::2], res[1::2], strict=True):
+            for sid, (version, *fields) in zip(load, res, strict=True):
                 if version is None:
                     found[sid] = None
                     continue
-                served = self.models[model_of[sid]]
+                job = job_of[sid]
+                served = self.served(job.model, job.model_version)
                 memory = Memory.from_fields(fields)
-                mem = to_device(memory, int(version), model_of[sid], served.model, served.device)
+                mem = to_device(memory, int(version), job.model, served.model, served.device)
                 self.cache.put(sid, mem)
                 found[sid] = mem
         return found
 
     def _query(self, queries: list[tuple[Delivery, VmaJob]], out: Outcome) -> None:
         memories = self._memories([job for _, job in queries])
-        groups: dict[tuple[str, str], list[Item]] = {}
+        groups: dict[tuple[str, ModelKey | None], list[Item]] = {}
         for d, job in queries:
             mem = memories.get(job.sid)
             if mem is None:
@@ -173,10 +178,12 @@ class VmaRunner(Runner[ServedVMA]):
                 detail = "the session's memory is empty: add exemplars first"
                 self._refuse(out, d, job, Refusal(409, "empty-memory", detail))
             else:
-                groups.setdefault((job.op, job.model), []).append((d, job, mem))
-        for (op, name), items in groups.items():
+                key = self.key_of(job.model, job.model_version)
+                groups.setdefault((job.op, key), []).append((d, job, mem))
+        for (op, _key), items in groups.items():
             run = self._classify if op == "classify" else self._sample
-            for (d, job, _), body in zip(items, run(self.models[name], items), strict=True):
+            served = self.served(items[0][1].model, items[0][1].model_version)
+            for (d, job, _), body in zip(items, run(served, items), strict=True):
                 payload = body if isinstance(body, bytes) else ok_reply(job.job_id, body)
                 out.replies.append((job.reply_to, payload))
                 out.ack.append(d.entry_id)

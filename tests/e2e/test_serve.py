@@ -91,6 +91,7 @@ def _alive(pid: int) -> bool:
 def test_serve_streams_predictions_equal_to_the_offline_model(serve: Serve) -> None:
     ready = serve.wait_ready()
     assert ready["redis"] and len(ready["workers"]) == 1
+    assert "authentication is OFF (local use)" in serve.log()  # no keys configured: said aloud
     series = mackey_glass(300).reshape(-1, 1).astype(np.float32)  # (T, 1), client units
     with httpx.Client(base_url=serve.url, timeout=30) as c:
         sid = c.post("/v1/sessions", json={"kind": "memnet", "model": MODEL}).json()["id"]

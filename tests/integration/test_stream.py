@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from app.config import Settings
+from app.store.keys import Keys
 from tests.conftest import TEST_MODEL, run_offline, wait_until_pending
 
 
@@ -154,7 +155,7 @@ def test_a_killed_workers_jobs_complete_elsewhere(
     threads = [threading.Thread(target=one, args=(s,)) for s in sids]
     for t in threads:
         t.start()
-    stream = settings.key_prefix + ":jobs:memnet"
+    stream = Keys(settings.key_prefix).stream("memnet")
     wait_until_pending(rdb, stream)  # the doomed worker holds jobs it will never finish
     doomed.kill()
     start_worker()
@@ -226,7 +227,7 @@ def test_a_job_held_too_long_by_a_worker_that_looks_alive_is_run_again(
     # A consumer that heartbeats (it is in the registry for the next hour) but never finishes:
     # it reads the job and sits on it.
     rdb.zadd(f"{settings.key_prefix}:workers", {"stuck-worker": time.time() + 3600})
-    stream = f"{settings.key_prefix}:jobs:memnet"
+    stream = Keys(settings.key_prefix).stream("memnet")
     sid = new_session(client)
     xs = series(6)
     reply: dict[str, httpx.Response] = {}

@@ -251,7 +251,7 @@ def test_a_killed_workers_exemplar_jobs_complete_elsewhere_once(
     threads = [threading.Thread(target=one, args=(s,)) for s in sids]
     for t in threads:
         t.start()
-    stream = settings.key_prefix + ":jobs:vma"
+    stream = Keys(settings.key_prefix).stream("vma")
     wait_until_pending(rdb, stream)  # the doomed worker holds jobs it will never finish
     doomed.kill()
     start_worker()

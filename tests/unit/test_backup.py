@@ -354,11 +354,13 @@ def test_restore_writes_every_key_with_the_ttl_and_the_owner_and_snapshots_back(
         store = BackupStore(r, keys)
         doc = SessionDoc(_header(ttl_s=120), {"meta": {b"later": b"x"}, "state": memnet_state()})
         sid = await store.restore(doc, owner="tenant-a")
-        back = await store.snapshot(sid)
+        back = await store.snapshot(sid, "tenant-a")
         with pytest.raises(SessionNotFound):
-            await store.snapshot(new_session_id())
+            await store.snapshot(new_session_id(), "tenant-a")
         with pytest.raises(SessionNotFound):
-            await store.export("not-a-session-id")
+            await store.export("not-a-session-id", "tenant-a")
+        with pytest.raises(SessionNotFound):  # another tenant's session does not exist for them
+            await store.export(sid, "tenant-b")
         await r.aclose()
         return sid, doc, back
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,31 @@ def test_key_prefix_cannot_break_the_key_schema(prefix: str) -> None:
 def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMSERVE_MAX_BATCH", "7")
     assert Settings().max_batch == 7
+
+
+def test_api_keys_come_from_the_setting_and_the_file_and_fail_fast(tmp_path: Path) -> None:
+    from app.api.auth import KeyRing, key_digest
+    from app.config import ApiKey
+    from app.errors import Unauthorized
+
+    a, b = "msk_a" * 8, "msk_b" * 8
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"tenant": "bee", "sha256": key_digest(b).upper(), "burst": 5}]))
+    ay = ApiKey(tenant="ay", sha256=key_digest(a), max_sessions=0)
+    s = Settings(api_keys=[ay], api_keys_file=keys_file)
+    ring = KeyRing(s)
+    assert ring.authenticate(f"Bearer {a}").name == "ay"
+    assert ring.authenticate(f"bearer  {b} ").name == "bee"  # scheme is case-insensitive
+    assert ring.authenticate(f"Bearer {a}").max_sessions == 0  # 0: unlimited, not "the default"
+    assert ring.authenticate(f"Bearer {b}").max_sessions == s.max_sessions_per_key
+    assert ring.authenticate(f"Bearer {b}").burst == 5
+    for header in (None, "", a, f"Token {a}", f"Bearer {a}x"):
+        with pytest.raises(Unauthorized):
+            ring.authenticate(header)
+    with pytest.raises(SettingsError, match="twice"):
+        Settings(api_keys=[ApiKey(tenant="c", sha256=key_digest(b))], api_keys_file=keys_file).all_api_keys()
+    with pytest.raises(SettingsError, match="MEMSERVE_AUTH=off"):
+        Settings().all_api_keys()
+    assert Settings(auth="off").all_api_keys() == []
+    with pytest.raises(ValueError, match="tenant"):
+        ApiKey(tenant="no spaces", sha256=key_digest(a))

@@ -239,6 +239,18 @@ def test_api_publishes_its_port() -> None:
     assert "8000:8000" in api["ports"]
 
 
+def test_api_reads_its_hashed_keys_from_a_secret_kept_out_of_git_and_images() -> None:
+    spec = compose()
+    api = spec["services"]["api"]
+    assert "MEMSERVE_AUTH" not in api["environment"]  # keys required: no auth-free mode in production
+    assert api["environment"]["MEMSERVE_API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert api["secrets"] == ["api_keys"]
+    source = spec["secrets"]["api_keys"]["file"]
+    assert source.startswith("./secrets/")
+    assert "/secrets/" in (REPO / ".gitignore").read_text().split()
+    assert ignored(source.removeprefix("./"), _dockerignore_regexes())
+
+
 # ---------------------------------------------------------------- Dockerfile requirements
 
 

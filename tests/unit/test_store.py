@@ -145,7 +145,13 @@ def test_all_keys_of_a_session_share_its_hash_tag_and_slot(prefix: str) -> None:
 def test_session_keys_are_meta_state_and_exemplars() -> None:
     keys = Keys("p")
     assert keys.session_keys("s") == ["p:{s}:meta", "p:{s}:state", "p:{s}:ex"]
-    assert keys.stream("memnet") == "p:jobs:memnet"
+    assert keys.stream("memnet") == "p:{jobs}:memnet"
+
+
+def test_the_job_streams_share_one_slot() -> None:
+    # A worker reads every stream in one XREADGROUP, which a cluster runs on one slot only.
+    keys = Keys("ms")
+    assert cluster_slot(keys.stream("memnet")) == cluster_slot(keys.stream("vma"))
 
 
 @pytest.mark.parametrize("prefix", ["a{b", "a}b", "a:b", "a b", ""])

@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, TenantDep
 from app.api.schemas import AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
 from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item, encode_png
@@ -27,9 +27,9 @@ def parse_label(value: str | int, where: str) -> str:
 
 
 @router.post("/{sid}/exemplars", response_model=AddedExemplars, status_code=status.HTTP_201_CREATED)
-async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep) -> Response:
+async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Add labelled drawings to the session's memory; a worker embeds each once. All or none are added."""
-    meta = await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
+    meta = await svc.sessions.meta_of_kind(sid, tenant.name, "vma", "/exemplars")
     most = svc.settings.max_exemplars_per_request
     if len(body.exemplars) > most:
         raise PayloadTooLarge(f"at most {most} exemplars per request", max_exemplars=most)
@@ -46,7 +46,7 @@ async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep) -> Respo
         )  # fmt: skip
     job = VmaJob.new(
         sid, meta.model, "add", svc.queue.channel, images, current_request_id(),
-        labels=labels, capacity=meta.capacity, ttl=meta.ttl_s,
+        model_version=meta.model_version, labels=labels, capacity=meta.capacity, ttl=meta.ttl_s,
     )  # fmt: skip
     reply = await svc.queue.run(
         svc.keys.stream("vma"), job, svc.settings.request_timeout_s,
@@ -62,12 +62,13 @@ async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep) -> Respo
 async def list_exemplars(
     sid: str,
     svc: ServicesDep,
+    tenant: TenantDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     images: Annotated[bool, Query(description="include each drawing as a base64 PNG")] = False,
 ) -> ExemplarPage:
     """The session's exemplars in the order they were added, a page at a time."""
-    await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
+    await svc.sessions.meta_of_kind(sid, tenant.name, "vma", "/exemplars")
     page = await svc.exemplars.list(sid, offset, limit, images)
     pngs = [encode_png(p) for p in page["pixels"]] if images else [None] * len(page["ids"])
     entries = [
@@ -78,8 +79,8 @@ async def list_exemplars(
 
 
 @router.delete("/{sid}/exemplars/{eid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_exemplar(sid: str, eid: int, svc: ServicesDep) -> Response:
+async def delete_exemplar(sid: str, eid: int, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Remove one exemplar from the session's memory."""
-    meta = await svc.sessions.meta_of_kind(sid, "vma", "/exemplars")
+    meta = await svc.sessions.meta_of_kind(sid, tenant.name, "vma", "/exemplars")
     await svc.exemplars.delete(sid, eid, meta.ttl_s)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

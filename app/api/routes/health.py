@@ -6,11 +6,13 @@ import json
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Response
 from redis.exceptions import RedisError
 
 from app.api.deps import Services, ServicesDep
 from app.api.schemas import Live, Ready
+from app.store.keys import Keys
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -18,10 +20,15 @@ router = APIRouter(prefix="/health", tags=["health"])
 async def live_workers(svc: Services) -> list[dict[str, Any]]:
     """Heartbeats of the workers alive now (registered, and their heartbeat key not expired),
     without their batch histograms (``stats``: /metrics exposes them)."""
-    ids: list[bytes] = await svc.redis.zrangebyscore(svc.keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
+    return await worker_beats(svc.redis, svc.keys)
+
+
+async def worker_beats(r: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """`live_workers`, from a Redis client and key schema (before the services exist)."""
+    ids: list[bytes] = await r.zrangebyscore(keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
     if not ids:
         return []
-    beats = await svc.redis.mget([svc.keys.worker(i.decode()) for i in ids])
+    beats = await r.mget([keys.worker(i.decode()) for i in ids])
     out = [json.loads(b) for b in beats if b]
     for beat in out:
         beat.pop("stats", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ServicesDep
+from app.api.deps import ServicesDep, TenantDep
 from app.api.schemas import PointsRequest, PointsResponse
 from app.errors import InvalidRequest, from_slug
 from app.jobs.points import chunk_array, points_job
@@ -14,13 +14,13 @@ router = APIRouter(prefix="/v1/sessions", tags=["memnet"])
 
 
 @router.post("/{sid}/points", response_model=PointsResponse)
-async def post_points(sid: str, body: PointsRequest, svc: ServicesDep) -> Response:
+async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Apply a chunk of points to the session in order and return a prediction per point.
 
     `seq` must equal the session's step count (409 otherwise, with `expected_seq`), except
     for a repeat of the last applied chunk, which returns the same predictions again.
     """
-    meta = await svc.sessions.meta_of_kind(sid, "memnet", "/points")
+    meta = await svc.sessions.meta_of_kind(sid, tenant.name, "memnet", "/points")
     if body.horizon > svc.settings.max_horizon:
         raise InvalidRequest(
             f"horizon is at most {svc.settings.max_horizon}", max_horizon=svc.settings.max_horizon
@@ -28,7 +28,7 @@ async def post_points(sid: str, body: PointsRequest, svc: ServicesDep) -> Respon
     chunk = chunk_array(body.values, meta.input_dim, svc.settings.max_points_per_request)
     job = points_job(
         sid, meta.model, chunk, body.seq, body.horizon, svc.queue.channel,
-        current_request_id(),
+        current_request_id(), model_version=meta.model_version,
     )  # fmt: skip
     reply = await svc.queue.run(svc.keys.stream("memnet"), job, svc.settings.request_timeout_s)
     if not reply.ok:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import Services, ServicesDep
+from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.schemas import CreateSession, SessionInfo
 from app.catalog import ModelInfo
-from app.errors import InvalidRequest, ModelNotFound
+from app.errors import InvalidRequest, ModelNotFound, SessionLimit
+from app.store.keys import new_session_id
+from app.store.tenants import Tenant
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -53,30 +57,56 @@ def session_info(sid: str, data: dict[str, Any]) -> SessionInfo:
     )  # fmt: skip
 
 
+@asynccontextmanager
+async def admitted_session(svc: Services, tenant: Tenant, ttl_s: int) -> AsyncIterator[str]:
+    """A new session id, counted against the tenant's live-session limit (429 past it); the
+    place is given back if the session is not made after all."""
+    sid = new_session_id()
+    admission = await svc.tenants.admit(tenant, sid, ttl_s)
+    if not admission.admitted:
+        retry = admission.retry_after_s
+        raise SessionLimit(
+            f"{tenant.max_sessions} sessions are live, the most this key may hold: delete one, "
+            f"or retry when one expires (the soonest in about {retry} s)",
+            headers={"Retry-After": str(retry)}, max_sessions=tenant.max_sessions,
+        )  # fmt: skip
+    try:
+        yield sid
+    except BaseException:
+        await svc.tenants.release(tenant.name, sid)
+        raise
+
+
 @router.post("", response_model=SessionInfo, status_code=status.HTTP_201_CREATED)
-async def create_session(body: CreateSession, svc: ServicesDep, response: Response) -> SessionInfo:
+async def create_session(
+    body: CreateSession, svc: ServicesDep, tenant: TenantDep, response: Response
+) -> SessionInfo:
     """Start a session holding its own memory; it expires after `ttl_s` idle seconds."""
     info = _pick_model(svc, body.kind, body.model)
     ttl = body.ttl_s or svc.settings.default_ttl_s
     if ttl > svc.settings.max_ttl_s:
         raise InvalidRequest(f"ttl_s is at most {svc.settings.max_ttl_s}", max_ttl_s=svc.settings.max_ttl_s)
     capacity = _capacity(svc, body.kind, info, body.capacity)
-    meta = await svc.sessions.create(body.kind, info.name, info.version, ttl, info.input_dim, capacity)
+    async with admitted_session(svc, tenant, ttl) as sid:
+        meta = await svc.sessions.create(
+            body.kind, info.name, info.version, ttl, info.input_dim, capacity, tenant.name, sid
+        )
     await svc.live_sessions.add(meta.sid, body.kind, ttl)
     svc.metrics.sessions_created.labels(body.kind).inc()
     response.headers["Location"] = f"/v1/sessions/{meta.sid}"
-    return session_info(meta.sid, await svc.sessions.info(meta.sid))
+    return session_info(meta.sid, await svc.sessions.info(meta.sid, tenant.name))
 
 
 @router.get("/{sid}", response_model=SessionInfo)
-async def get_session(sid: str, svc: ServicesDep) -> SessionInfo:
+async def get_session(sid: str, svc: ServicesDep, tenant: TenantDep) -> SessionInfo:
     """The session's model, progress, expiry and memory footprint."""
-    return session_info(sid, await svc.sessions.info(sid))
+    return session_info(sid, await svc.sessions.info(sid, tenant.name))
 
 
 @router.delete("/{sid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_session(sid: str, svc: ServicesDep) -> Response:
+async def delete_session(sid: str, svc: ServicesDep, tenant: TenantDep) -> Response:
     """End the session and drop its memory."""
-    await svc.sessions.delete(sid)
+    await svc.sessions.delete(sid, tenant.name)
     await svc.live_sessions.remove(sid)
+    await svc.tenants.release(tenant.name, sid)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,132 @@
+"""The one place that builds Redis clients from settings: plain Redis, or Redis Cluster.
+
+With ``MEMSERVE_REDIS_CLUSTER=true`` the URL names any node of a Redis Cluster; the client
+discovers the others and routes each command by its key's slot. Everything memserve does
+fits a cluster because of the key schema (app.store.keys): a session's keys share the hash
+tag ``{sid}``, so its scripts and MULTI blocks stay on one slot; the job streams share
+``{jobs}``, so one XREADGROUP reads them all. Two gaps in redis-py's cluster clients are
+closed here, so that the rest of the code runs unchanged on either kind of client:
+
+- a script queued in a cluster pipeline is sent as EVAL. redis-py's blocking cluster
+  pipelines refuse EVALSHA, and its asyncio ones, unlike plain pipelines, do not load missing
+  scripts first: a master that restarted, was promoted or has just joined has an empty script
+  cache and would answer NOSCRIPT. Outside pipelines scripts run as EVALSHA, reloaded on
+  NOSCRIPT as usual.
+- MGET over keys of several slots (the workers' heartbeats) is one MGET per slot.
+
+Elsewhere, `is_cluster` picks the cluster's way where the two differ: replies go by sharded
+pub/sub (SPUBLISH to the shard of the API's channel, rather than PUBLISH over the cluster bus
+to every node; app.jobs.reader, app.jobs.queue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterPipeline, RedisCluster
+from redis.commands.core import AsyncScript, Script
+from redis.typing import EncodableT, KeysT, KeyT
+
+from app.config import Settings, SettingsError
+
+# The API answers within its request timeout; a worker blocks up to a second in XREADGROUP
+# and writes whole session states, so it waits longer before calling Redis gone.
+API_TIMEOUTS: dict[str, Any] = {
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 30,
+}
+WORKER_TIMEOUTS: dict[str, Any] = {"socket_timeout": 30}
+
+
+class _ClusterScript(Script):
+    """A script that runs as EVAL inside cluster pipelines (see the module docstring)."""
+
+    def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: Any = None,
+    ) -> Any:
+        if isinstance(client, ClusterPipeline):
+            keys = list(keys or [])
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *(args or []))
+        return super().__call__(keys, args, client)
+
+
+class _AsyncClusterScript(AsyncScript):
+    """The asyncio twin of `_ClusterScript`."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: Any = None,
+    ) -> Any:
+        if isinstance(client, AsyncClusterPipeline):
+            keys = list(keys or [])
+            # Queued, not awaited: awaiting a cluster pipeline empties its queue.
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *(args or []))
+        return await super().__call__(keys, args, client)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client with memserve's two fixes (module docstring)."""
+
+    def register_script(self, script: Any) -> Script:
+        return _ClusterScript(self, script)
+
+    def mget(self, keys: KeysT, *args: Any) -> Any:
+        """One MGET per slot: atomic within a slot, which is all a cluster can offer."""
+        return self.mget_nonatomic(keys, *args)
+
+
+class _AsyncCluster(AsyncRedisCluster):
+    """The asyncio twin of `_Cluster`."""
+
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
+        return _AsyncClusterScript(self, script)
+
+    async def mget(self, keys: KeysT, *args: Any) -> Any:
+        """One MGET per slot: atomic within a slot, which is all a cluster can offer."""
+        return await self.mget_nonatomic(keys, *args)
+
+
+def is_cluster(r: object) -> bool:
+    """Whether `r` (a client of either kind) talks to a Redis Cluster."""
+    return isinstance(r, RedisCluster | AsyncRedisCluster)
+
+
+def _url(settings: Settings) -> str:
+    url = settings.require_redis_url()
+    if settings.redis_cluster and not url.startswith(("redis://", "rediss://")):
+        raise SettingsError(
+            f"MEMSERVE_REDIS_CLUSTER=true needs MEMSERVE_REDIS_URL to name a cluster node over TCP "
+            f"(redis:// or rediss://), not {url}; the embedded Redis of `memserve serve` is no cluster"
+        )
+    return url
+
+
+def async_client(settings: Settings, **overrides: Any) -> aioredis.Redis:
+    """The API's client (asyncio). `overrides` replace the default timeouts."""
+    url = _url(settings)
+    options = {**API_TIMEOUTS, **overrides}
+    if settings.redis_cluster:
+        # The cluster client has the plain client's command surface, which is all that the
+        # callers use; its class is not a subclass, hence the cast.
+        return cast(aioredis.Redis, _AsyncCluster.from_url(url, **options))
+    return aioredis.Redis.from_url(url, **options)
+
+
+def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:
+    """A blocking client (workers, health checks). `overrides` replace the default timeouts."""
+    url = _url(settings)
+    options = {**WORKER_TIMEOUTS, **overrides}
+    if settings.redis_cluster:
+        return cast(redis.Redis, _Cluster.from_url(url, **options))
+    return redis.Redis.from_url(url, **options)
