@@ -7,6 +7,8 @@ its keys are deleted afterwards, so tests never see each other's data.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import signal
 import socket
@@ -314,3 +316,19 @@ def wait_until_pending(r: redis.Redis, stream: str, timeout: float = 10.0) -> No
     while r.xpending(stream, "workers")["pending"] < 1:
         assert time.monotonic() < deadline, f"no job of {stream} became pending"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The API's access log lines (MEMSERVE_ACCESS_LOG), through the JSON formatter."""
+    from app.logs import make_handler
+
+    out = io.StringIO()
+    handler = make_handler(out, "json")
+    logger = logging.getLogger("memserve.access")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield out
+    logger.removeHandler(handler)
+    logger.setLevel(level)

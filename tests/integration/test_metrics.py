@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from app.config import Settings
-from app.logs import make_handler
 from app.store.keys import Keys
 from tests.conftest import ApiServer, drawings
 
@@ -55,20 +53,6 @@ def new_session(client: httpx.Client, kind: str, **body: object) -> str:
     r = client.post("/v1/sessions", json={"kind": kind, **body})
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
-
-
-@pytest.fixture
-def json_logs() -> Iterator[io.StringIO]:
-    """The API's access log lines (MEMSERVE_ACCESS_LOG), through the JSON formatter."""
-    out = io.StringIO()
-    handler = make_handler(out, "json")
-    logger = logging.getLogger("memserve.access")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield out
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture

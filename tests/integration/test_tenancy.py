@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import redis
 
 from app.api.auth import key_digest, new_api_key
 from app.config import ApiKey, Settings
-from app.logs import make_handler
 from app.store.keys import Keys, new_session_id
 from tests.conftest import REPO, ApiServer, drawings, free_port, png_b64, settings_env
 from tests.integration.test_stream import post, series
@@ -198,39 +196,28 @@ def test_request_rate_is_limited_per_tenant_across_api_processes(settings: Setti
         two.stop()
 
 
+def memserve(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the `memserve` command line as a user would; returns what it printed."""
+    cmd = [sys.executable, "-m", "app.cli", *args]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def test_api_refuses_to_start_without_keys_unless_auth_is_off(settings: Settings, tmp_path: Path) -> None:
     env = settings_env(settings)
     env.pop("MEMSERVE_AUTH", None)
     env.pop("MEMSERVE_API_KEYS", None)
-    run = subprocess.run(
-        [sys.executable, "-m", "app.cli", "api"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = memserve("api", env=env)
     assert run.returncode == 2
     assert "MEMSERVE_API_KEYS" in run.stderr and "MEMSERVE_AUTH=off" in run.stderr
     keys_file = tmp_path / "keys.json"
     keys_file.write_text('[{"tenant": "x", "sha256": "not hex"}]')
     env["MEMSERVE_API_KEYS_FILE"] = str(keys_file)
-    run = subprocess.run(
-        [sys.executable, "-m", "app.cli", "api"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = memserve("api", env=env)
     assert run.returncode == 2 and "MEMSERVE_API_KEYS_FILE" in run.stderr and "sha256" in run.stderr
 
 
 def test_keys_new_prints_a_key_whose_entry_authenticates(settings: Settings, tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "new", "carol", "--max-sessions", "5"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=settings_env(settings),
-    )  # fmt: skip
+    run = memserve("keys", "new", "carol", "--max-sessions", "5", env=settings_env(settings))
     assert run.returncode == 0, run.stderr
     key, entry = run.stdout.splitlines()
     keys_file = tmp_path / "keys.json"
@@ -255,13 +242,7 @@ def test_auth_off_acts_for_one_local_tenant_without_limits(client: httpx.Client)
     assert np.isfinite(client.get(f"/v1/sessions/{sid}").json()["expires_in_s"])
 
 
-def test_access_log_names_the_tenant(settings: Settings) -> None:
-    out = io.StringIO()
-    handler = make_handler(out, "json")
-    logger = logging.getLogger("memserve.access")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+def test_access_log_names_the_tenant(settings: Settings, json_logs: io.StringIO) -> None:
     server = ApiServer(keyed(settings, access_log=True)).start()
     try:
         with as_(server, BOB) as bob, as_(server, None) as anon:
@@ -269,8 +250,6 @@ def test_access_log_names_the_tenant(settings: Settings) -> None:
             assert anon.get("/v1/tenant").status_code == 401
     finally:
         server.stop()
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     mine = [x for x in lines if x.get("route") == "/v1/tenant"]
     assert [(x["status"], x.get("tenant")) for x in mine] == [(200, "bob"), (401, None)]
