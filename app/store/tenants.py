@@ -2,7 +2,11 @@
 
 - Request rate: a GCRA (generic cell rate algorithm) bucket, one key per tenant holding the
   theoretical arrival time of the next request; Redis' clock decides, so API processes on
-  hosts with skewed clocks agree.
+  hosts with skewed clocks agree. Asking Redis on every request cost about 7% of the stream
+  benchmark's throughput, so an API process takes a small lease at a time (up to `LEASE_S`
+  of the tenant's rate, within its burst) and hands it out locally for at most
+  `LEASE_TTL_S`; whatever it leased counts in Redis, so the limit is never exceeded, and
+  leased requests left unused are dropped (a tenant may get slightly less, never more).
 - Live sessions: a sorted set per tenant of its session ids scored by when they expire. A
   session's expiry slides with every write, in places that do not know its tenant (workers'
   commit scripts, touches, backups), so scores are corrected lazily, as in
@@ -15,6 +19,7 @@ Both keys carry the tenant in a hash tag of their own, so they work on Redis Clu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -26,19 +31,20 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from app.store.keys import Keys
 
-# KEYS: the tenant's rate key. ARGV: emission interval (ms), burst tolerance (ms).
-# Returns 0 when the request may go ahead, else the milliseconds until it would.
+# KEYS: the tenant's rate key. ARGV: emission interval (ms), burst tolerance (ms), requests
+# wanted. Returns {granted, 0} with 1 <= granted <= wanted, or {0, ms until one would be}.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, tolerance, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local allow_at = tat + interval - tolerance
-if allow_at > now then return math.max(1, math.ceil(allow_at - now)) end
-local new_tat = tat + interval
+local free = math.floor((now + tolerance - tat) / interval + 1e-6)
+if free < 1 then return {0, math.max(1, math.ceil(tat + interval - tolerance - now))} end
+local n = math.min(want, free)
+local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+return {n, 0}
 """
 
 # KEYS: the tenant's session set. ARGV: now (s), limit, sid, expiry (s).
@@ -56,6 +62,9 @@ return {0, first[2]}
 """
 
 log = logging.getLogger(__name__)
+
+LEASE_S = 0.05  # a lease holds at most this many seconds' worth of the tenant's rate
+LEASE_TTL_S = 0.1  # leased requests not used by then are dropped, never banked
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -78,6 +87,15 @@ class Tenant:
     burst: int = 1
 
 
+@dataclass
+class _Lease:
+    """Requests this API process may let through for a tenant without asking Redis."""
+
+    left: int = 0
+    until: float = 0.0
+    refill: asyncio.Future[None] | None = None  # a call to Redis for more, in flight
+
+
 @dataclass(frozen=True)
 class Admission:
     """The outcome of asking for a new session: admitted, or when to try again."""
@@ -94,6 +112,7 @@ class TenantStore:
         self.keys = keys
         self._take = r.register_script(TAKE)
         self._admit = r.register_script(ADMIT)
+        self._leases: dict[str, _Lease] = {}
 
     def rate_key(self, tenant: str) -> str:
         return f"{self.keys.prefix}:tenant:{{{tenant}}}:rate"
@@ -105,10 +124,30 @@ class TenantStore:
         """Count one request; 0 when it may go ahead, else the seconds until one would."""
         if tenant.rate_per_s <= 0:
             return 0.0
+        lease = self._leases.setdefault(tenant.name, _Lease())
+        while True:
+            if lease.left > 0 and lease.until > time.monotonic():
+                lease.left -= 1
+                return 0.0
+            if lease.refill is None:
+                break
+            # One refill at a time per tenant: concurrent requests that each leased a share
+            # would drain the burst at once and refuse one another.
+            await asyncio.shield(lease.refill)
+        lease.refill = asyncio.get_running_loop().create_future()
+        try:
+            return await self._refill(tenant, lease)
+        finally:
+            lease.refill.set_result(None)
+            lease.refill = None
+
+    async def _refill(self, tenant: Tenant, lease: _Lease) -> float:
+        """Lease requests from the tenant's bucket in Redis and take one of them."""
         interval = 1000.0 / tenant.rate_per_s
+        want = max(1, min(int(tenant.rate_per_s * LEASE_S), tenant.burst))
         key = self.rate_key(tenant.name)
         try:
-            wait_ms: Any = await self._take(keys=[key], args=[interval, interval * tenant.burst])
+            res: Any = await self._take(keys=[key], args=[interval, interval * tenant.burst, want])
         except ResponseError as e:
             if not out_of_memory(e):
                 raise
@@ -116,7 +155,12 @@ class TenantStore:
             # full store into an outage of reads too; let it through, writes fail on their own.
             log.warning("redis is full: the rate of %s is not counted", tenant.name)
             return 0.0
-        return int(wait_ms) / 1000.0
+        granted, wait_ms = int(res[0]), int(res[1])
+        if granted == 0:
+            return wait_ms / 1000.0
+        lease.left = granted - 1  # this request takes one; an older lease has run out or expired
+        lease.until = time.monotonic() + LEASE_TTL_S
+        return 0.0
 
     async def admit(self, tenant: Tenant, sid: str, ttl_s: int) -> Admission:
         """Count `sid` as one of the tenant's live sessions, unless that passes its limit."""
@@ -149,9 +193,10 @@ class TenantStore:
                 p.zrem(key, *gone)
             await p.execute()
 
-    async def release(self, tenant: str, sid: str) -> None:
+    async def release(self, tenant: Tenant, sid: str) -> None:
         """The session ended (deleted): its place is free at once."""
-        await self.r.zrem(self.sessions_key(tenant), sid)
+        if tenant.max_sessions > 0:
+            await self.r.zrem(self.sessions_key(tenant.name), sid)
 
     async def live_sessions(self, tenant: Tenant) -> int | None:
         """The tenant's live sessions as counted for its limit (None: not counted, no limit)."""

@@ -73,7 +73,7 @@ async def admitted_session(svc: Services, tenant: Tenant, ttl_s: int) -> AsyncIt
     try:
         yield sid
     except BaseException:
-        await svc.tenants.release(tenant.name, sid)
+        await svc.tenants.release(tenant, sid)
         raise
 
 
@@ -108,5 +108,5 @@ async def delete_session(sid: str, svc: ServicesDep, tenant: TenantDep) -> Respo
     """End the session and drop its memory."""
     await svc.sessions.delete(sid, tenant.name)
     await svc.live_sessions.remove(sid)
-    await svc.tenants.release(tenant.name, sid)
+    await svc.tenants.release(tenant, sid)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
