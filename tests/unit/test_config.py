@@ -64,3 +64,18 @@ def test_api_keys_come_from_the_setting_and_the_file_and_fail_fast(tmp_path: Pat
     assert Settings(auth="off").all_api_keys() == []
     with pytest.raises(ValueError, match="tenant"):
         ApiKey(tenant="no spaces", sha256=key_digest(a))
+
+
+def test_serve_turns_auth_off_only_when_no_keys_and_no_auth_setting_are_given(tmp_path: Path) -> None:
+    from app.api.auth import key_digest
+    from app.cli import _local_auth
+    from app.config import ApiKey
+
+    assert _local_auth(Settings()).auth == "off"
+    keyed = Settings(api_keys=[ApiKey(tenant="a", sha256=key_digest("k"))])
+    assert _local_auth(keyed).auth == "keys"
+    assert _local_auth(Settings(api_keys_file=tmp_path / "keys.json")).auth == "keys"
+    explicit = _local_auth(Settings(auth="keys"))  # asked for keys, gave none: startup fails
+    assert explicit.auth == "keys"
+    with pytest.raises(SettingsError, match="MEMSERVE_API_KEYS"):
+        explicit.all_api_keys()
