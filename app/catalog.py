@@ -146,10 +146,3 @@ class Catalog(Mapping[str, ModelInfo]):
 
     def __len__(self) -> int:
         return len(self._latest)
-
-
-def versions_of(catalog: Mapping[str, ModelInfo], name: str) -> list[ModelInfo]:
-    """The versions of ``name`` in a `Catalog`, or in a plain name -> model mapping."""
-    if isinstance(catalog, Catalog):
-        return catalog.versions(name)
-    return [catalog[name]] if name in catalog else []

@@ -25,6 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from app.store.expiries import settle
 from app.store.keys import Keys
 
 # Members checked per kind per scrape: bounds the scrape's cost when many sessions expire at once.
@@ -65,34 +66,7 @@ class SessionIndex:
         counts = {kind: int(res[2 * i]) for i, kind in enumerate(self.kinds)}
         due = {kind: [m.decode() for m in res[2 * i + 1]] for i, kind in enumerate(self.kinds)}
         if any(due.values()):
-            for kind, gone in (await self._settle(due, now)).items():
-                counts[kind] -= gone
+            gone = await settle(self.r, self.keys, {self.key(kind): sids for kind, sids in due.items()}, now)
+            for kind in self.kinds:
+                counts[kind] -= gone[self.key(kind)]
         return counts
-
-    async def _settle(self, due: dict[str, list[str]], now: float) -> dict[str, int]:
-        """Re-score the due sessions that still live, drop the gone ones; returns how many went."""
-        async with self.r.pipeline(transaction=False) as p:
-            for sids in due.values():
-                for sid in sids:
-                    p.pttl(self.keys.meta(sid))
-            pttls: list[Any] = await p.execute()
-        gone: dict[str, int] = {}
-        it = iter(pttls)
-        async with self.r.pipeline(transaction=False) as p:
-            for kind, sids in due.items():
-                alive = {}
-                dead = []
-                for sid in sids:
-                    ms = int(next(it))
-                    if ms == -2:  # the key does not exist
-                        dead.append(sid)
-                    else:  # -1 (no expiry; not written by memserve) counts as living for a day
-                        alive[sid] = now + (ms / 1000 if ms >= 0 else 86400)
-                if alive:
-                    # XX: never re-add a session that a concurrent delete just removed.
-                    p.zadd(self.key(kind), alive, xx=True)
-                if dead:
-                    p.zrem(self.key(kind), *dead)
-                gone[kind] = len(dead)
-            await p.execute()
-        return gone

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.catalog import ModelInfo, versions_of
+from app.catalog import Catalog, ModelInfo
 from app.errors import BackupKindMismatch, InvalidBackup, InvalidRequest, ModelNotFound, ModelVersionMismatch
 from app.store.backup import Fields, Header, SessionDoc
 from app.store.codec import decode_fields
@@ -26,12 +26,10 @@ STATE_INTS = ("step", "count", "pos")
 EXEMPLAR_FIELDS = ("ids", "labels", "pix", "h", "n", "next_id", "dim")
 
 
-def check_importable(
-    doc: SessionDoc, catalog: Mapping[str, ModelInfo], max_ttl_s: int, max_vma_capacity: int
-) -> ModelInfo:
+def check_importable(doc: SessionDoc, catalog: Catalog, max_ttl_s: int, max_vma_capacity: int) -> ModelInfo:
     """The loaded model `doc` restores into; a 4xx MemserveError saying why it cannot be restored."""
     h = doc.header
-    versions = versions_of(catalog, h.model)
+    versions = catalog.versions(h.model)
     if not versions:
         known = ", ".join(sorted(m.name for m in catalog.values() if m.kind == h.kind)) or "none"
         raise ModelNotFound(

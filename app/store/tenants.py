@@ -9,9 +9,9 @@
   leased requests left unused are dropped (a tenant may get slightly less, never more).
 - Live sessions: a sorted set per tenant of its session ids scored by when they expire. A
   session's expiry slides with every write, in places that do not know its tenant (workers'
-  commit scripts, touches, backups), so scores are corrected lazily, as in
-  app.api.session_index: only when the set is full, its members whose score has passed are
-  checked against their meta key's PTTL; gone ones leave, living ones get their true expiry.
+  commit scripts, touches, backups), so scores are corrected lazily (app.store.expiries):
+  only when the set is full, its members whose score has passed are checked against their
+  meta key's PTTL; gone ones leave, living ones get their true expiry.
   A set never grows past the limit plus the creates racing at that moment.
 
 Both keys carry the tenant in a hash tag of their own, so they work on Redis Cluster.
@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from app.store.expiries import settle
 from app.store.keys import Keys
 
 # KEYS: the tenant's rate key. ARGV: emission interval (ms), burst tolerance (ms), requests
@@ -180,18 +181,8 @@ class TenantStore:
     async def _correct(self, key: str, now: float) -> None:
         """Give the members whose expiry passed their true one, or drop them if gone."""
         stale: Any = await self.r.zrangebyscore(key, "-inf", now, start=0, num=CHECK_BATCH)
-        async with self.r.pipeline(transaction=False) as p:
-            for sid in stale:
-                p.pttl(self.keys.meta(sid.decode()))
-            ttls = await p.execute()
-        alive = {sid: now + ms / 1000 for sid, ms in zip(stale, ttls, strict=True) if ms >= 0}
-        gone = [sid for sid, ms in zip(stale, ttls, strict=True) if ms < 0]
-        async with self.r.pipeline(transaction=False) as p:
-            if alive:
-                p.zadd(key, alive, xx=True)
-            if gone:
-                p.zrem(key, *gone)
-            await p.execute()
+        if stale:
+            await settle(self.r, self.keys, {key: [sid.decode() for sid in stale]}, now)
 
     async def release(self, tenant: Tenant, sid: str) -> None:
         """The session ended (deleted): its place is free at once."""

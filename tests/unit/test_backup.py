@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from app.catalog import ModelInfo
+from app.catalog import Catalog, ModelInfo
 from app.errors import (
     BackupKindMismatch,
     InvalidBackup,
@@ -231,10 +231,12 @@ def test_format_errors_are_client_errors_with_stable_types() -> None:
 
 # --- checks against the loaded models --------------------------------------------------------
 
-CATALOG = {
-    "mn": ModelInfo("mn", "memnet", "3", 2, {"config": MEMNET_CFG}),
-    "vm": ModelInfo("vm", "vma", "1", 1, {"config": VMA_CFG}),
-}
+CATALOG = Catalog(
+    [
+        ModelInfo("mn", "memnet", "3", 2, {"config": MEMNET_CFG}),
+        ModelInfo("vm", "vma", "1", 1, {"config": VMA_CFG}),
+    ]
+)
 
 
 def check(doc: SessionDoc, max_ttl_s: int = 3600, max_vma_capacity: int = 100) -> ModelInfo:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from app.catalog import Catalog, ModelInfo, loaded_versions, newest, numeric_version, versions_of
+from app.catalog import Catalog, ModelInfo, loaded_versions, newest, numeric_version
 from app.checkpoint_scan import CheckpointScanner
 from app.errors import ModelVersionMismatch
 from app.jobs.messages import PointsJob
@@ -61,8 +61,7 @@ def test_new_sessions_get_the_latest_version_a_worker_has_loaded() -> None:
     assert catalog["m"] is v3 and list(catalog) == ["m", "n"] and len(catalog) == 2
     assert [m.key for m in catalog.all()] == [("m", "1"), ("m", "2"), ("m", "3"), ("n", "1")]
     catalog.update([v2, other])  # v1 and v3 removed; what workers report is kept
-    assert catalog["m"] is v2 and versions_of(catalog, "m") == [v2]
-    assert versions_of({"m": v1}, "m") == [v1] and versions_of({"m": v1}, "n") == []
+    assert catalog["m"] is v2 and catalog.versions("m") == [v2] and catalog.versions("x") == []
 
 
 def test_loaded_versions_come_from_heartbeats() -> None:
