@@ -196,11 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="val: the same protocol on the validation split (the end of the "
                    "training part, the card's data.val points), for choosing checkpoints "
                    "without looking at test; never written into the card")  # fmt: skip
+    p.add_argument("--heldout", action="store_true",
+                   help="score on held-out generated, benchmark and real series "
+                   "(models/evaluate_universal.py); the default for a corpus-trained checkpoint")  # fmt: skip
     p.add_argument("--write", action="store_true", help="store the metrics in the card")
     p.add_argument("--plot", action="store_true", help="save <dir>/<name>.png (needs matplotlib)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def heldout_main(args: argparse.Namespace, model: MemNet, card: dict) -> int:
+    """``evaluate --heldout``: the held-out table, written under ``metrics`` with --write."""
+    from models.evaluate_universal import evaluate_heldout, format_heldout
+
+    traces: dict = {}
+    metrics = evaluate_heldout(model, card, args.data_dir, progress=not args.quiet, traces=traces)
+    print(format_heldout(metrics))
+    card_path = resolve_card_path(args.checkpoint, args.dir)
+    if args.write:
+        fresh = read_card(card_path)
+        fresh["metrics"] = metrics
+        write_card(card_path, fresh)
+        print(f"wrote metrics into {card_path}")
+    if args.plot:
+        from models.plots import plot_heldout
+
+        out = card_path.with_suffix(".png")
+        plot_heldout(traces, metrics, str(card.get("name", args.checkpoint)), out)
+        print(f"wrote {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, card = load_checkpoint(args.checkpoint, args.dir)
     assert isinstance(model, MemNet), "checkpoint is not a memnet"
+    if args.heldout or card["data"].get("source") == "corpus":
+        return heldout_main(args, model, card)
     data = card["data"]
     spec = args.data or data.get("path") or data["spec"]
     series, info = load_series(spec, args.data_dir, data.get("train_frac", 0.8))

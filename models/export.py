@@ -36,8 +36,8 @@ from models.memnet import MemNet, MemNetState
 from models.vma import VMA
 
 OPSET = 18
-STEP_INPUTS = ("x", "h", "keys", "values", "count", "pos", "active")
-STEP_OUTPUTS = ("y", "h_out", "keys_out", "values_out", "count_out", "pos_out")
+STEP_INPUTS = ("x", "h", "keys", "values", "count", "pos", "stats", "active")
+STEP_OUTPUTS = ("y", "std", "h_out", "keys_out", "values_out", "count_out", "pos_out", "stats_out")
 
 
 @dataclass
@@ -56,9 +56,9 @@ class _Step(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, h, keys, values, count, pos, active):  # type: ignore[no-untyped-def]
-        y, s = self.model.step(x, MemNetState(h, keys, values, count, pos), active)
-        return y, s.h, s.keys, s.values, s.count, s.pos
+    def forward(self, x, h, keys, values, count, pos, stats, active):  # type: ignore[no-untyped-def]
+        y, std, s = self.model.step_dist(x, MemNetState(h, keys, values, count, pos, stats), active)
+        return y, std, s.h, s.keys, s.values, s.count, s.pos, s.stats
 
 
 def memnet_graphs(model: MemNet) -> list[GraphSpec]:
@@ -67,7 +67,8 @@ def memnet_graphs(model: MemNet) -> list[GraphSpec]:
     st = model.initial_state(b)
     x = torch.zeros(b, model.config.input_dim)
     active = torch.tensor([True, False, True])
-    inputs = dict(zip(STEP_INPUTS, (x, st.h, st.keys, st.values, st.count, st.pos, active), strict=True))
+    tensors = (x, st.h, st.keys, st.values, st.count, st.pos, st.stats, active)
+    inputs = dict(zip(STEP_INPUTS, tensors, strict=True))
     return [GraphSpec("step", _Step(model), inputs, STEP_OUTPUTS)]
 
 

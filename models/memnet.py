@@ -60,7 +60,28 @@ Choices the seed leaves open, and what this implementation does:
   hard, at a measured cost in accuracy). The bound is sufficient, not necessary: the trained
   gain is recorded in the model card (Mackey-Glass 0.99, Santa Fe 1.03) and long-stream
   finiteness of the shipped checkpoints is covered by a unit test.
-* **Inference** (``forecast``) runs under ``torch.inference_mode()``.
+* **Per-session scaling** (``scale_window > 0``, the universal checkpoint). A series may
+  arrive in any unit and at any level, so the cell never sees raw values: the state carries
+  running statistics of the session's own stream, ``stats`` (B, 3, D) = (weight w, mean m,
+  variance v), and each input is z-scored with them after they absorb it. They start empty
+  (w = 0) and follow  w <- min(w + 1, scale_window), a = 1 / w, m <- m + a (x - m),
+  v <- (1 - a) (v + a (x - m)^2):  the exact running mean and variance of everything seen
+  while fewer than ``scale_window`` points arrived, then an exponentially weighted one with
+  that window, so the frame follows a level that drifts or a variance that changes, slowly
+  enough that keys written a few hundred steps ago still mean what they meant. The scale is
+  s = sqrt(max(v + (scale_floor_rel m)^2, scale_floor_abs^2)): the floors only matter while the
+  stream has shown no spread (the first point, a constant stretch), and scale with the level,
+  so a first point of 1e-3 or of 1e6 both give z = 0 and a finite s. Predictions are mapped
+  back with the same s and m, so the model is invariant to the series' unit and offset.
+* **Residual output** (``residual``): the prediction is x_t + s W_y h_t rather than
+  m + s W_y h_t. With W_y initialised to zero an untrained model is persistence, and a
+  trained one only learns the correction to "no change": its worst case on a series unlike
+  anything in training stays near the naive forecast instead of somewhere arbitrary.
+* **Predictive scale** (``predict_scale``): W_y has a second block g, and the one-step
+  predictive distribution is Gaussian with mean y_t and std s (softplus(g) + min_scale),
+  trained by likelihood; intervals, anomaly flags and sampled forecast paths come from it.
+  Without it ``step_dist`` reports a scale of 0 (no distribution).
+* **Inference** (``forecast``, ``sample_paths``) runs under ``torch.inference_mode()``.
 
 ``step`` is functional: it never writes into the tensors of the state it is given, so a
 caller can keep the old state (e.g. to retry a job).
@@ -92,6 +113,12 @@ class MemNetConfig:
     bias: bool = True
     init_recurrent_gain: float = 0.9  # spectral norm of the h -> h block at init
     tie_qk_init: bool = True  # W_q starts equal to W_k (trained apart afterwards)
+    residual: bool = False  # y = x + s W_y h (starts from persistence) instead of m + s W_y h
+    predict_scale: bool = False  # W_y also gives the std of a Gaussian one-step prediction
+    scale_window: int = 0  # > 0: per-session running z-scoring with this window (0: none)
+    scale_floor_rel: float = 1e-3  # s >= this x |running mean| (a stream with no spread yet)
+    scale_floor_abs: float = 1e-8  # and s >= this, for a stream of zeros
+    min_scale: float = 1e-3  # predicted std >= this x s
 
 
 @dataclass
@@ -103,7 +130,8 @@ class MemNetState:
     values: Tensor  # (B, N, Dv) float32
     count: Tensor  # (B,) int64, filled slots, <= N
     pos: Tensor  # (B,) int64, next slot to write
-    _fields: ClassVar[tuple[str, ...]] = ("h", "keys", "values", "count", "pos")
+    stats: Tensor  # (B, 3, D) float32: running weight, mean, variance of the stream (scaling)
+    _fields: ClassVar[tuple[str, ...]] = ("h", "keys", "values", "count", "pos", "stats")
 
     @property
     def batch_size(self) -> int:
@@ -147,7 +175,9 @@ class MemNet(nn.Module):
         # q, k, v: three linear layers on [x; h] stored as row blocks of one matrix.
         self.qkv = nn.Linear(c.input_dim + c.hidden_dim, 2 * c.key_dim + c.value_dim, c.bias)
         self.state_proj = nn.Linear(c.hidden_dim + c.value_dim, c.hidden_dim, c.bias)  # W_h
-        self.out = nn.Linear(c.hidden_dim, c.input_dim, c.bias)  # W_y
+        assert c.scale_window >= 0, "scale_window must be >= 0 (0 turns scaling off)"
+        n_out = 2 * c.input_dim if c.predict_scale else c.input_dim  # mean (+ scale) per channel
+        self.out = nn.Linear(c.hidden_dim, n_out, c.bias)  # W_y
         log_sigma = torch.tensor(math.log(c.sigma), dtype=torch.float32)
         if c.learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
@@ -163,6 +193,10 @@ class MemNet(nn.Module):
             nn.init.orthogonal_(w_hh)
             # Orthogonal * gain has spectral norm exactly `gain`: starts contractive.
             self.state_proj.weight[:, : c.hidden_dim] = w_hh * c.init_recurrent_gain
+            if c.residual:  # an untrained residual model is exactly persistence
+                self.out.weight.zero_()
+                if self.out.bias is not None:
+                    self.out.bias.zero_()
             if c.tie_qk_init:
                 # q_t == k_t at init, so the pair written this step is read with s = 1 and
                 # x_t reaches h_t through a (nearly) linear path from the first update.
@@ -181,6 +215,7 @@ class MemNet(nn.Module):
             values=torch.zeros(batch_size, c.capacity, c.value_dim, device=device),
             count=torch.zeros(batch_size, dtype=torch.long, device=device),
             pos=torch.zeros(batch_size, dtype=torch.long, device=device),
+            stats=torch.zeros(batch_size, 3, c.input_dim, device=device),
         )
 
     # ------------------------------------------------------------------- cell
@@ -201,16 +236,46 @@ class MemNet(nn.Module):
             r = r / (s.sum(-1, keepdim=True) + self.config.read_eps)
         return r
 
-    def step(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> tuple[Tensor, MemNetState]:
-        """One time step. x (B, D) -> y (B, D), the prediction of the next value.
+    def _frame(self, x: Tensor, stats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Absorb x (B, D) into the running statistics; (z, new stats, mean m, scale s)."""
+        c = self.config
+        if c.scale_window == 0:  # fixed units (a checkpoint trained on one series)
+            return x, stats, torch.zeros_like(x), torch.ones_like(x)
+        w, m, v = stats.unbind(1)  # (B, 3, D) -> 3 x (B, D)
+        w = torch.clamp(w + 1.0, max=float(c.scale_window))
+        a = 1.0 / w
+        d = x - m
+        m = m + a * d
+        v = (1.0 - a) * (v + a * d * d)
+        s = self._scale(m, v)
+        return (x - m) / s, torch.stack([w, m, v], dim=1), m, s  # 3 x (B, D) -> (B, 3, D)
 
-        Rows where ``active`` is False keep their state unchanged (their y is meaningless).
-        The input state's tensors are never modified.
+    def _head(self, x: Tensor, m: Tensor, s: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Prediction (mean, std) in the input's units from the new hidden state h (B, H)."""
+        c = self.config
+        out = self.out(h)  # (B, D) or (B, 2 D)
+        f = out[:, : c.input_dim]
+        base = x if c.residual else m  # residual: a correction to "no change"
+        mean = base + s * f
+        if not c.predict_scale:
+            return mean, torch.zeros_like(mean)
+        g = out[:, c.input_dim :]
+        return mean, s * (nn.functional.softplus(g) + c.min_scale)
+
+    def step_dist(
+        self, x: Tensor, state: MemNetState, active: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, MemNetState]:
+        """One time step. x (B, D) -> (mean, std) of the next value, each (B, D), and the state.
+
+        Rows where ``active`` is False keep their state unchanged (their outputs are
+        meaningless). The input state's tensors are never modified. std is 0 for a model
+        without ``predict_scale``.
         """
         c = self.config
         assert x.dim() == 2 and x.shape[1] == c.input_dim, f"x must be (B, {c.input_dim})"
         assert x.shape[0] == state.batch_size, "x and state batch sizes differ"
-        q, k, v = self.qkv(torch.cat([x, state.h], dim=-1)).split(
+        z, stats, m, s = self._frame(x, state.stats)
+        q, k, v = self.qkv(torch.cat([z, state.h], dim=-1)).split(
             [c.key_dim, c.key_dim, c.value_dim], dim=-1
         )  # (B, D + H) -> (B, Dk), (B, Dk), (B, Dv)
         count = torch.clamp(state.count + 1, max=c.capacity)
@@ -227,6 +292,7 @@ class MemNet(nn.Module):
             v = torch.where(keep, state.values.gather(1, slot_v), v)
             count = torch.where(active, count, state.count)
             pos = torch.where(active, pos, state.pos)
+            stats = torch.where(keep, state.stats, stats)
         # Write before read; out-of-place scatter returns new tensors, the old state survives.
         keys = state.keys.scatter(1, slot_k, k)  # (B, N, Dk)
         values = state.values.scatter(1, slot_v, v)  # (B, N, Dv)
@@ -234,21 +300,28 @@ class MemNet(nn.Module):
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
         if active is not None:
             h = torch.where(active.unsqueeze(1), h, state.h)
-        y = self.out(h)
-        return y, MemNetState(h=h, keys=keys, values=values, count=count, pos=pos)
+        mean, std = self._head(x, m, s, h)
+        return mean, std, MemNetState(h=h, keys=keys, values=values, count=count, pos=pos, stats=stats)
 
-    def step_(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> Tensor:
-        """``step`` in place, for serving: the same numbers, without copying the ring buffers.
+    def step(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> tuple[Tensor, MemNetState]:
+        """``step_dist`` without the std: x (B, D) -> y (B, D), the prediction of the next value."""
+        y, _std, new = self.step_dist(x, state, active)
+        return y, new
 
-        Writes the new pair into ``state``'s own buffers and updates h, count and pos in
-        place; returns y (B, D). The caller must own ``state``'s tensors (the worker builds
-        them for each batch). Rows where ``active`` is False are left exactly as they were.
+    def step_(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``step_dist`` in place, for serving: the same numbers, without copying the ring buffers.
+
+        Writes the new pair into ``state``'s own buffers and updates h, count, pos and stats
+        in place; returns (mean, std), each (B, D). The caller must own ``state``'s tensors
+        (the worker builds them for each batch). Rows where ``active`` is False are left
+        exactly as they were.
         """
         c = self.config
         assert not torch.is_grad_enabled(), "step_ is for inference; train with step"
         assert x.dim() == 2 and x.shape[1] == c.input_dim, f"x must be (B, {c.input_dim})"
         assert x.shape[0] == state.batch_size, "x and state batch sizes differ"
-        q, k, v = self.qkv(torch.cat([x, state.h], dim=-1)).split(
+        z, stats, m, s = self._frame(x, state.stats)
+        q, k, v = self.qkv(torch.cat([z, state.h], dim=-1)).split(
             [c.key_dim, c.key_dim, c.value_dim], dim=-1
         )  # (B, D + H) -> (B, Dk), (B, Dk), (B, Dv)
         rows = torch.arange(x.shape[0], device=x.device)
@@ -266,20 +339,42 @@ class MemNet(nn.Module):
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
         if active is None:
             state.h.copy_(h)
+            state.stats.copy_(stats)
         else:
             state.h[rows] = h[rows]
-        return self.out(state.h)
+            state.stats[rows] = stats[rows]
+        return self._head(x, m, s, state.h)
 
-    def forward(self, x: Tensor, state: MemNetState | None = None) -> tuple[Tensor, MemNetState]:
-        """Run a sequence: x (B, T, D) -> y (B, T, D); y[:, t] predicts x[:, t + 1]."""
+    def forward_dist(self, x: Tensor, state: MemNetState | None = None) -> tuple[Tensor, Tensor, MemNetState]:
+        """Run a sequence: x (B, T, D) -> mean, std (B, T, D); step t predicts x[:, t + 1]."""
         assert x.dim() == 3 and x.shape[2] == self.config.input_dim, "x must be (B, T, D)"
         if state is None:
             state = self.initial_state(x.shape[0], x.device)
-        ys = []
+        means, stds = [], []
         for t in range(x.shape[1]):
-            y, state = self.step(x[:, t], state)
-            ys.append(y)
-        return torch.stack(ys, dim=1), state  # T x (B, D) -> (B, T, D)
+            y, std, state = self.step_dist(x[:, t], state)
+            means.append(y)
+            stds.append(std)
+        return torch.stack(means, dim=1), torch.stack(stds, dim=1), state  # T x (B, D) -> (B, T, D)
+
+    def forward(self, x: Tensor, state: MemNetState | None = None) -> tuple[Tensor, MemNetState]:
+        """Run a sequence: x (B, T, D) -> y (B, T, D); y[:, t] predicts x[:, t + 1]."""
+        y, _std, state = self.forward_dist(x, state)
+        return y, state
+
+    def frame_scale(self, state: MemNetState) -> Tensor:
+        """The scale s (B, D) of the session's frame after its last step (1 without scaling)."""
+        c = self.config
+        if c.scale_window == 0:
+            return torch.ones_like(state.stats[:, 1])
+        return self._scale(state.stats[:, 1], state.stats[:, 2])  # (B, 3, D) -> 2 x (B, D)
+
+    def _scale(self, m: Tensor, v: Tensor) -> Tensor:
+        """s from the running mean and variance, with floors for a stream with no spread yet."""
+        c = self.config
+        # The floor goes under the root: sqrt(0) is NaN under ONNX Runtime's CPU kernels (seen
+        # on a stream of zeros), so the root never sees a value below scale_floor_abs^2.
+        return torch.sqrt(torch.clamp(v + (c.scale_floor_rel * m).square(), min=c.scale_floor_abs**2))
 
     def rollout(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor:
         """Iterated forecast with autograd (training); see ``forecast``."""
@@ -301,6 +396,30 @@ class MemNet(nn.Module):
         """
         with torch.inference_mode():
             return self.rollout(y_last, state, horizon)
+
+    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor:
+        """Sampled futures after the last observed point: (B, S, horizon, D).
+
+        ``noise`` (B, S, horizon, D) holds standard normal draws (the caller seeds them, so
+        a repeated request gets the same paths on every backend). Path j of row i starts
+        at y_last + std_last * noise[i, j, 0] and feeds each sampled value back as the next
+        input, drawing the next value from the model's predictive Gaussian. The spread of
+        the paths at step h is the model's uncertainty h steps ahead, grown through the
+        recurrent state rather than assumed.
+        """
+        b, n_paths, horizon, d = noise.shape
+        assert y_last.shape == (b, d) and std_last.shape == (b, d), "y_last, std_last must be (B, D)"
+        with torch.inference_mode():
+            rows = torch.arange(b, device=noise.device).repeat_interleave(n_paths)  # (B S,)
+            st = MemNetState(*(getattr(state, f)[rows] for f in MemNetState._fields))
+            eps = noise.reshape(b * n_paths, horizon, d)  # (B, S, H, D) -> (B S, H, D)
+            x = y_last[rows] + std_last[rows] * eps[:, 0]  # (B S, D)
+            outs = [x]
+            for t in range(1, horizon):
+                mean, std, st = self.step_dist(x, st)
+                x = mean + std * eps[:, t]
+                outs.append(x)
+            return torch.stack(outs, dim=1).reshape(b, n_paths, horizon, d)  # (B S, H, D) -> (B, S, H, D)
 
     # ------------------------------------------------------------ diagnostics
     def gain(self) -> Tensor:

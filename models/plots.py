@@ -54,3 +54,46 @@ def plot_memnet(traces: dict, metrics: dict, name: str, out: Path, span: int = 4
     )
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+HELDOUT_PANELS = ("elnino", "co2", "sunspots", "santa fe laser (test split)", "lorenz", "seasonal")
+
+
+def plot_heldout(traces: dict, metrics: dict, name: str, out: Path, span: int = 160) -> None:
+    """A grid of held-out series: the truth, one-step predictions and their 95 % band over the
+    start of the scored part. `traces` maps series name -> (x, pred, std, n_fit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for want in HELDOUT_PANELS:  # one panel per kind of series, where it was evaluated
+        hit = next((n for n in traces if n.startswith(want) and n not in names), None)
+        if hit is not None:
+            names.append(hit)
+    rows = {r["name"]: r for r in metrics["series"]}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
+    for ax, n in zip(axes.flat, names, strict=False):
+        x, pred, sd, n_fit = traces[n]
+        t = np.arange(n_fit, min(len(x), n_fit + span))
+        p, s = pred[t - 1], sd[t - 1]  # the prediction made for x[t]
+        band = (p - 1.96 * s, p + 1.96 * s)
+        ax.fill_between(t, *band, color="tab:red", alpha=0.18, lw=0, label="95 % interval")
+        ax.plot(t, x[t], color="black", lw=1.1, label="series")
+        ax.plot(t, p, color="tab:red", lw=1, ls="--", label="one-step prediction")
+        r = rows[n]["one_step"]
+        ax.set_title(f"{n[:40]}\nNRMSE {r['model']:.3f} (AR(20) {r['ar20']:.3f}, persistence "
+                     f"{r['persistence']:.3f})", fontsize=8)  # fmt: skip
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(loc="upper left", fontsize=7)
+    g = metrics["summary"]["all"]
+    fig.suptitle(
+        f"{name}, never trained on these series: one-step geo-mean NRMSE "
+        f"{g['one_step']['geo_mean_model']:.3f} "
+        f"(AR(20) fitted per series {g['one_step']['geo_mean_ar20']:.3f}); 95 % coverage "
+        f"{g.get('coverage_95', float('nan')):.2f}",
+        fontsize=10,
+    )
+    fig.savefig(out, dpi=90)
+    plt.close(fig)

@@ -37,6 +37,7 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,16 @@ from tqdm import tqdm
 from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.timeseries import Splits, load_series, make_splits
 from models.export import export_checkpoint
-from models.memnet import MemNet, MemNetConfig
+from models.memnet import MemNet, MemNetConfig, MemNetState
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="memserve train", description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=["memnet", "vma", "vae"], help="model kind (see train vma|vae -h)")
-    p.add_argument("--data", default="mackey-glass", help="mackey-glass | santafe | PATH")
+    p.add_argument("--data", default="mackey-glass", help="mackey-glass | santafe | corpus | PATH "
+                   "(corpus: generated series of many families, for a universal model)")  # fmt: skip
+    p.add_argument("--corpus-length", type=int, default=256, help="corpus: steps per series")
+    p.add_argument("--loss-from", type=int, default=2, help="corpus: first step with loss")
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding timeseries/")
     p.add_argument("--train-frac", type=float, default=0.8, help="train share of a PATH series")
     p.add_argument("--val-frac", type=float, default=0.1, help="validation share of train")
@@ -86,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gain-penalty", type=float, default=1.0, help="weight; 0 disables it")
     p.add_argument("--project-gain", action="store_true", help="enforce gain <= --max-gain")
     p.add_argument("--stable-read", action="store_true", help="read_eps=0: softmax-form read")
+    p.add_argument("--residual", action="store_true", help="y = x + s W_y h (starts as persistence)")
+    p.add_argument("--predict-scale", action="store_true", help="Gaussian head, trained by likelihood")
+    p.add_argument("--scale-window", type=int, default=0, help="per-session scaling window (0: off)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patience", type=int, default=10, help="epochs without val improvement")
     p.add_argument("--resume", action="store_true", help="continue runs/<name>/last.*")
@@ -109,21 +116,78 @@ def make_batch(z: np.ndarray, starts: np.ndarray, length: int, device: str) -> T
     return torch.from_numpy(z[idx]).to(device)  # (B, L + 1, D)
 
 
+def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Tensor, MemNetState, Tensor]:
+    """Teacher-forced steps over x (B, T + 1, D): per-step losses (B, T), final state, last mean.
+
+    The loss is taken in the session's frame (divided by the frame scale s_t, 1 for models
+    without per-session scaling), so every series weighs the same whatever its units: the
+    Gaussian negative log-likelihood log(std / s) + (x' - mean)^2 / (2 std^2) for a model with
+    a predictive scale, the squared error / s^2 otherwise.
+    """
+    if state is None:
+        state = model.initial_state(x.shape[0], x.device)
+    losses = []
+    mean = x[:, 0]
+    for t in range(x.shape[1] - 1):
+        mean, std, state = model.step_dist(x[:, t], state)
+        s = model.frame_scale(state)  # (B, D)
+        err = (x[:, t + 1] - mean) / s
+        if model.config.predict_scale:
+            sd = std / s
+            losses.append((torch.log(sd) + 0.5 * (err / sd).square()).mean(-1))
+        else:
+            losses.append(err.square().mean(-1))
+    return torch.stack(losses, dim=1), state, mean  # T x (B,) -> (B, T)
+
+
 def window_loss(model: MemNet, batch: Tensor, args: argparse.Namespace, free: int | None = None) -> Tensor:
-    """Mean one-step MSE on the teacher-forced segment (+ weighted free-running MSE)."""
+    """Mean one-step loss on the teacher-forced segment (+ weighted free-running MSE)."""
+    if args.data == "corpus":  # whole series from their first point: the cold start counts
+        losses, _, _ = step_losses(model, batch, None)
+        return losses[:, args.loss_from :].mean()
     b, f = args.burn_in, args.seq_len
     free = args.free_steps if free is None else free
     state = None
     if b > 0:
         with torch.no_grad():
             _, state = model(batch[:, :b], None)
-    y, state = model(batch[:, b : b + f], state)  # (B, f, D)
-    loss = (y - batch[:, b + 1 : b + f + 1]).square().mean()
+    losses, state, y_last = step_losses(model, batch[:, b : b + f + 1], state)
+    loss = losses.mean()
     if free > 0:
-        out = model.rollout(y[:, -1], state, free)  # (B, free, D)
+        out = model.rollout(y_last, state, free)  # (B, free, D)
         target = batch[:, b + f : b + f + free]
-        loss = loss + args.free_weight * (out - target).square().mean()
+        scale = model.frame_scale(state).unsqueeze(1)  # (B, D) -> (B, 1, D)
+        loss = loss + args.free_weight * ((out - target) / scale).square().mean()
     return loss
+
+
+@dataclass
+class Corpus:
+    """Generated series for a universal model: fresh ones per batch, a fixed validation set."""
+
+    val: np.ndarray  # (V, L + 1, 1) float32
+    length: int  # steps per series (the loss runs over them)
+
+
+def load_corpus(args: argparse.Namespace) -> Corpus:
+    from models.data.corpus import sample_corpus
+
+    rng = np.random.default_rng([args.seed, 1_000_003])  # never a training batch's seed
+    val = sample_corpus(rng, 256, args.corpus_length + 1, split="train")  # (V, L + 1)
+    return Corpus(val=val[:, :, None].astype(np.float32), length=args.corpus_length)  # (V, L + 1, 1)
+
+
+def draw_batch(data: Splits | Corpus, args: argparse.Namespace, rng: np.random.Generator) -> Tensor:
+    """One training batch (B, L + 1, D): fresh corpus series, or random windows of the series."""
+    if isinstance(data, Corpus):
+        from models.data.corpus import sample_corpus
+
+        xs = sample_corpus(rng, args.batch_size, data.length + 1, split="train")  # (B, L + 1)
+        return torch.from_numpy(xs[:, :, None].astype(np.float32)).to(args.device)  # (B, L + 1, 1)
+    hi = data.n_fit - window_len(args) - 1
+    assert hi > 0, "training split too short for the window; lower --seq-len/--burn-in"
+    starts = rng.integers(0, hi + 1, size=args.batch_size)
+    return make_batch(data.series, starts, window_len(args), args.device)
 
 
 def val_starts(splits: Splits, args: argparse.Namespace, n: int = 64) -> np.ndarray:
@@ -136,9 +200,12 @@ def val_starts(splits: Splits, args: argparse.Namespace, n: int = 64) -> np.ndar
 
 
 @torch.no_grad()
-def validate(model: MemNet, splits: Splits, args: argparse.Namespace) -> float:
+def validate(model: MemNet, data: Splits | Corpus, args: argparse.Namespace) -> float:
     model.eval()
-    batch = make_batch(splits.series, val_starts(splits, args), window_len(args), args.device)
+    if isinstance(data, Corpus):
+        batch = torch.from_numpy(data.val).to(args.device)
+    else:
+        batch = make_batch(data.series, val_starts(data, args), window_len(args), args.device)
     loss = float(window_loss(model, batch, args))
     model.train()
     return loss
@@ -198,6 +265,9 @@ def make_model(args: argparse.Namespace, input_dim: int) -> MemNet:
         learn_sigma=not args.fixed_sigma,
         normalize_read=not args.unnormalized_read,
         read_eps=0.0 if args.stable_read else 1e-6,
+        residual=args.residual,
+        predict_scale=args.predict_scale,
+        scale_window=args.scale_window,
     )
     return MemNet(config)
 
@@ -227,16 +297,13 @@ def train_epoch(model, opt, splits, args, epoch: int, bar, meta: dict | None = N
     for group in opt.param_groups:
         group["lr"] = lr_at(epoch, args)
     rng = np.random.default_rng([args.seed, epoch])
-    hi = splits.n_fit - window_len(args) - 1
-    assert hi > 0, "training split too short for the window; lower --seq-len/--burn-in"
     # Free-running loss grows over the first epochs: an untrained closed loop can diverge.
     free = min(args.free_steps, round(args.free_steps * (epoch + 1) / max(args.free_ramp, 1)))
     meta = {} if meta is None else meta
     recent: list[float] = meta.setdefault("recent_losses", [])
     total, used = 0.0, 0
     for _ in range(args.steps_per_epoch):
-        starts = rng.integers(0, hi + 1, size=args.batch_size)
-        batch = make_batch(splits.series, starts, window_len(args), args.device)
+        batch = draw_batch(splits, args, rng)
         loss = window_loss(model, batch, args, free)
         value = loss.item()
         bar.update(1)
@@ -268,7 +335,7 @@ def train_epoch(model, opt, splits, args, epoch: int, bar, meta: dict | None = N
     return total / used if used else math.nan
 
 
-def run_training(args: argparse.Namespace, model: MemNet, splits: Splits, run_dir: Path) -> dict:
+def run_training(args: argparse.Namespace, model: MemNet, splits: Splits | Corpus, run_dir: Path) -> dict:
     """The epoch loop with early stopping, a wall-time budget and resumable state."""
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     best = {k: v.clone() for k, v in state_tensors(model).items()}
@@ -305,12 +372,25 @@ def run_training(args: argparse.Namespace, model: MemNet, splits: Splits, run_di
     return meta
 
 
-def make_card(args, argv: list[str], model: MemNet, splits: Splits, info: dict, meta: dict) -> dict:
-    data = {k: v for k, v in info.items() if k not in ("n_train", "n_test")}
-    data.update(spec=args.data, train=info["n_train"], test=info["n_test"])
-    data.update(fit=splits.n_fit, val=splits.n_train - splits.n_fit, val_frac=args.val_frac)
-    if data["source"] == "file":
-        data["train_frac"] = args.train_frac
+def corpus_info(args: argparse.Namespace) -> dict[str, Any]:
+    """The card's ``data`` for a corpus-trained model: every generator and its ranges."""
+    from models.data.corpus import describe
+
+    return {"source": "corpus", "spec": "corpus", "series_length": args.corpus_length,
+            "series_per_batch": args.batch_size, "loss_from_step": args.loss_from,
+            "validation": "256 series from the training families, a seed no batch uses",
+            "generators": describe()}  # fmt: skip
+
+
+def make_card(args, argv: list[str], model: MemNet, splits: Splits | Corpus, info: dict, meta: dict) -> dict:
+    if isinstance(splits, Corpus):
+        data = corpus_info(args)
+    else:
+        data = {k: v for k, v in info.items() if k not in ("n_train", "n_test")}
+        data.update(spec=args.data, train=info["n_train"], test=info["n_test"])
+        data.update(fit=splits.n_fit, val=splits.n_train - splits.n_fit, val_frac=args.val_frac)
+        if data["source"] == "file":
+            data["train_frac"] = args.train_frac
     training = {
         "command": "memserve train " + shlex.join(argv),
         "epochs": meta["epoch"] + 1,
@@ -329,7 +409,10 @@ def make_card(args, argv: list[str], model: MemNet, splits: Splits, info: dict, 
     if args.init:
         prev = getattr(args, "init_training", {})
         training["init_from"] = {k: prev.get(k) for k in ("command", "epochs", "seconds", "init_from")}
-    norm = {"mean": splits.mean.tolist(), "std": splits.std.tolist(), "units": "z-score"}
+    if isinstance(splits, Corpus):  # any units: each session scales its own stream
+        norm = {"mean": [0.0], "std": [1.0], "units": "session"}
+    else:
+        norm = {"mean": splits.mean.tolist(), "std": splits.std.tolist(), "units": "z-score"}
     return {"normalization": norm, "data": data, "training": training, "metrics": {}}
 
 
@@ -347,12 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    series, info = load_series(args.data, args.data_dir, args.train_frac)
-    splits = make_splits(series, info["n_train"], args.val_frac)
+    data: Splits | Corpus
+    if args.data == "corpus":
+        data, info, dim = load_corpus(args), {}, 1
+    else:
+        series, info = load_series(args.data, args.data_dir, args.train_frac)
+        data, dim = make_splits(series, info["n_train"], args.val_frac), series.shape[1]
     name = args.name or f"memnet-{Path(args.data).stem}"
-    model = make_model(args, series.shape[1]).to(args.device)
-    meta = run_training(args, model, splits, args.runs / name)
-    card = make_card(args, argv, model, splits, info, meta)
+    model = make_model(args, dim).to(args.device)
+    meta = run_training(args, model, data, args.runs / name)
+    card = make_card(args, argv, model, data, info, meta)
     weights, card_path = save_checkpoint(model.cpu(), card, args.out, name)
     export_checkpoint(card_path)  # the serving graphs of the ONNX backend, next to it
     print(f"wrote {weights}, {card_path} and its ONNX graphs (best val {meta['best_val']:.4g})")

@@ -35,6 +35,7 @@ from models.vma import VMA, VMAConfig
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEMSERVE_DATA_DIR", REPO.parent / "shared" / "data"))
 TEST_MODEL = "memnet-test"
+SCALED_TEST_MODEL = "memnet-test-scaled"  # per-session scaling, residual, predictive scale
 VMA_TEST_MODEL = "vma-test"
 VMA_TEST_CONFIG = VMAConfig(channels=8, hidden_dim=32, match_dim=16, z_dim=8)
 
@@ -108,13 +109,19 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": {"source": "generated for tests"},
     }
     save_checkpoint(model, card, d, TEST_MODEL)
+    scaled = MemNet(MemNetConfig(hidden_dim=16, key_dim=8, value_dim=8, capacity=8, sigma=0.5,
+                                 residual=True, predict_scale=True, scale_window=16))  # fmt: skip
+    torch.nn.init.normal_(scaled.out.weight, std=0.2)  # the residual head starts at zero: wake it
+    scaled_card = {"normalization": {"mean": [0.0], "std": [1.0], "units": "session"},
+                   "data": {"source": "generated for tests"}}  # fmt: skip
+    save_checkpoint(scaled, scaled_card, d, SCALED_TEST_MODEL)
     # A random-init VMA: h_q starts as a copy of h, so an exact copy of an exemplar already
     # scores highest on it, which the service tests rely on.
     vma_card = {"data": {"source": "random init for tests"}, "serving": {"novelty_threshold_nats": -300.0}}
     save_checkpoint(VMA(VMA_TEST_CONFIG), vma_card, d, VMA_TEST_MODEL)
     # Their ONNX graphs too, so that the service tests run on either backend
     # (MEMSERVE_BACKEND=onnx in the environment switches the workers they start).
-    for name in (TEST_MODEL, VMA_TEST_MODEL):
+    for name in (TEST_MODEL, SCALED_TEST_MODEL, VMA_TEST_MODEL):
         export_checkpoint(name, d)
     return d
 

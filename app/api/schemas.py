@@ -55,6 +55,27 @@ class PointsRequest(BaseModel):
     values: Points = Field(description="T x D finite numbers; a flat list of T numbers when D = 1")
     seq: int | None = Field(None, ge=0, description="index of the chunk's first point; omitted: append")
     horizon: int = Field(0, ge=0, description="forecast this many steps after the last point")
+    level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
+        None, max_length=8,
+        description="prediction interval levels in percent, e.g. [80, 95]: adds `intervals` for "
+        "every prediction and `forecast_intervals` for every forecast step",
+    )  # fmt: skip
+
+
+class Interval(BaseModel):
+    """Lower and upper bounds at one level, the shape of the values they bound."""
+
+    lower: list[list[float]]
+    upper: list[list[float]]
+
+
+class Anomaly(BaseModel):
+    """A point outside the 99 % interval of the prediction the session made for it."""
+
+    index: int = Field(description="position in the chunk")
+    seq: int = Field(description="position in the session's stream")
+    dim: int = Field(description="the channel (0 for a univariate series)")
+    scales: float = Field(description="(value - prediction) / predicted std")
 
 
 class PointsResponse(BaseModel):
@@ -64,6 +85,15 @@ class PointsResponse(BaseModel):
     step: int = Field(description="points applied after this chunk (the next chunk's seq)")
     predictions: list[list[float]] = Field(description="T x D: prediction of the next value")
     forecast: list[list[float]] | None = Field(description="horizon x D, or null")
+    intervals: dict[str, Interval] | None = Field(
+        None, description="per requested level (key: the level, e.g. 95): bounds of each prediction, T x D"
+    )
+    forecast_intervals: dict[str, Interval] | None = Field(
+        None, description="per requested level: bounds of each forecast step (horizon x D) from sampled paths"
+    )
+    anomalies: list[Anomaly] | None = Field(
+        None, description="points outside their own 99 % one-step interval; null for a model without one"
+    )
     repeat: bool = Field(description="true when this answers a retry of the last chunk")
 
 

@@ -33,6 +33,7 @@ class PointsJob:
     reply_to: str
     request_id: str = ""
     model_version: str | None = None  # the session's; None from an API that predates versions
+    levels: tuple[float, ...] = ()  # interval levels in percent; () for none
 
     def to_fields(self) -> dict[str, bytes]:
         """Two stream fields: a JSON header and the raw values (few arguments to pack)."""
@@ -40,6 +41,7 @@ class PointsJob:
             "op": "points", "job": self.job_id, "sid": self.sid, "model": self.model,
             "mv": self.model_version, "seq": self.seq, "t": self.length, "d": self.dim,
             "horizon": self.horizon, "reply_to": self.reply_to, "rid": self.request_id,
+            "lv": list(self.levels),
         }  # fmt: skip
         return {"h": orjson.dumps(head), "v": self.values}
 
@@ -53,7 +55,7 @@ class PointsJob:
             seq=None if h["seq"] is None else int(h["seq"]), values=values,
             length=int(h["t"]), dim=int(h["d"]), horizon=int(h["horizon"]),
             reply_to=str(h["reply_to"]), request_id=str(h.get("rid", "")),
-            model_version=job_model_version(h),
+            model_version=job_model_version(h), levels=tuple(float(v) for v in h.get("lv") or ()),
         )  # fmt: skip
         if len(values) != 4 * job.length * job.dim:
             raise ValueError(f"{len(values)} value bytes for {job.length} x {job.dim} points")

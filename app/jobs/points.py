@@ -66,11 +66,12 @@ def points_job(
     reply_to: str,
     request_id: str = "",
     model_version: str | None = None,
+    levels: tuple[float, ...] = (),
 ) -> PointsJob:
     """A job that carries its points, so it can be re-run by any worker."""
     return PointsJob(
         job_id=new_job_id(), sid=sid, model=model, seq=seq,
         values=np.ascontiguousarray(chunk, dtype="<f4").tobytes(),
         length=int(chunk.shape[0]), dim=int(chunk.shape[1]), horizon=horizon,
-        reply_to=reply_to, request_id=request_id, model_version=model_version,
+        reply_to=reply_to, request_id=request_id, model_version=model_version, levels=levels,
     )  # fmt: skip

@@ -116,6 +116,14 @@ def _check_memnet(doc: SessionDoc, info: ModelInfo) -> None:
     for name, want in (("y", (h.input_dim,)), ("last_pred", (None, h.input_dim))):
         if name in arrays or b"last_seq" in fields:  # a retry of the last chunk reads both
             _shape(arrays, name, want)
+    if "stats" in arrays:  # the running statistics of a per-session scaled model
+        _shape(arrays, "stats", (3, h.input_dim))
+    if "y_std" in arrays:  # a model with a predictive scale: the last chunk's stds and deviations
+        _shape(arrays, "y_std", (h.input_dim,))
+        _shape(arrays, "last_std", (None, h.input_dim))
+        last_dev = arrays.get("last_dev")  # NaN where no prediction was made: not checked for finiteness
+        if last_dev is None or last_dev.shape != arrays["last_std"].shape:
+            raise InvalidBackup("the MemNet state's 'last_dev' is missing or misshapen")
     step, count, pos = (_int_field(fields, n, "the MemNet state") for n in STATE_INTS)
     if not (count <= min(step, cap) and pos < cap):
         raise InvalidBackup(f"the MemNet state's step {step}, count {count}, pos {pos} misfit capacity {cap}")

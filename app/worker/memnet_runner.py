@@ -22,11 +22,13 @@ from app.jobs.reader import Delivery
 from app.store import scripts
 from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
+from app.worker import memnet_dist as dist
 from app.worker.runner import Outcome, Runner
 from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetConfig, MemNetState
 
 log = logging.getLogger(__name__)
+Array = np.ndarray
 
 
 # The small fields of a session's state read with every job (the buffers only on a cache miss).
@@ -68,18 +70,25 @@ class TorchMemNet:
         return self.model.initial_state(batch_size, device)
 
     @torch.inference_mode()
-    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> Tensor:
-        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; ``state`` in place."""
+    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]:
+        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; ``state`` in place.
+
+        Returns the predictions' means and stds, each (B, T_max, D).
+        """
         b, t_max, dim = x.shape
         preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=x.device)
+        stds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=x.device)
         shortest = int(lengths.min())
         for t in range(t_max):
             active = None if t < shortest else lengths > t  # no masking while every row is live
-            preds[:, t] = self.model.step_(x[:, t], state, active)  # the batch's own buffers, in place
-        return preds
+            preds[:, t], stds[:, t] = self.model.step_(x[:, t], state, active)  # in place
+        return preds, stds
 
     def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor:
         return self.model.forecast(y_last, state, horizon)
+
+    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor:
+        return self.model.sample_paths(y_last, std_last, state, noise.to(y_last.device)).cpu()
 
 
 class MemNetEngine(Protocol):
@@ -89,9 +98,11 @@ class MemNetEngine(Protocol):
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemNetState: ...
 
-    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> Tensor: ...
+    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]: ...
 
     def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor: ...
+
+    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor: ...
 
 
 class ServedMemNet:
@@ -105,17 +116,14 @@ class ServedMemNet:
         dim = int(card.get("input_dim") or engine.config.input_dim)
         self.mean = np.asarray(norm.get("mean", [0.0] * dim), dtype=np.float32)
         self.std = np.asarray(norm.get("std", [1.0] * dim), dtype=np.float32)
+        self.has_scale = bool(engine.config.predict_scale)  # intervals and anomaly flags
         init = engine.initial_state(1, device=torch.device("cpu"))
-        self._init = {
-            "h": init.h[0].numpy(),
-            "keys": init.keys[0].numpy(),
-            "values": init.values[0].numpy(),
-        }
+        self._init = {name: getattr(init, name)[0].numpy() for name in ("h", "keys", "values", "stats")}
 
     def initial(self) -> SessionState:
         """The state of a session that has seen no point yet."""
         i = self._init
-        return SessionState(h=i["h"], keys=i["keys"], values=i["values"], count=0, pos=0)
+        return SessionState(h=i["h"], keys=i["keys"], values=i["values"], count=0, pos=0, stats=i["stats"])
 
     def stack(self, states: list[SessionState]) -> MemNetState:
         """Stack B sessions' states into one batch on the model's device."""
@@ -126,24 +134,46 @@ class ServedMemNet:
             values=torch.from_numpy(np.stack([s.values for s in states])).to(dev),  # (B, N, Dv)
             count=torch.tensor([s.count for s in states], dtype=torch.int64, device=dev),
             pos=torch.tensor([s.pos for s in states], dtype=torch.int64, device=dev),
+            stats=torch.from_numpy(np.stack([self._stats_of(s) for s in states])).to(dev),  # (B, 3, D)
         )
+
+    def _stats_of(self, s: SessionState) -> np.ndarray:
+        return self._init["stats"] if s.stats is None else s.stats
+
+    def to_client(self, z: np.ndarray) -> np.ndarray:
+        """Model units (the card's normalisation) to the client's."""
+        return z * self.std + self.mean
 
 
 def _select(state: MemNetState, idx: torch.Tensor) -> MemNetState:
-    return MemNetState(
-        h=state.h[idx], keys=state.keys[idx], values=state.values[idx],
-        count=state.count[idx], pos=state.pos[idx],
-    )  # fmt: skip
+    return MemNetState(*(getattr(state, f)[idx] for f in MemNetState._fields))
+
+
+@dataclass
+class ChunkRows:
+    """What one batch of chunks gave, per row: in client units unless said otherwise."""
+
+    preds: np.ndarray  # (B, T_max, D) prediction of each next value
+    stds: np.ndarray  # (B, T_max, D) its std (0 for a model without a predictive scale)
+    forecasts: list[np.ndarray | None]  # (horizon, D), None where no forecast was asked
+    forecast_intervals: list[dict[str, Any] | None]  # {level: {lower, upper}} per row
+    y_last: np.ndarray  # (B, D) the last prediction, model units
+    std_last: np.ndarray  # (B, D) its std, model units
 
 
 @torch.inference_mode()
 def run_chunks(
-    served: ServedMemNet, state: MemNetState, chunks: list[np.ndarray], horizons: list[int]
-) -> tuple[MemNetState, np.ndarray, list[np.ndarray | None], np.ndarray]:
+    served: ServedMemNet,
+    state: MemNetState,
+    chunks: list[np.ndarray],
+    horizons: list[int],
+    levels: list[tuple[float, ...]] | None = None,
+    seeds: list[tuple[str, int]] | None = None,
+) -> tuple[MemNetState, ChunkRows]:
     """Step B sessions through their chunks (lengths may differ) and forecast where asked.
 
-    Returns the new state, predictions (B, T_max, D) in client units, forecasts in client
-    units (None where horizon is 0) and the last normalised prediction of each row (B, D).
+    Rows with a horizon and levels also get forecast intervals from sampled paths, their noise
+    seeded by ``seeds[i]`` = (session id, step after the chunk).
     """
     engine, dev = served.engine, served.device
     b, dim = len(chunks), int(chunks[0].shape[1])
@@ -153,19 +183,51 @@ def run_chunks(
     for i, c in enumerate(chunks):
         x[i, : c.shape[0]] = (c - served.mean) / served.std
     len_t = torch.from_numpy(lengths).to(dev)
-    preds = engine.run_steps(torch.from_numpy(x).to(dev), len_t, state)  # (B, T_max, D)
+    preds, stds = engine.run_steps(torch.from_numpy(x).to(dev), len_t, state)  # 2 x (B, T_max, D)
     rows = torch.arange(b, device=dev)
-    y_last = preds[rows, len_t - 1]  # (B, D)
+    y_last, std_last = preds[rows, len_t - 1], stds[rows, len_t - 1]  # (B, D)
     forecasts: list[np.ndarray | None] = [None] * b
+    intervals: list[dict[str, Any] | None] = [None] * b
     want = [i for i, h in enumerate(horizons) if h > 0]
     if want:
         idx = torch.tensor(want, device=dev)
         fc = engine.forecast(y_last[idx], _select(state, idx), max(horizons[i] for i in want))
-        fc_np = fc.cpu().numpy() * served.std + served.mean  # (B', H_max, D)
+        fc_np = served.to_client(fc.cpu().numpy())  # (B', H_max, D)
         for j, i in enumerate(want):
             forecasts[i] = fc_np[j, : horizons[i]]
-    preds_np = preds.cpu().numpy() * served.std + served.mean
-    return state, preds_np, forecasts, y_last.cpu().numpy()
+    sampled = [i for i in want if levels and levels[i]] if served.has_scale else []
+    if sampled:
+        assert seeds is not None, "forecast intervals need the rows' seeds"
+        h_max = max(horizons[i] for i in sampled)
+        noise = torch.zeros((len(sampled), dist.FORECAST_PATHS, h_max, dim))  # (B', S, H_max, D)
+        for j, i in enumerate(sampled):  # each row's own draws: the batch does not change them
+            noise[j, :, : horizons[i]] = dist.path_noise(*seeds[i], dist.FORECAST_PATHS, horizons[i], dim)
+        idx = torch.tensor(sampled, device=dev)
+        paths = engine.sample_paths(y_last[idx], std_last[idx], _select(state, idx), noise).cpu().numpy()
+        for j, i in enumerate(sampled):
+            assert levels is not None
+            intervals[i] = dist.path_intervals(served.to_client(paths[j, :, : horizons[i]]), list(levels[i]))
+    out = ChunkRows(
+        preds=served.to_client(preds.cpu().numpy()), stds=stds.cpu().numpy() * served.std,
+        forecasts=forecasts, forecast_intervals=intervals,
+        y_last=y_last.cpu().numpy(), std_last=std_last.cpu().numpy(),
+    )  # fmt: skip
+    return state, out
+
+
+def points_body(
+    served: ServedMemNet, seq: int, x: np.ndarray, preds: np.ndarray, stds: np.ndarray, dev: np.ndarray,
+    forecast: np.ndarray | None, forecast_intervals: dict[str, Any] | None, levels: tuple[float, ...],
+    repeat: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The reply to one chunk of T points: the one shape `PointsResponse` documents."""
+    body: dict[str, Any] = {
+        "seq": seq, "step": seq + x.shape[0], "predictions": preds, "forecast": forecast,
+        "intervals": dist.gaussian_intervals(preds, stds, list(levels)) if levels else None,
+        "forecast_intervals": forecast_intervals if levels and forecast is not None else None,
+        "anomalies": dist.anomalies(dev, seq) if served.has_scale else None, "repeat": repeat,
+    }  # fmt: skip
+    return body
 
 
 class MemNetRunner(Runner[ServedMemNet]):
@@ -267,6 +329,12 @@ class MemNetRunner(Runner[ServedMemNet]):
             if why.slug == "job-failed":
                 log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
             return self._refuse(ld, out, why.status, why.slug, why.detail)
+        if job.levels and not self.served(job.model, job.model_version).has_scale:
+            return self._refuse(
+                ld, out, 422, "invalid-request",
+                f"model {job.model} predicts values, not distributions: it has no intervals; "
+                "drop `level`, or use a model with a predictive scale (memnet-universal)",
+            )  # fmt: skip
         if job.seq is not None and job.seq != ld.step:
             _step, last_seq, last_digest = ld.head
             if last_seq == b"%d" % job.seq and last_digest == job.digest.encode():
@@ -280,21 +348,28 @@ class MemNetRunner(Runner[ServedMemNet]):
         return True
 
     def _answer_repeat(self, ld: Loaded, out: Outcome) -> None:
-        """A client retry of the last applied chunk: the same predictions, state unchanged."""
-        served = self.served(ld.job.model, ld.job.model_version)
-        fields = self.r.hgetall(self.keys.state(ld.job.sid))
+        """A client retry of the last applied chunk: the same reply again, state unchanged."""
+        job = ld.job
+        served = self.served(job.model, job.model_version)
+        fields = self.r.hgetall(self.keys.state(job.sid))
         arrays = decode_fields(fields)  # type: ignore[arg-type]
-        body: dict[str, Any] = {
-            "seq": ld.job.seq, "step": ld.step, "predictions": arrays["last_pred"],
-            "forecast": None, "repeat": True,
-        }  # fmt: skip
-        if ld.job.horizon > 0:
+        preds = arrays["last_pred"]
+        stds = arrays.get("last_std", np.zeros_like(preds))
+        devs = arrays.get("last_dev", np.full_like(preds, np.nan))
+        forecast, intervals = None, None
+        if job.horizon > 0:
             state = served.stack([SessionState.from_redis(fields)])  # type: ignore[arg-type]
+            y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (D,) -> (1, D)
+            y_std = torch.from_numpy(arrays.get("y_std", np.zeros_like(arrays["y"]))[None]).to(served.device)
             with torch.inference_mode():
-                y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (D,) -> (1, D)
-                fc = served.engine.forecast(y, state, ld.job.horizon).cpu().numpy()
-            body["forecast"] = fc[0] * served.std + served.mean
-        out.replies.append((ld.job.reply_to, ok_reply(ld.job.job_id, body)))
+                forecast = served.to_client(served.engine.forecast(y, state, job.horizon).cpu().numpy())[0]
+            if job.levels and served.has_scale:  # the same seed as the first answer: the same paths
+                noise = dist.path_noise(job.sid, ld.step, dist.FORECAST_PATHS, job.horizon, y.shape[1])
+                paths = served.engine.sample_paths(y, y_std, state, noise[None]).cpu().numpy()
+                intervals = dist.path_intervals(served.to_client(paths[0]), list(job.levels))
+        x = np.frombuffer(job.values, dtype="<f4").reshape(job.length, job.dim)  # (T, D)
+        body = points_body(served, job.seq or 0, x, preds, stds, devs, forecast, intervals, job.levels, True)
+        out.replies.append((job.reply_to, ok_reply(job.job_id, body)))
         out.ack.append(ld.delivery.entry_id)
 
     def _run_group(self, served: ServedMemNet, group: list[Loaded], out: Outcome) -> None:
@@ -303,27 +378,39 @@ class MemNetRunner(Runner[ServedMemNet]):
             for ld in group
         ]
         old = [ld.state for ld in group]
+        prev = [self._previous_prediction(served, ld) for ld in group]
         batch = served.stack(old)  # type: ignore[arg-type]
         horizons = [ld.job.horizon for ld in group]
-        batch, preds, forecasts, y_last = run_chunks(served, batch, chunks, horizons)
+        levels = [ld.job.levels for ld in group]
+        seeds = [(ld.job.sid, ld.step + ld.job.length) for ld in group]
+        batch, res = run_chunks(served, batch, chunks, horizons, levels, seeds)
         h, k, v = batch.h.cpu().numpy(), batch.keys.cpu().numpy(), batch.values.cpu().numpy()
+        stats = batch.stats.cpu().numpy()
         count, pos = batch.count.cpu().tolist(), batch.pos.cpu().tolist()
-        new = [SessionState(h[i], k[i], v[i], int(count[i]), int(pos[i])) for i in range(len(group))]
+        new = [
+            SessionState(h[i], k[i], v[i], int(count[i]), int(pos[i]), stats[i], res.y_last[i],
+                         res.std_last[i] if served.has_scale else None)
+            for i in range(len(group))
+        ]  # fmt: skip
         replies = []
         with self.r.pipeline(transaction=False) as p:
             for i, ld in enumerate(group):
                 job, t = ld.job, ld.job.length
-                body = {
-                    "seq": ld.step, "step": ld.step + t, "predictions": preds[i, :t],
-                    "forecast": forecasts[i], "repeat": False,
-                }  # fmt: skip
+                preds, stds = res.preds[i, :t], res.stds[i, :t]
+                devs = dist.deviations(chunks[i], preds, stds, *prev[i])
+                body = points_body(
+                    served, ld.step, chunks[i], preds, stds, devs, res.forecasts[i],
+                    res.forecast_intervals[i], job.levels, False,
+                )  # fmt: skip
                 replies.append(ok_reply(job.job_id, body))
                 scalars = {
                     "step": b"%d" % (ld.step + t), "count": b"%d" % new[i].count, "pos": b"%d" % new[i].pos,
                     "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(),
                 }  # fmt: skip
                 stored = old[i] if ld.has_state else None
-                extra = {"last_pred": preds[i, :t], "y": y_last[i]}
+                extra = {"last_pred": preds, "y": res.y_last[i]}
+                if served.has_scale:
+                    extra.update(last_std=stds, last_dev=devs, y_std=res.std_last[i])
                 pairs, patches = commit_args(stored, new[i], t, extra, scalars)
                 ttl = int(ld.meta.get(b"ttl", b"3600"))
                 args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
@@ -331,15 +418,20 @@ class MemNetRunner(Runner[ServedMemNet]):
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
             results = p.execute(raise_on_error=False)
-        for ld, res, reply, state in zip(group, results, replies, new, strict=True):
-            self._settle(ld, res, reply, state, out)
+        for ld, r, reply, state in zip(group, results, replies, new, strict=True):
+            self._settle(ld, r, reply, state, out)
+
+    def _previous_prediction(self, served: ServedMemNet, ld: Loaded) -> tuple[Array | None, Array | None]:
+        """The (mean, std) in client units the session predicted for this chunk's first point."""
+        st = ld.state
+        if not served.has_scale or st is None or st.y is None or st.y_std is None:
+            return None, None
+        return served.to_client(st.y), st.y_std * served.std
 
     def _settle(self, ld: Loaded, res: object, reply: bytes, state: SessionState, out: Outcome) -> None:
         """Act on the commit script's answer for one job."""
         if isinstance(res, int):  # committed: `res` is the session's new version
-            self.cache.put(ld.job.sid, res, SessionState(
-                state.h.copy(), state.keys.copy(), state.values.copy(), state.count, state.pos
-            ))  # fmt: skip
+            self.cache.put(ld.job.sid, res, state.copy())
             out.ack.append(ld.delivery.entry_id)
             out.replies.append((ld.job.reply_to, reply))
             out.steps += ld.job.length

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-_STATE = ("h", "keys", "values", "count", "pos")
+_STATE = ("h", "keys", "values", "count", "pos", "stats")
 
 
 @dataclass(frozen=True)
@@ -126,22 +126,27 @@ class OnnxMemNet:
         """h = 0 and an empty memory, on the CPU."""
         return MemNetState.stack([self._init] * batch_size).clone()
 
-    def _run(self, state: MemNetState, xs: np.ndarray, active: np.ndarray, feed_back: bool) -> np.ndarray:
-        """``len(active)`` steps from ``state`` (replaced by the final state); returns y (T, B, D).
+    def _run(
+        self, state: MemNetState, xs: np.ndarray, active: np.ndarray, feed: str = "inputs",
+        eps: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """``len(active)`` steps from ``state`` (replaced by the final state); (y, std) (T, B, D).
 
-        xs (T, B, D) are the inputs, or with ``feed_back`` only xs[0] is and every later step
-        takes the previous y (a forecast). The state stays on the execution device between steps.
+        ``feed`` says what each step takes: ``inputs`` xs[t] (T, B, D); ``mean`` xs[0], then
+        the previous step's y (an iterated forecast); ``sample`` xs[0], then y + std * eps[t]
+        (a sampled path). The state stays on the execution device between steps.
         """
         dev, dev_id = self.placement.ort_device, self.placement.device_id
         vals = {n: ort.OrtValue.ortvalue_from_numpy(getattr(state, n).numpy(), dev, dev_id) for n in _STATE}
         binding = self.step.sess.io_binding()
-        ys = []
+        ys, stds = [], []
         y_prev: ort.OrtValue | None = None
+        x_next = xs[0]
         for t in range(active.shape[0]):
-            if feed_back and y_prev is not None:
+            if feed == "mean" and y_prev is not None:
                 binding.bind_ortvalue_input("x", y_prev)
             else:
-                binding.bind_cpu_input("x", np.ascontiguousarray(xs[t]))
+                binding.bind_cpu_input("x", np.ascontiguousarray(xs[t] if feed == "inputs" else x_next))
             binding.bind_cpu_input("active", np.ascontiguousarray(active[t]))
             for n in _STATE:
                 binding.bind_ortvalue_input(n, vals[n])
@@ -151,20 +156,28 @@ class OnnxMemNet:
             outs = binding.get_outputs()
             y_prev = outs[0]
             ys.append(y_prev.numpy())
-            vals = dict(zip(_STATE, outs[1:], strict=True))
+            stds.append(outs[1].numpy())
+            if feed == "sample":
+                assert eps is not None, "sampled paths need eps"
+                x_next = (ys[-1] + stds[-1] * eps[t + 1]).astype(np.float32)
+            vals = dict(zip(_STATE, outs[2:], strict=True))
             binding.clear_binding_inputs()
             binding.clear_binding_outputs()
         for n in _STATE:
             setattr(state, n, torch.from_numpy(vals[n].numpy()))
-        return np.stack(ys)  # T x (B, D) -> (T, B, D)
+        return np.stack(ys), np.stack(stds)  # T x (B, D) -> (T, B, D)
 
-    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> Tensor:
-        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; state updated."""
+    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]:
+        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; state updated.
+
+        Returns the predictions' means and stds, each (B, T_max, D).
+        """
         t_max = x.shape[1]
         active = np.arange(t_max)[:, None] < lengths.cpu().numpy()[None, :]  # (T, 1) < (1, B) -> (T, B)
         xs = x.cpu().numpy().transpose(1, 0, 2)  # (B, T, D) -> (T, B, D)
-        ys = self._run(state, xs, active, feed_back=False)
-        return torch.from_numpy(ys.transpose(1, 0, 2).copy())  # (T, B, D) -> (B, T, D)
+        ys, stds = self._run(state, xs, active)
+        ys, stds = ys.transpose(1, 0, 2), stds.transpose(1, 0, 2)  # (T, B, D) -> (B, T, D)
+        return torch.from_numpy(ys.copy()), torch.from_numpy(stds.copy())
 
     def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor:
         """Iterated forecast (B, horizon, D) after the last observed point; ``state`` is kept."""
@@ -174,9 +187,25 @@ class OnnxMemNet:
         scratch = state.clone()
         b = y_last.shape[0]
         active = np.ones((horizon - 1, b), dtype=bool)
-        ys = self._run(scratch, y_last.cpu().numpy()[None], active, feed_back=True)  # (H-1, B, D)
+        ys, _ = self._run(scratch, y_last.cpu().numpy()[None], active, feed="mean")  # (H-1, B, D)
         out = np.concatenate([y_last.cpu().numpy()[None], ys]).transpose(1, 0, 2)  # (H, B, D) -> (B, H, D)
         return torch.from_numpy(out.copy())
+
+    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor:
+        """As `MemNet.sample_paths`: (B, S, horizon, D) sampled futures from standard normal ``noise``."""
+        b, n_paths, horizon, d = noise.shape
+        rows = torch.arange(b).repeat_interleave(n_paths)  # (B S,)
+        scratch = MemNetState(*(getattr(state, f)[rows].clone() for f in MemNetState._fields))
+        eps = noise.cpu().numpy().reshape(b * n_paths, horizon, d).transpose(1, 0, 2)  # -> (H, B S, D)
+        first = (y_last.cpu().numpy()[rows] + std_last.cpu().numpy()[rows] * eps[0]).astype(np.float32)
+        paths = [first]
+        if horizon > 1:
+            active = np.ones((horizon - 1, b * n_paths), dtype=bool)
+            ys, stds = self._run(scratch, first[None], active, feed="sample", eps=eps)  # (H-1, B S, D)
+            paths += list(ys + stds * eps[1:])
+        out = np.stack(paths).transpose(1, 0, 2)  # (H, B S, D) -> (B S, H, D)
+        out = out.reshape(b, n_paths, horizon, d)  # (B S, H, D) -> (B, S, H, D)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
 class OnnxVMA:

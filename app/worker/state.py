@@ -23,17 +23,32 @@ RING_FIELDS = ("keys", "values")
 
 @dataclass
 class SessionState:
-    """One session's MemNet state as numpy arrays (h (H,), keys (N, Dk), values (N, Dv))."""
+    """One session's MemNet state as numpy arrays (h (H,), keys (N, Dk), values (N, Dv)).
+
+    ``stats`` (3, D) are the running statistics of a per-session scaled model; None for a
+    session stored before they existed (it starts from the model's initial ones).
+    """
 
     h: np.ndarray
     keys: np.ndarray
     values: np.ndarray
     count: int
     pos: int
+    stats: np.ndarray | None = None
+    y: np.ndarray | None = None  # (D,) the last prediction, model units (None before any point)
+    y_std: np.ndarray | None = None  # (D,) its std; None for a model without a predictive scale
+
+    def copy(self) -> SessionState:
+        """A copy that owns its arrays (the batch's buffers get reused)."""
+        c = None if self.stats is None else self.stats.copy()
+        return SessionState(
+            self.h.copy(), self.keys.copy(), self.values.copy(), self.count, self.pos, c, self.y, self.y_std
+        )
 
     @property
     def nbytes(self) -> int:
-        return int(self.h.nbytes + self.keys.nbytes + self.values.nbytes)
+        extra = 0 if self.stats is None else self.stats.nbytes
+        return int(self.h.nbytes + self.keys.nbytes + self.values.nbytes + extra)
 
     @classmethod
     def from_redis(cls, fields: dict[bytes, bytes]) -> SessionState:
@@ -41,6 +56,7 @@ class SessionState:
         return cls(
             h=arrays["h"], keys=arrays["keys"], values=arrays["values"],
             count=int(fields.get(b"count", b"0")), pos=int(fields.get(b"pos", b"0")),
+            stats=arrays.get("stats"), y=arrays.get("y"), y_std=arrays.get("y_std"),
         )  # fmt: skip
 
 
@@ -106,6 +122,8 @@ def commit_args(
     capacity = new.keys.shape[0]
     whole = old is None or length >= capacity
     arrays: dict[str, np.ndarray] = {"h": new.h, **extra_arrays}
+    if new.stats is not None:
+        arrays["stats"] = new.stats
     if whole:
         arrays.update(keys=new.keys, values=new.values)
     fields = {name: encode_array(a)[0] for name, a in arrays.items()}

@@ -39,24 +39,36 @@ def _memnets(name: str) -> tuple[TorchMemNet, OnnxMemNet]:
 
 def _compare_stream(name: str, z: np.ndarray, horizon: int) -> None:
     """Run a batch of windows of the z-scored series z through both backends."""
-    torch_mn, onnx_mn = _memnets(name)
+    _compare_engines(*_memnets(name), z, horizon)
+
+
+def _compare_engines(torch_mn: TorchMemNet, onnx_mn: OnnxMemNet, z: np.ndarray, horizon: int) -> None:
     b, t = 6, 1000
     x = torch.from_numpy(np.stack([z[i * 150 : i * 150 + t] for i in range(b)])).float().unsqueeze(-1)
     lengths = torch.tensor([t, t - 1, 700, 1000, 17, 1])  # ragged: rows stop at different steps
     s_torch, s_onnx = torch_mn.initial_state(b), onnx_mn.initial_state(b)
-    p_torch = torch_mn.run_steps(x, lengths, s_torch)
-    p_onnx = onnx_mn.run_steps(x, lengths, s_onnx)
+    p_torch, sd_torch = torch_mn.run_steps(x, lengths, s_torch)
+    p_onnx, sd_onnx = onnx_mn.run_steps(x, lengths, s_onnx)
     live = torch.arange(t)[None, :] < lengths[:, None]  # (B, T) steps each row really took
     assert (p_torch - p_onnx)[live].abs().max() <= TOL
+    assert (sd_torch - sd_onnx)[live].abs().max() <= TOL
     assert torch.equal(s_torch.count, s_onnx.count) and torch.equal(s_torch.pos, s_onnx.pos)
     assert torch.equal(s_onnx.count, lengths.clamp(max=torch_mn.config.capacity))
-    for f in ("h", "keys", "values"):
+    for f in ("h", "keys", "values", "stats"):
         assert (getattr(s_torch, f) - getattr(s_onnx, f)).abs().max() <= TOL, f
     y_last = p_torch[torch.arange(b), lengths - 1]
     f_torch = torch_mn.forecast(y_last, s_torch, horizon)
     f_onnx = onnx_mn.forecast(y_last, s_onnx, horizon)
     assert f_onnx.shape == (b, horizon, 1)
     assert (f_torch - f_onnx).abs().max() <= TOL
+    if torch_mn.config.predict_scale:  # sampled forecast paths: the same noise, the same paths
+        sd_last = sd_torch[torch.arange(b), lengths - 1]
+        noise = torch.randn((b, 16, horizon, 1), generator=torch.Generator().manual_seed(1))
+        paths_t = torch_mn.sample_paths(y_last, sd_last, s_torch, noise)
+        paths_o = onnx_mn.sample_paths(y_last, sd_last, s_onnx, noise)
+        assert paths_o.shape == (b, 16, horizon, 1)
+        assert (paths_t - paths_o).abs().max() <= TOL * max(1.0, float(paths_t.abs().max()))
+        assert float(paths_t[:, :, -1].std(dim=1).mean()) > 0  # the paths do spread
 
 
 def test_memnet_mackey_glass_parity() -> None:
@@ -86,7 +98,7 @@ def test_memnet_santafe_parity_on_the_laser_series() -> None:
     x = torch.from_numpy(z[:10_000].reshape(10, 1000, 1)).float()  # (10 streams, T, D)
     lengths = torch.full((10,), 1000)
     s_torch, s_onnx = torch_mn.initial_state(10), onnx_mn.initial_state(10)
-    diff = (torch_mn.run_steps(x, lengths, s_torch) - onnx_mn.run_steps(x, lengths, s_onnx)).abs()
+    diff = (torch_mn.run_steps(x, lengths, s_torch)[0] - onnx_mn.run_steps(x, lengths, s_onnx)[0]).abs()
     assert (diff <= TOL).float().mean() >= 0.999
     assert diff.max() <= 10 * TOL
 
@@ -104,8 +116,8 @@ def test_memnet_single_step_from_any_state() -> None:
     other = state.clone()
     x = torch.randn(b, 1, 1)
     lengths = torch.ones(b, dtype=torch.int64)
-    y_t = torch_mn.run_steps(x, lengths, state)
-    y_o = onnx_mn.run_steps(x, lengths, other)
+    y_t, _ = torch_mn.run_steps(x, lengths, state)
+    y_o, _ = onnx_mn.run_steps(x, lengths, other)
     assert (y_t - y_o).abs().max() <= 1e-5
     assert torch.equal(state.pos, other.pos) and torch.equal(state.count, other.count)
 

@@ -72,9 +72,10 @@ def test_batch_axis_is_dynamic() -> None:
             "values": np.zeros((b, c["capacity"], c["value_dim"]), np.float32),
             "count": np.zeros(b, np.int64),
             "pos": np.zeros(b, np.int64),
+            "stats": np.zeros((b, 3, 1), np.float32),
             "active": np.ones(b, bool),
         }
-        y, _h, keys, _values, count, pos = sess.run(None, feeds)
+        y, _std, _h, keys, _values, count, pos, _stats = sess.run(None, feeds)
         assert y.shape == (b, 1) and keys.shape == feeds["keys"].shape
         assert count.tolist() == [1] * b and pos.tolist() == [1] * b
 

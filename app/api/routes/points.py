@@ -29,6 +29,7 @@ async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, tenant: T
     job = points_job(
         sid, meta.model, chunk, body.seq, body.horizon, svc.queue.channel,
         current_request_id(), model_version=meta.model_version,
+        levels=tuple(sorted(set(body.level or ()))),
     )  # fmt: skip
     reply = await svc.queue.run(svc.keys.stream("memnet"), job, svc.settings.request_timeout_s)
     if not reply.ok:
