@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--burst", type=int, help="requests at once above the rate (MEMSERVE_RATE_LIMIT_BURST)")
     sub.add_parser("train", help="train a checkpoint: memserve train {memnet,vma,vae} ...", add_help=False)
+    sub.add_parser(
+        "evaluate", help="score a checkpoint: memserve evaluate {memnet,vma} --checkpoint NAME ...", add_help=False
+    )
     sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma,backends} ...", add_help=False)
     sub.add_parser(
         "export", help="export checkpoints to ONNX: memserve export --model NAME | --all", add_help=False
@@ -205,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from models.train import main as train_main
 
         return int(train_main(argv[1:]) or 0)
+    if argv and argv[0] == "evaluate":
+        from models.evaluate import main as evaluate_main
+
+        return int(evaluate_main(argv[1:]) or 0)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     if argv and argv[0] == "export":

@@ -131,6 +131,7 @@ def evaluate_memnet(
     test = series[n_train:]
     var = test.var(axis=0).astype(np.float64)
     var = np.where(var > 0, var, 1.0)
+    horizons = tuple(h for h in horizons if h <= max(1, (len(series) - n_train) // 2))  # short test splits
     max_h = max(horizons)
     origins = forecast_starts(n_train, len(series), n_starts, max_h)
     begin = max(0, n_train - warmup)
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return heldout_main(args, model, card)
     data = card["data"]
     spec = args.data or data.get("path") or data["spec"]
-    series, info = load_series(spec, args.data_dir, data.get("train_frac", 0.8))
+    series, info = load_series(spec, args.data_dir, data.get("train_frac", 0.8), data.get("columns"),
+                               data.get("fill", "none"))  # fmt: skip
     n_train = data["train"] if args.data is None else info["n_train"]
     if args.split == "val":
         assert not args.write, "--write stores test metrics only"

@@ -70,9 +70,11 @@ Choices the seed leaves open, and what this implementation does:
   that window, so the frame follows a level that drifts or a variance that changes, slowly
   enough that keys written a few hundred steps ago still mean what they meant. The scale is
   s = sqrt(max(v + (scale_floor_rel m)^2, scale_floor_abs^2)): the floors only matter while the
-  stream has shown no spread (the first point, a constant stretch), and scale with the level,
-  so a first point of 1e-3 or of 1e6 both give z = 0 and a finite s. Predictions are mapped
-  back with the same s and m, so the model is invariant to the series' unit and offset.
+  stream has shown no spread (the first point, a constant stretch) — they only keep 0 / 0 out,
+  at the float32 resolution of the level — so a first point of 1e-3 or of 1e6 both give z = 0
+  and a finite s. Since the statistics absorb x before it is scaled, |z| <= sqrt(w) for any
+  jump, however large. Predictions are mapped back with the same s and m, so the model is
+  invariant to the series' unit and offset (to float32 precision).
 * **Residual output** (``residual``): the prediction is x_t + s W_y h_t rather than
   m + s W_y h_t. With W_y initialised to zero an untrained model is persistence, and a
   trained one only learns the correction to "no change": its worst case on a series unlike
@@ -116,7 +118,7 @@ class MemNetConfig:
     residual: bool = False  # y = x + s W_y h (starts from persistence) instead of m + s W_y h
     predict_scale: bool = False  # W_y also gives the std of a Gaussian one-step prediction
     scale_window: int = 0  # > 0: per-session running z-scoring with this window (0: none)
-    scale_floor_rel: float = 1e-3  # s >= this x |running mean| (a stream with no spread yet)
+    scale_floor_rel: float = 1e-6  # s >= this x |running mean|: below float32's resolution of it
     scale_floor_abs: float = 1e-8  # and s >= this, for a stream of zeros
     min_scale: float = 1e-3  # predicted std >= this x s
 

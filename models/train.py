@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-from", type=int, default=2, help="corpus: first step with loss")
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding timeseries/")
     p.add_argument("--train-frac", type=float, default=0.8, help="train share of a PATH series")
+    p.add_argument("--columns", default=None, help="CSV: value columns by header name, comma-separated "
+                   "(default: every numeric column; dates and text are ignored)")  # fmt: skip
+    p.add_argument("--fill", choices=["none", "linear", "previous"], default="none",
+                   help="CSV: missing values are refused (none), interpolated or repeated")  # fmt: skip
+    p.add_argument("--no-eval", action="store_true", help="do not evaluate into the card at the end")
     p.add_argument("--val-frac", type=float, default=0.1, help="validation share of train")
     p.add_argument("--name", default=None, help="checkpoint name (default memnet-<data>)")
     p.add_argument("--out", type=Path, default=Path("checkpoints"))
@@ -434,8 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "corpus":
         data, info, dim = load_corpus(args), {}, 1
     else:
-        series, info = load_series(args.data, args.data_dir, args.train_frac)
+        columns = args.columns.split(",") if args.columns else None
+        try:
+            series, info = load_series(args.data, args.data_dir, args.train_frac, columns, args.fill)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"memserve train: {e}", file=sys.stderr)
+            return 2
         data, dim = make_splits(series, info["n_train"], args.val_frac), series.shape[1]
+        fit_windows(args, data)
     name = args.name or f"memnet-{Path(args.data).stem}"
     model = make_model(args, dim).to(args.device)
     meta = run_training(args, model, data, args.runs / name)
@@ -443,7 +454,26 @@ def main(argv: list[str] | None = None) -> int:
     weights, card_path = save_checkpoint(model.cpu(), card, args.out, name)
     export_checkpoint(card_path)  # the serving graphs of the ONNX backend, next to it
     print(f"wrote {weights}, {card_path} and its ONNX graphs (best val {meta['best_val']:.4g})")
+    if not args.no_eval:
+        from models.evaluate import main as evaluate_main
+
+        eval_argv = ["memnet", "--checkpoint", str(card_path), "--write", "--threads", str(args.threads)]
+        if args.data_dir:
+            eval_argv += ["--data-dir", str(args.data_dir)]
+        return evaluate_main(eval_argv + (["--quiet"] if args.quiet else []))
     return 0
+
+
+def fit_windows(args: argparse.Namespace, splits: Splits) -> None:
+    """Shrink the training windows to a short series: the validation windows' loss part must
+    fit in the validation split, and training windows in the fitting part. Says what it did."""
+    val = splits.n_train - splits.n_fit
+    seq = min(args.seq_len, max(4, val - args.free_steps - 2))
+    burn = min(args.burn_in, max(0, splits.n_fit // 2 - seq - args.free_steps - 1))
+    if (seq, burn) != (args.seq_len, args.burn_in):
+        print(f"short series ({splits.n_fit} fitting, {val} validation points): "
+              f"--seq-len {seq} --burn-in {burn}")  # fmt: skip
+        args.seq_len, args.burn_in = seq, burn
 
 
 if __name__ == "__main__":

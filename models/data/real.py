@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,3 +121,26 @@ def real_series() -> list[RealSeries]:
     Raises ImportError ("pip install statsmodels (the eval extra) ...") without statsmodels.
     """
     return [sunspots(), co2(), elnino(), nile()]
+
+
+def write_csv(series: RealSeries, path: Path) -> None:
+    """The series as a CSV with a header and a text step column (``step,<name>``, the way a
+    date column would sit there), for ``memserve train --data``; the step column is ignored."""
+    lines = ["step," + series.name] + [f"t{i},{v:.6g}" for i, v in enumerate(series.values)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.data.real OUT_DIR``: write each real series as OUT_DIR/<name>.csv."""
+    import sys
+
+    out = Path((argv if argv is not None else sys.argv[1:] or ["."])[0])
+    out.mkdir(parents=True, exist_ok=True)
+    for s in real_series():
+        write_csv(s, out / f"{s.name}.csv")
+        print(f"{out / (s.name + '.csv')}: {len(s.values)} points ({s.source.split(':')[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data.csvseries import read_csv
+
 MACKEY_GLASS_POINTS = 7000
 MACKEY_GLASS_TRAIN = 5000
 SANTAFE_TRAIN = 8000
@@ -83,18 +85,7 @@ def mackey_glass(
     return samples[discard : discard + n].copy()
 
 
-def _read_csv(path: Path) -> np.ndarray:
-    with path.open() as f:
-        first = f.readline()
-    try:
-        [float(v) for v in first.split(",") if v.strip()]
-        skip = 0
-    except ValueError:
-        skip = 1  # a header row
-    return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-
-
-def _load_file(path: Path) -> np.ndarray:
+def _load_file(path: Path, info: dict, columns: list[str] | None = None, fill: str = "none") -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(
             f"time series file not found: {path} (pass --data PATH or set MEMSERVE_DATA_DIR)"
@@ -102,7 +93,9 @@ def _load_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)
     elif path.suffix == ".csv":
-        arr = _read_csv(path)
+        table = read_csv(path, columns, fill)
+        arr = table.values
+        info.update(columns=table.columns, ignored_columns=table.dropped, filled=table.filled, fill=fill)
     else:
         raise ValueError(f"unsupported time series file {path}: use .npy or .csv")
     arr = np.asarray(arr, dtype=np.float64)
@@ -115,11 +108,18 @@ def _load_file(path: Path) -> np.ndarray:
     return arr
 
 
-def load_series(spec: str, data_dir: Path | None = None, train_frac: float = 0.8) -> tuple[np.ndarray, dict]:
+def load_series(
+    spec: str,
+    data_dir: Path | None = None,
+    train_frac: float = 0.8,
+    columns: list[str] | None = None,
+    fill: str = "none",
+) -> tuple[np.ndarray, dict]:
     """Load a series by name or path; returns (values (T, D) float32, info).
 
     ``info`` holds ``source``, ``n_train``, ``n_test`` (test = the last n_test points) and,
-    for files, ``path``.
+    for files, ``path``; for CSV files also the value ``columns``, the ``ignored_columns``
+    and how many cells were ``filled`` (see ``models.data.csvseries`` for the rules).
     """
     if spec == "mackey-glass":
         arr = mackey_glass(MACKEY_GLASS_POINTS)[:, None]  # (T,) -> (T, 1)
@@ -131,13 +131,14 @@ def load_series(spec: str, data_dir: Path | None = None, train_frac: float = 0.8
                 f"Santa Fe laser data not found at {path}: pass --data-dir (or set "
                 "MEMSERVE_DATA_DIR) to the folder that holds timeseries/santafe_laser.npy"
             )
-        arr = _load_file(path)
+        arr = _load_file(path, {})
         info = {"source": "santafe", "n_train": SANTAFE_TRAIN}
     else:
         path = Path(spec).expanduser()
-        arr = _load_file(path)
+        info = {"source": "file", "path": str(path)}
+        arr = _load_file(path, info, columns, fill)
         assert 0.0 < train_frac < 1.0, "train_frac must be in (0, 1)"
-        info = {"source": "file", "path": str(path), "n_train": int(len(arr) * train_frac)}
+        info["n_train"] = int(len(arr) * train_frac)
     info["n_test"] = len(arr) - info["n_train"]
     assert info["n_test"] > 0, "series too short for its train/test split"
     return arr.astype(np.float32), info

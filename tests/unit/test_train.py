@@ -106,3 +106,76 @@ def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     assert main(["vma", "--steps", "6", "--resume", *common]) == 0
     meta = json.loads((tmp_path / "runs" / "vma-omniglot" / "last.json").read_text())
     assert meta["step"] == 6 and [h["step"] for h in meta["history"]] == [2, 4, 6]
+
+
+TINY_UNIVERSAL = [
+    "--hidden", "8", "--key-dim", "4", "--value-dim", "4", "--capacity", "8", "--batch-size", "4",
+    "--steps-per-epoch", "3", "--lr", "1e-2", "--residual", "--predict-scale", "--scale-window", "16",
+    "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def universal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained on the generated corpus: a universal checkpoint in miniature."""
+    out = tmp_path_factory.mktemp("universal")
+    argv = ["memnet", "--data", "corpus", "--corpus-length", "24", "--name", "tiny-universal",
+            "--epochs", "2", "--out", str(out), "--runs", str(out / "runs"), "--no-eval",
+            *TINY_UNIVERSAL]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_corpus_training_writes_a_session_scaled_card(universal: Path) -> None:
+    model, card = load_checkpoint("tiny-universal", universal)
+    assert card["data"]["source"] == "corpus" and card["normalization"]["units"] == "session"
+    gens = card["data"]["generators"]
+    assert gens and json.dumps(gens)  # every family and its ranges, JSON-clean
+    assert card["config"]["scale_window"] == 16 and card["config"]["residual"] is True
+    with torch.inference_mode():
+        y, std, _ = model.forward_dist(torch.full((1, 5, 1), 3e5))
+    assert torch.isfinite(y).all() and (std > 0).all()
+
+
+def _csv_with_dates_and_gaps(path: Path, n: int = 240, dims: int = 1) -> None:
+    t = np.arange(n)
+    cols = [100 + 20 * np.sin(2 * np.pi * t / 12 + k) + 0.5 * t for k in range(dims)]
+    lines = ["date," + ",".join(f"v{k}" for k in range(dims))]
+    for i in range(n):
+        cells = ["" if (i in (50, 51, 130) and k == 0) else f"{c[i]:.4f}" for k, c in enumerate(cols)]
+        lines.append(f"2000-{i // 12 + 1:03d}-{i % 12 + 1:02d}," + ",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_fine_tune_from_the_universal_on_a_csv_with_dates_and_gaps(tmp_path: Path, universal: Path) -> None:
+    csv = tmp_path / "monthly.csv"
+    _csv_with_dates_and_gaps(csv)
+    argv = ["memnet", "--data", str(csv), "--init", str(universal / "tiny-universal.json"),
+            "--fill", "linear", "--name", "mine", "--epochs", "2", "--out", str(tmp_path / "ck"),
+            "--runs", str(tmp_path / "runs"),
+            "--batch-size", "4", "--steps-per-epoch", "3", "--train-frac", "0.7", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    _, card = load_checkpoint("mine", tmp_path / "ck")
+    assert card["data"]["columns"] == ["v0"] and card["data"]["ignored_columns"] == ["date"]
+    assert card["data"]["filled"] == 3 and card["config"]["scale_window"] == 16
+    metrics = card["metrics"]  # `memserve train` evaluates into the card at the end
+    assert {"model", "persistence", "ar20"} <= set(metrics["one_step"]) and "10" in metrics["horizons"]
+    assert card["training"]["init_from"]["command"].startswith("memserve train memnet --data corpus")
+
+
+def test_a_multivariate_csv_trains_a_model_of_its_dimension(tmp_path: Path) -> None:
+    csv = tmp_path / "two.csv"
+    _csv_with_dates_and_gaps(csv, dims=2)
+    argv = ["memnet", "--data", str(csv), "--fill", "previous", "--name", "two", "--epochs", "1",
+            "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    model, card = load_checkpoint("two", tmp_path / "ck")
+    assert model.config.input_dim == 2 and card["data"]["columns"] == ["v0", "v1"]
+
+
+def test_a_gap_without_fill_is_refused_naming_its_row(tmp_path: Path, capsys) -> None:
+    csv = tmp_path / "gappy.csv"
+    _csv_with_dates_and_gaps(csv)
+    argv = ["memnet", "--data", str(csv), "--name", "x", "--out", str(tmp_path), "--runs", str(tmp_path)]
+    assert main(argv) == 2
+    assert "row 52, column 'v0' is missing a value" in capsys.readouterr().err

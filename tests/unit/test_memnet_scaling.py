@@ -1,0 +1,106 @@
+"""Per-session scaling, the residual output, the predictive scale and what the service makes
+of it (intervals, sampled forecast paths, anomaly flags), on the model in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from app.worker import memnet_dist as dist
+from models.memnet import MemNet, MemNetConfig
+
+WINDOW = 32
+
+
+def scaled_model(seed: int = 0, wake: bool = True) -> MemNet:
+    torch.manual_seed(seed)
+    config = MemNetConfig(hidden_dim=16, key_dim=8, value_dim=8, capacity=8, sigma=0.5,
+                          residual=True, predict_scale=True, scale_window=WINDOW)  # fmt: skip
+    model = MemNet(config).eval()
+    if wake:  # the residual head starts at zero (persistence): give it something to say
+        torch.nn.init.normal_(model.out.weight, std=0.3)
+    return model
+
+
+def run(model: MemNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    with torch.inference_mode():
+        mean, std, state = model.forward_dist(torch.from_numpy(x.astype(np.float32)).view(1, -1, 1))
+    return mean[0, :, 0].numpy().astype(np.float64), std[0, :, 0].numpy().astype(np.float64), state.stats
+
+
+def test_statistics_are_the_running_mean_and_variance_then_exponentially_weighted() -> None:
+    x = np.random.default_rng(0).normal(3.0, 2.0, 100)
+    _, _, stats = run(scaled_model(), x[:WINDOW])
+    w, m, v = stats[0, :, 0].tolist()
+    assert w == WINDOW
+    assert m == pytest.approx(x[:WINDOW].mean(), rel=1e-5) and v == pytest.approx(x[:WINDOW].var(), rel=1e-4)
+    _, _, stats = run(scaled_model(), x)
+    ref_m, ref_v = x[:WINDOW].mean(), x[:WINDOW].var()
+    for xi in x[WINDOW:]:  # past the window: the same update with a fixed weight 1 / WINDOW
+        d = xi - ref_m
+        ref_m += d / WINDOW
+        ref_v = (1 - 1 / WINDOW) * (ref_v + d * d / WINDOW)
+    assert stats[0, 1, 0].item() == pytest.approx(ref_m, rel=1e-5)
+    assert stats[0, 2, 0].item() == pytest.approx(ref_v, rel=1e-4)
+
+
+@pytest.mark.parametrize("scale,offset", [(1e-3, 0.0), (1e6, 0.0), (250.0, -4e4), (3.0, 7.0)])
+def test_predictions_follow_any_unit_and_offset(scale: float, offset: float) -> None:
+    """From the second point on (the first one's std is the floor, which knows the level)."""
+    x = np.sin(np.arange(60) / 4) + 0.1 * np.random.default_rng(1).standard_normal(60)
+    mean, std, _ = run(scaled_model(), x)
+    mean2, std2, _ = run(scaled_model(), scale * x + offset)
+    np.testing.assert_allclose(mean2[1:], scale * mean[1:] + offset, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(std2[1:], scale * std[1:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("first", [1e-3, 1e6, -7e5, 0.0])
+def test_a_first_point_of_any_magnitude_is_finite_and_near_itself(first: float) -> None:
+    mean, std, _ = run(scaled_model(), np.array([first]))
+    assert np.isfinite(mean).all() and np.isfinite(std).all() and std[0] > 0
+    assert abs(mean[0] - first) <= 1e-2 * max(abs(first), 1e-6)
+
+
+def test_an_untrained_residual_model_is_persistence() -> None:
+    x = np.random.default_rng(2).normal(0, 5, 40).cumsum()
+    mean, _, _ = run(scaled_model(wake=False), x)
+    np.testing.assert_allclose(mean, x, rtol=1e-6, atol=1e-5)
+
+
+def test_sampled_paths_are_seeded_and_spread_with_the_horizon() -> None:
+    model = scaled_model()
+    x = torch.from_numpy(np.random.default_rng(3).normal(0, 1, 50).astype(np.float32)).view(1, -1, 1)
+    with torch.inference_mode():
+        mean, std, state = model.forward_dist(x)
+    noise = dist.path_noise("sid", 50, 400, 12, 1)[None]  # (1, S, H, D)
+    paths = model.sample_paths(mean[:, -1], std[:, -1], state, noise)
+    assert paths.shape == (1, 400, 12, 1)
+    assert torch.equal(paths, model.sample_paths(mean[:, -1], std[:, -1], state, noise))
+    spread = paths[0, :, :, 0].std(dim=0)  # (H,)
+    assert spread[-3:].mean() > 1.3 * spread[0]
+    assert paths[0, :, 0, 0].std().item() == pytest.approx(std[0, -1, 0].item(), rel=0.15)
+    assert torch.equal(dist.path_noise("sid", 50, 400, 12, 1), noise[0])
+    assert not torch.equal(dist.path_noise("sid", 51, 400, 12, 1), noise[0])
+
+
+def test_interval_bounds_and_path_quantiles() -> None:
+    mean, std = np.array([[1.0], [2.0]]), np.array([[0.5], [1.0]])
+    iv = dist.gaussian_intervals(mean, std, [95.0, 80.0])
+    np.testing.assert_allclose(iv["95"]["upper"] - mean, 1.959964 * std, rtol=1e-5)
+    np.testing.assert_allclose(mean - iv["80"]["lower"], 1.281552 * std, rtol=1e-5)
+    paths = np.random.default_rng(4).normal(0, 2, (20000, 3, 1))
+    q = dist.path_intervals(paths, [95.0])["95"]
+    np.testing.assert_allclose(q["upper"], 1.96 * 2, rtol=0.05)
+    assert dist.level_key(99.5) == "99.5" and dist.level_key(80.0) == "80"
+
+
+def test_deviations_and_anomaly_flags() -> None:
+    x = np.array([[1.0], [2.0], [30.0], [3.0]])
+    means = np.array([[2.0], [3.0], [4.0], [5.0]])  # what each point predicted for the next
+    stds = np.ones((4, 1))
+    dev = dist.deviations(x, means, stds, np.array([1.5]), np.array([0.5]))
+    np.testing.assert_allclose(dev[:, 0], [-1.0, 0.0, 27.0, -1.0])
+    assert dist.anomalies(dev, 100) == [{"index": 2, "seq": 102, "dim": 0, "scales": 27.0}]
+    first = dist.deviations(x, means, stds, None, None)
+    assert np.isnan(first[0, 0]) and dist.anomalies(first, 0)[0]["index"] == 2
