@@ -26,7 +26,7 @@ serve: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy app
+	$(PY) -m mypy app memserve
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)

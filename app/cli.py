@@ -192,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--burst", type=int, help="requests at once above the rate (MEMSERVE_RATE_LIMIT_BURST)")
     sub.add_parser("train", help="train a checkpoint: memserve train {memnet,vma,vae} ...", add_help=False)
     sub.add_parser(
-        "evaluate", help="score a checkpoint: memserve evaluate {memnet,vma} --checkpoint NAME ...", add_help=False
+        "evaluate", help="score a checkpoint: memserve evaluate {memnet,vma} --checkpoint X", add_help=False
     )
     sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma,backends} ...", add_help=False)
     sub.add_parser(

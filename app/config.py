@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Field(
         REPO_ROOT / "checkpoints", description="directory of *.safetensors + *.json model cards"
     )
-    default_memnet_model: str = Field("memnet-mackey-glass", description="model of new sessions")
+    default_memnet_model: str = Field(
+        "memnet-universal", description="model of new MemNet sessions (any series, per-session scaling)"
+    )
     default_vma_model: str = Field("vma-omniglot", description="model of new VMA sessions")
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often workers and the API look for new checkpoint versions (0: never)"

@@ -221,3 +221,26 @@ def format_heldout(metrics: dict[str, Any]) -> str:
                      f"in {a['points']} points")  # fmt: skip
     lines += metrics.get("notes", [])
     return "\n".join(lines)
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """The held-out table as Markdown, for the docs (bold: the best of each block)."""
+
+    def cells(block: dict[str, float]) -> list[str]:
+        keys = ("model", "persistence", "seasonal_naive", "ar20")
+        best = min(v for k, v in block.items() if k in keys)
+        out = []
+        for k in keys:
+            v = block.get(k)
+            out.append("-" if v is None else (f"**{v:.3f}**" if v == best else f"{v:.3f}"))
+        return out
+
+    head = "| series | group | model | persistence | seasonal naive | AR(20) | model h10 | persistence | "
+    head += "seasonal naive | AR(20) | 80 % cov. | 95 % cov. |"
+    lines = [head, "|" + "---|" * 12]
+    for r in metrics["series"]:
+        cov = r.get("coverage", {})
+        row = [r["name"], r["group"], *cells(r["one_step"]), *cells(r[f"h{HORIZON}"])]
+        row += [f"{cov['80']:.2f}" if cov else "-", f"{cov['95']:.2f}" if cov else "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

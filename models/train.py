@@ -121,13 +121,25 @@ def make_batch(z: np.ndarray, starts: np.ndarray, length: int, device: str) -> T
     return torch.from_numpy(z[idx]).to(device)  # (B, L + 1, D)
 
 
+HUBER_AT = 3.0  # standardised errors beyond this many predicted stds weigh linearly
+
+
+def robust_square(r: Tensor) -> Tensor:
+    """r^2 / 2 within HUBER_AT, then linear: a Gaussian likelihood whose pull from one outlier is
+    bounded. A series that jumps (a level shift, a regime switch) right after a stretch the
+    model predicted with a tiny std would otherwise give losses of 1e6 and more, and training
+    on the corpus diverged that way twice in one run."""
+    a = r.abs()
+    return torch.where(a <= HUBER_AT, 0.5 * r.square(), HUBER_AT * a - 0.5 * HUBER_AT**2)
+
+
 def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Tensor, MemNetState, Tensor]:
     """Teacher-forced steps over x (B, T + 1, D): per-step losses (B, T), final state, last mean.
 
     The loss is taken in the session's frame (divided by the frame scale s_t, 1 for models
     without per-session scaling), so every series weighs the same whatever its units: the
     Gaussian negative log-likelihood log(std / s) + (x' - mean)^2 / (2 std^2) for a model with
-    a predictive scale, the squared error / s^2 otherwise.
+    a predictive scale (its square Huberised: ``robust_square``), the squared error / s^2 otherwise.
     """
     if state is None:
         state = model.initial_state(x.shape[0], x.device)
@@ -139,7 +151,7 @@ def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Te
         err = (x[:, t + 1] - mean) / s
         if model.config.predict_scale:
             sd = std / s
-            losses.append((torch.log(sd) + 0.5 * (err / sd).square()).mean(-1))
+            losses.append((torch.log(sd) + robust_square(err / sd)).mean(-1))
         else:
             losses.append(err.square().mean(-1))
     return torch.stack(losses, dim=1), state, mean  # T x (B,) -> (B, T)

@@ -70,6 +70,7 @@ class ShardSpec:
     first_index: int  # global index of sids[0]; keeps signal phases distinct across shards
     timeout_s: float
     ceiling: bool
+    level: tuple[float, ...] = ()  # interval levels each request asks for
 
 
 @dataclass
@@ -81,6 +82,7 @@ class StreamSession:
     seq: int = 0
     dim: int = 1
     period: float = 64.0
+    level: tuple[float, ...] = ()
 
     def values(self, n: int) -> list[list[float]]:
         """The next ``n`` points; a pure function of the step index, so resyncs stay smooth."""
@@ -94,7 +96,10 @@ class StreamSession:
         ]
 
     def body(self, n: int) -> bytes:
-        return orjson.dumps({"values": self.values(n), "seq": self.seq, "horizon": 0})
+        body: dict[str, Any] = {"values": self.values(n), "seq": self.seq, "horizon": 0}
+        if self.level:
+            body["level"] = list(self.level)
+        return orjson.dumps(body)
 
     def on_reply(self, status: int | str, body: Any, sent: int) -> None:
         """Advance on success; on a 409 seq conflict adopt the server's ``expected_seq``."""
@@ -230,7 +235,7 @@ async def cpu_between(start: float, end: float) -> float:
 async def run_shard(spec: ShardSpec, phases: Phases, progress: Progress | None = None) -> ShardResult:
     """Drive ``spec.sids`` through the ceiling probe, warm-up and measured window."""
     sessions = [
-        StreamSession(sid, session_phase(spec.first_index + i), dim=spec.dim)
+        StreamSession(sid, session_phase(spec.first_index + i), dim=spec.dim, level=spec.level)
         for i, sid in enumerate(spec.sids)
     ]
     rec = Recorder(phases.measure_start, phases.measure_end, spec.slot, progress)

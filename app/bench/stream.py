@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, default=1, help="client processes sharing the sessions")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
     p.add_argument("--mem-sessions", type=int, default=4, help="sessions sampled for memory")
+    p.add_argument("--level", default="", help="interval levels per request, e.g. 80,95 (default: none)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -116,6 +117,7 @@ def split_sessions(args: argparse.Namespace, sids: list[str]) -> list[ShardSpec]
             first_index=bounds[i],
             timeout_s=args.timeout,
             ceiling=args.ceiling > 0,
+            level=tuple(float(v) for v in getattr(args, "level", "").split(",") if v.strip()),
         )
         for i in range(n)
     ]
@@ -257,7 +259,7 @@ async def measure_memory(
         capacity = cap
         if cap is not None:
             step = int(info.get("step") or 0)
-            sess = StreamSession(sid, session_phase(i), seq=step, dim=args.dim)
+            sess = StreamSession(sid, session_phase(i), seq=step, dim=args.dim)  # memory probe: no levels
             await top_up(http, args.url, sess, cap)
             info = await get_json(http, f"{args.url}/v1/sessions/{sid}") or {}
         if isinstance(info.get("memory_bytes"), int | float):
