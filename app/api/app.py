@@ -18,7 +18,7 @@ from app.api.catalog_watch import CatalogWatch
 from app.api.deps import Services, get_tenant
 from app.api.errors import bare_500, install_error_handlers, problem_of
 from app.api.metrics import ApiMetrics
-from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, tenant, vma
+from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, tenant, ui, vma
 from app.api.session_index import SessionIndex
 from app.api.telemetry import RequestTelemetry
 from app.config import Settings, SettingsError
@@ -177,9 +177,9 @@ def _add_routes(app: FastAPI) -> None:
     )  # fmt: skip
     for router in v1:
         app.include_router(router, dependencies=[Depends(get_tenant)])
-    for router in (health.router, metrics.router):
+    for router in (health.router, metrics.router, ui.router):  # open: probes, scrapers, the page
         app.include_router(router)
-    routers = (*v1, health.router, metrics.router)
+    routers = (*v1, health.router, metrics.router, ui.router)
     # What a 405's Allow header lists: every method of every route on the path.
     app.state.route_methods = [
         (route.path_regex, route.methods)
