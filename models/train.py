@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(corpus: generated series of many families, for a universal model)")  # fmt: skip
     p.add_argument("--corpus-length", type=int, default=256, help="corpus: steps per series")
     p.add_argument("--loss-from", type=int, default=2, help="corpus: first step with loss")
+    p.add_argument("--branch-every", type=int, default=32,
+                   help="corpus: a free-running forecast (--free-steps) every this many steps")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None, help="folder holding timeseries/")
     p.add_argument("--train-frac", type=float, default=0.8, help="train share of a PATH series")
     p.add_argument("--columns", default=None, help="CSV: value columns by header name, comma-separated "
@@ -133,8 +135,11 @@ def robust_square(r: Tensor) -> Tensor:
     return torch.where(a <= HUBER_AT, 0.5 * r.square(), HUBER_AT * a - 0.5 * HUBER_AT**2)
 
 
-def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Tensor, MemNetState, Tensor]:
-    """Teacher-forced steps over x (B, T + 1, D): per-step losses (B, T), final state, last mean.
+def step_losses(
+    model: MemNet, x: Tensor, state: MemNetState | None, branch: set[int] | None = None
+) -> tuple[Tensor, MemNetState, Tensor, list[tuple[int, MemNetState, Tensor]]]:
+    """Teacher-forced steps over x (B, T + 1, D): per-step losses (B, T), final state, last mean,
+    and (t, state, mean) after each step t in ``branch`` (origins of free-running forecasts).
 
     The loss is taken in the session's frame (divided by the frame scale s_t, 1 for models
     without per-session scaling), so every series weighs the same whatever its units: the
@@ -145,8 +150,11 @@ def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Te
         state = model.initial_state(x.shape[0], x.device)
     losses = []
     mean = x[:, 0]
+    kept = []
     for t in range(x.shape[1] - 1):
         mean, std, state = model.step_dist(x[:, t], state)
+        if branch and t in branch:
+            kept.append((t, state, mean))
         s = model.frame_scale(state)  # (B, D)
         err = (x[:, t + 1] - mean) / s
         if model.config.predict_scale:
@@ -154,21 +162,44 @@ def step_losses(model: MemNet, x: Tensor, state: MemNetState | None) -> tuple[Te
             losses.append((torch.log(sd) + robust_square(err / sd)).mean(-1))
         else:
             losses.append(err.square().mean(-1))
-    return torch.stack(losses, dim=1), state, mean  # T x (B,) -> (B, T)
+    return torch.stack(losses, dim=1), state, mean, kept  # T x (B,) -> (B, T)
+
+
+def branch_loss(
+    model: MemNet, x: Tensor, kept: list[tuple[int, MemNetState, Tensor]], horizon: int
+) -> Tensor:
+    """Free-running forecasts of ``horizon`` steps from every kept origin, run as one batch:
+    mean squared error in each origin's frame. Trains the iterated forecasts the service
+    returns on the corpus, where one window holds one series from its first point."""
+    ts = torch.tensor([t for t, _, _ in kept], device=x.device)
+    state = MemNetState.stack([s for _, s, _ in kept])  # K x (B, ...) -> (K B, ...)
+    y0 = torch.cat([m for _, _, m in kept])  # (K B, D)
+    out = model.rollout(y0, state, horizon)  # (K B, H, D)
+    idx = ts.repeat_interleave(x.shape[0])[:, None] + 1 + torch.arange(horizon, device=x.device)  # (K B, H)
+    rows = torch.arange(x.shape[0], device=x.device).repeat(len(kept))  # (K B,)
+    target = x[rows[:, None], idx]  # (K B, H, D)
+    scale = model.frame_scale(state).unsqueeze(1)  # (K B, D) -> (K B, 1, D)
+    return robust_square((out - target) / scale).mean()
 
 
 def window_loss(model: MemNet, batch: Tensor, args: argparse.Namespace, free: int | None = None) -> Tensor:
     """Mean one-step loss on the teacher-forced segment (+ weighted free-running MSE)."""
     if args.data == "corpus":  # whole series from their first point: the cold start counts
-        losses, _, _ = step_losses(model, batch, None)
-        return losses[:, args.loss_from :].mean()
+        free = args.free_steps if free is None else free
+        last = batch.shape[1] - 2 - free  # the latest origin whose targets all exist
+        branch = set(range(args.loss_from + 15, last + 1, args.branch_every)) if free > 0 else None
+        losses, _, _, kept = step_losses(model, batch, None, branch)
+        loss = losses[:, args.loss_from :].mean()
+        if kept:
+            loss = loss + args.free_weight * branch_loss(model, batch, kept, free)
+        return loss
     b, f = args.burn_in, args.seq_len
     free = args.free_steps if free is None else free
     state = None
     if b > 0:
         with torch.no_grad():
             _, state = model(batch[:, :b], None)
-    losses, state, y_last = step_losses(model, batch[:, b : b + f + 1], state)
+    losses, state, y_last, _ = step_losses(model, batch[:, b : b + f + 1], state)
     loss = losses.mean()
     if free > 0:
         out = model.rollout(y_last, state, free)  # (B, free, D)

@@ -111,7 +111,7 @@ def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
 TINY_UNIVERSAL = [
     "--hidden", "8", "--key-dim", "4", "--value-dim", "4", "--capacity", "8", "--batch-size", "4",
     "--steps-per-epoch", "3", "--lr", "1e-2", "--residual", "--predict-scale", "--scale-window", "16",
-    "--quiet",
+    "--free-steps", "3", "--branch-every", "8", "--free-ramp", "1", "--quiet",
 ]  # fmt: skip
 
 
