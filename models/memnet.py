@@ -82,7 +82,18 @@ Choices the seed leaves open, and what this implementation does:
 * **Predictive scale** (``predict_scale``): W_y has a second block g, and the one-step
   predictive distribution is Gaussian with mean y_t and std s (softplus(g) + min_scale),
   trained by likelihood; intervals, anomaly flags and sampled forecast paths come from it.
-  Without it ``step_dist`` reports a scale of 0 (no distribution).
+  Without it ``step_dist`` reports a scale of 0 (no distribution). ``std_factor`` multiplies
+  the std: ``memserve train`` fits it on the validation data after training, so that the
+  80 % and 95 % intervals hold about that share of next values there (the robust loss the
+  model is trained with leaves its std a little too small for heavy-tailed errors).
+* **Per-session calibration** (``adaptive_std > 0``). A std that is right on average over the
+  training corpus is too small on a series noisier or stranger than anything in it, and too
+  large on a tame one. So each session also tracks q, a running mean of its own squared
+  standardised one-step errors r^2 = ((x_t - mean_{t-1}) / std_{t-1})^2 (each capped at 25,
+  so that an anomaly does not widen every later interval), and serves std * sqrt(q). q starts
+  at 1 (the model's own std) with the weight of ``ADAPT_PRIOR`` points and then weighs the
+  last ``adaptive_std`` errors: q <- q + (r^2 - q) / (min(w, adaptive_std) + ADAPT_PRIOR).
+  The state keeps q - 1 and the last raw mean and std, rows 3 to 5 of ``stats``.
 * **Inference** (``forecast``, ``sample_paths``) runs under ``torch.inference_mode()``.
 
 ``step`` is functional: it never writes into the tensors of the state it is given, so a
@@ -97,6 +108,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+STATS_ROWS = 6  # per-session statistics: weight, mean, variance, q - 1, last mean, last raw std
+ADAPT_PRIOR = 10.0  # points' worth of weight on q = 1 (the model's own std) in a new session
+ERR_CAP = 25.0  # a squared standardised error counts at most this much in q
 
 
 @dataclass
@@ -121,6 +136,8 @@ class MemNetConfig:
     scale_floor_rel: float = 1e-6  # s >= this x |running mean|: below float32's resolution of it
     scale_floor_abs: float = 1e-8  # and s >= this, for a stream of zeros
     min_scale: float = 1e-3  # predicted std >= this x s
+    std_factor: float = 1.0  # calibration of the predicted std, fitted on validation data after training
+    adaptive_std: int = 0  # > 0: each session rescales the std by its own recent errors (this window)
 
 
 @dataclass
@@ -132,7 +149,7 @@ class MemNetState:
     values: Tensor  # (B, N, Dv) float32
     count: Tensor  # (B,) int64, filled slots, <= N
     pos: Tensor  # (B,) int64, next slot to write
-    stats: Tensor  # (B, 3, D) float32: running weight, mean, variance of the stream (scaling)
+    stats: Tensor  # (B, STATS_ROWS, D) float32: w, m, v (scaling); q - 1, last mean, last raw std
     _fields: ClassVar[tuple[str, ...]] = ("h", "keys", "values", "count", "pos", "stats")
 
     @property
@@ -217,7 +234,7 @@ class MemNet(nn.Module):
             values=torch.zeros(batch_size, c.capacity, c.value_dim, device=device),
             count=torch.zeros(batch_size, dtype=torch.long, device=device),
             pos=torch.zeros(batch_size, dtype=torch.long, device=device),
-            stats=torch.zeros(batch_size, 3, c.input_dim, device=device),
+            stats=torch.zeros(batch_size, STATS_ROWS, c.input_dim, device=device),
         )
 
     # ------------------------------------------------------------------- cell
@@ -239,11 +256,11 @@ class MemNet(nn.Module):
         return r
 
     def _frame(self, x: Tensor, stats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Absorb x (B, D) into the running statistics; (z, new stats, mean m, scale s)."""
+        """Absorb x (B, D) into the running statistics; (z, new rows 0-2 (B, 3, D), mean m, scale s)."""
         c = self.config
         if c.scale_window == 0:  # fixed units (a checkpoint trained on one series)
-            return x, stats, torch.zeros_like(x), torch.ones_like(x)
-        w, m, v = stats.unbind(1)  # (B, 3, D) -> 3 x (B, D)
+            return x, stats[:, :3], torch.zeros_like(x), torch.ones_like(x)
+        w, m, v = stats[:, :3].unbind(1)  # (B, 3, D) -> 3 x (B, D)
         w = torch.clamp(w + 1.0, max=float(c.scale_window))
         a = 1.0 / w
         d = x - m
@@ -262,7 +279,19 @@ class MemNet(nn.Module):
         if not c.predict_scale:
             return mean, torch.zeros_like(mean)
         g = out[:, c.input_dim :]
-        return mean, s * (nn.functional.softplus(g) + c.min_scale)
+        return mean, (c.std_factor * s) * (nn.functional.softplus(g) + c.min_scale)
+
+    def _adapt(self, x: Tensor, old: Tensor, w: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        """The served std and the new rows 3-5 of ``stats`` (B, 3, D); see "Per-session calibration"."""
+        c = self.config
+        if c.adaptive_std == 0 or not c.predict_scale:
+            return std, old[:, 3:]
+        q, prev_mean, prev_std = old[:, 3] + 1.0, old[:, 4], old[:, 5]  # (B, STATS_ROWS, D) -> 3 x (B, D)
+        seen = prev_std > 0  # no error to learn from before the session's first prediction
+        r2 = torch.clamp(((x - prev_mean) / torch.where(seen, prev_std, 1.0)).square(), max=ERR_CAP)
+        n = torch.clamp(w, max=float(c.adaptive_std)) + ADAPT_PRIOR
+        q = torch.where(seen, q + (r2 - q) / n, q)
+        return std * torch.sqrt(q), torch.stack([q - 1.0, mean, std], dim=1)  # 3 x (B, D) -> (B, 3, D)
 
     def step_dist(
         self, x: Tensor, state: MemNetState, active: Tensor | None = None
@@ -294,15 +323,17 @@ class MemNet(nn.Module):
             v = torch.where(keep, state.values.gather(1, slot_v), v)
             count = torch.where(active, count, state.count)
             pos = torch.where(active, pos, state.pos)
-            stats = torch.where(keep, state.stats, stats)
         # Write before read; out-of-place scatter returns new tensors, the old state survives.
         keys = state.keys.scatter(1, slot_k, k)  # (B, N, Dk)
         values = state.values.scatter(1, slot_v, v)  # (B, N, Dv)
         r = self._read(q, keys, values, count)
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
+        mean, std = self._head(x, m, s, h)
+        std, cal = self._adapt(x, state.stats, stats[:, 0], mean, std)
+        stats = torch.cat([stats, cal], dim=1)  # (B, 3, D) + (B, 3, D) -> (B, STATS_ROWS, D)
         if active is not None:
             h = torch.where(active.unsqueeze(1), h, state.h)
-        mean, std = self._head(x, m, s, h)
+            stats = torch.where(active.view(-1, 1, 1), stats, state.stats)
         return mean, std, MemNetState(h=h, keys=keys, values=values, count=count, pos=pos, stats=stats)
 
     def step(self, x: Tensor, state: MemNetState, active: Tensor | None = None) -> tuple[Tensor, MemNetState]:
@@ -339,13 +370,16 @@ class MemNet(nn.Module):
         # Inactive rows read too (their result is dropped): one batched read is cheaper than a gather.
         r = self._read(q, state.keys, state.values, state.count)
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
+        mean, std = self._head(x, m, s, h)
+        std, cal = self._adapt(x, state.stats, stats[:, 0], mean, std)
+        stats = torch.cat([stats, cal], dim=1)  # (B, 3, D) + (B, 3, D) -> (B, STATS_ROWS, D)
         if active is None:
             state.h.copy_(h)
             state.stats.copy_(stats)
         else:
             state.h[rows] = h[rows]
             state.stats[rows] = stats[rows]
-        return self._head(x, m, s, state.h)
+        return mean, std
 
     def forward_dist(self, x: Tensor, state: MemNetState | None = None) -> tuple[Tensor, Tensor, MemNetState]:
         """Run a sequence: x (B, T, D) -> mean, std (B, T, D); step t predicts x[:, t + 1]."""

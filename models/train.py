@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--residual", action="store_true", help="y = x + s W_y h (starts as persistence)")
     p.add_argument("--predict-scale", action="store_true", help="Gaussian head, trained by likelihood")
     p.add_argument("--scale-window", type=int, default=0, help="per-session scaling window (0: off)")
+    p.add_argument("--adaptive-std", type=int, default=128,
+                   help="with --predict-scale: sessions rescale the std by their recent errors, over "
+                   "this window (0: off); turned on after training")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patience", type=int, default=10, help="epochs without val improvement")
     p.add_argument("--resume", action="store_true", help="continue runs/<name>/last.*")
@@ -493,7 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"memnet-{Path(args.data).stem}"
     model = make_model(args, dim).to(args.device)
     meta = run_training(args, model, data, args.runs / name)
+    if model.config.predict_scale and not model.config.adaptive_std:
+        model.config.adaptive_std = args.adaptive_std  # serving-side: on after training, not during it
+    calibration = calibrate_std(model, data, args) if model.config.predict_scale else None
     card = make_card(args, argv, model, data, info, meta)
+    if calibration:
+        card["training"]["calibration"] = calibration
+        print(f"std calibrated on validation: x{calibration['std_factor']:.3f}, coverage "
+              f"{calibration['coverage_before']} -> {calibration['coverage_after']}")  # fmt: skip
     weights, card_path = save_checkpoint(model.cpu(), card, args.out, name)
     export_checkpoint(card_path)  # the serving graphs of the ONNX backend, next to it
     print(f"wrote {weights}, {card_path} and its ONNX graphs (best val {meta['best_val']:.4g})")
@@ -505,6 +515,37 @@ def main(argv: list[str] | None = None) -> int:
             eval_argv += ["--data-dir", str(args.data_dir)]
         return evaluate_main(eval_argv + (["--quiet"] if args.quiet else []))
     return 0
+
+
+COVERAGE_LEVELS = ((0.8, 1.2816), (0.95, 1.9600))
+
+
+@torch.no_grad()
+def calibrate_std(model: MemNet, data: Splits | Corpus, args: argparse.Namespace) -> dict[str, Any]:
+    """Fit ``std_factor`` on the validation data: the factor on a grid from 0.5 to 4 whose 80 %
+    and 95 % one-step intervals come closest to holding 80 % and 95 % of the next values."""
+    model.eval()
+    if isinstance(data, Corpus):
+        x = torch.from_numpy(data.val).to(args.device)  # (V, L + 1, 1)
+    else:
+        x = make_batch(data.series, val_starts(data, args), window_len(args), args.device)
+    model.config.std_factor = 1.0
+    mean, std, _ = model.forward_dist(x[:, :-1])  # (B, T, D)
+    first = args.loss_from if isinstance(data, Corpus) else args.burn_in
+    r = ((x[:, 1:] - mean) / std)[:, first:].abs().flatten()  # standardised one-step errors
+    grid = torch.linspace(0.5, 4.0, 141)
+    miss = [sum(abs(float((r <= z * f).float().mean()) - p) for p, z in COVERAGE_LEVELS) for f in grid]
+    best = float(grid[int(np.argmin(miss))])
+    model.config.std_factor = best
+    before = {f"{p:g}": float((r <= z).float().mean()) for p, z in COVERAGE_LEVELS}
+    after = {f"{p:g}": float((r <= z * best).float().mean()) for p, z in COVERAGE_LEVELS}
+    model.train()
+    return {
+        "std_factor": round(best, 4),
+        "coverage_before": before,
+        "coverage_after": after,
+        "points": len(r),
+    }
 
 
 def fit_windows(args: argparse.Namespace, splits: Splits) -> None:

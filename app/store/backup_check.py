@@ -22,6 +22,8 @@ from app.store.backup import Fields, Header, SessionDoc
 from app.store.codec import decode_fields
 from app.store.exemplars import PIX_BYTES
 
+STATS_ROWS = 6  # rows of a MemNet session's running statistics (models.memnet.STATS_ROWS; no torch here)
+
 STATE_INTS = ("step", "count", "pos")
 EXEMPLAR_FIELDS = ("ids", "labels", "pix", "h", "n", "next_id", "dim")
 
@@ -117,7 +119,7 @@ def _check_memnet(doc: SessionDoc, info: ModelInfo) -> None:
         if name in arrays or b"last_seq" in fields:  # a retry of the last chunk reads both
             _shape(arrays, name, want)
     if "stats" in arrays:  # the running statistics of a per-session scaled model
-        _shape(arrays, "stats", (3, h.input_dim))
+        _shape(arrays, "stats", (STATS_ROWS, h.input_dim))
     if "y_std" in arrays:  # a model with a predictive scale: the last chunk's stds and deviations
         _shape(arrays, "y_std", (h.input_dim,))
         _shape(arrays, "last_std", (None, h.input_dim))

@@ -18,7 +18,7 @@ from models.export import StaleExport, graph_paths
 from tests.conftest import REPO
 
 SHIPPED = REPO / "checkpoints"
-SERVED = ["memnet-mackey-glass", "memnet-santafe", "vma-omniglot"]
+SERVED = ["memnet-mackey-glass", "memnet-santafe", "memnet-universal", "vma-omniglot"]
 GRAPHS = {
     "memnet": {"step"},
     "vma": {"memory_embedding", "query_embedding", "z_prior", "z_posterior", "decoder"},

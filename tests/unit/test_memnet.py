@@ -174,7 +174,7 @@ def _long_stream_model(name: str) -> MemNet:
     return model
 
 
-@pytest.mark.parametrize("name", ["memnet-mackey-glass", "memnet-santafe"])
+@pytest.mark.parametrize("name", ["memnet-mackey-glass", "memnet-santafe", "memnet-universal"])
 @torch.inference_mode()
 def test_long_stream_stays_finite(name: str) -> None:
     model = _long_stream_model(name)

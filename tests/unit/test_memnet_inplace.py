@@ -7,7 +7,7 @@ import torch
 
 from models.memnet import MemNet, MemNetConfig
 
-UNIVERSAL = {"residual": True, "predict_scale": True, "scale_window": 9}
+UNIVERSAL = {"residual": True, "predict_scale": True, "scale_window": 9, "adaptive_std": 6}
 
 
 @pytest.mark.parametrize("extra", [{}, UNIVERSAL], ids=["fixed-units", "session-scaled"])

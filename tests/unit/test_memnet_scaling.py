@@ -32,7 +32,7 @@ def run(model: MemNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Ten
 def test_statistics_are_the_running_mean_and_variance_then_exponentially_weighted() -> None:
     x = np.random.default_rng(0).normal(3.0, 2.0, 100)
     _, _, stats = run(scaled_model(), x[:WINDOW])
-    w, m, v = stats[0, :, 0].tolist()
+    w, m, v = stats[0, :3, 0].tolist()
     assert w == WINDOW
     assert m == pytest.approx(x[:WINDOW].mean(), rel=1e-5) and v == pytest.approx(x[:WINDOW].var(), rel=1e-4)
     _, _, stats = run(scaled_model(), x)
@@ -104,3 +104,27 @@ def test_deviations_and_anomaly_flags() -> None:
     assert dist.anomalies(dev, 100) == [{"index": 2, "seq": 102, "dim": 0, "scales": 27.0}]
     first = dist.deviations(x, means, stds, None, None)
     assert np.isnan(first[0, 0]) and dist.anomalies(first, 0)[0]["index"] == 2
+
+
+def test_the_store_knows_the_shape_of_the_statistics() -> None:
+    from app.store.backup_check import STATS_ROWS as STORE_ROWS
+    from models.memnet import STATS_ROWS
+
+    assert STORE_ROWS == STATS_ROWS
+
+
+def test_a_session_widens_its_std_to_its_own_errors() -> None:
+    """Per-session calibration: on a stream the raw std underrates 3x, the served std follows
+    the realised errors, so about 95 % of next values fall in the 95 % interval again."""
+    torch.manual_seed(0)
+    model = scaled_model(wake=False)  # persistence with a raw std of about 0.7 s
+    x = np.random.default_rng(5).normal(0, 1, 3000).cumsum()  # a random walk: persistence is right
+    mean, raw, _ = run(model, x)
+    model.config.adaptive_std = 128
+    mean_a, std, stats = run(model, x)
+    np.testing.assert_allclose(mean_a, mean)  # the means do not change, only the std
+    err = np.abs(x[1:] - mean[:-1])
+    inside_raw = np.mean(err[500:] <= 1.96 * raw[:-1][500:])
+    inside = np.mean(err[500:] <= 1.96 * std[:-1][500:])
+    assert abs(inside - 0.95) < 0.03 and abs(inside_raw - 0.95) > abs(inside - 0.95)
+    assert stats.shape[1] == 6 and stats[0, 5, 0].item() == pytest.approx(raw[-1], rel=1e-5)
