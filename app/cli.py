@@ -198,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "export", help="export checkpoints to ONNX: memserve export --model NAME | --all", add_help=False
     )
+    sub.add_parser(
+        "stream", help="stream a CSV series through a MemNet session: memserve stream F.csv", add_help=False
+    )
     return p
 
 
@@ -214,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(evaluate_main(argv[1:]) or 0)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "stream":
+        from app.stream_cli import main as stream_main
+
+        return stream_main(argv[1:])
     if argv and argv[0] == "export":
         from models.export import main as export_main
 

@@ -102,6 +102,10 @@ class PayloadTooLarge(MemserveError):
     status, slug, title = 413, "payload-too-large", "The request is too large"
 
 
+class UnsupportedMediaType(MemserveError):
+    status, slug, title = 415, "unsupported-media-type", "The body is not sent as JSON"
+
+
 class Unauthorized(MemserveError):
     status, slug, title = 401, "unauthorized", "A valid API key is needed"
 

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="resumable training state")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--steps-per-epoch", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3, or 3e-4 with --init")
     p.add_argument("--min-lr-frac", type=float, default=0.05, help="cosine floor, x lr")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-sigma", action="store_true", help="do not learn sigma")
     p.add_argument("--unnormalized-read", action="store_true", help="r = sum s v (no /sum s)")
     p.add_argument("--seq-len", type=int, default=64, help="teacher-forced steps with loss")
-    p.add_argument("--burn-in", type=int, default=64, help="steps before the loss counts")
+    p.add_argument("--burn-in", type=int, default=None, help="steps before the loss counts (default "
+                   "64, or scale window + 64 for a per-session scaled model, so its statistics are "
+                   "in the steady state serving sees)")  # fmt: skip
     p.add_argument("--free-steps", type=int, default=0, help="free-running steps with loss")
     p.add_argument("--free-weight", type=float, default=1.0)
     p.add_argument("--free-ramp", type=int, default=5, help="epochs to grow free-steps")
@@ -492,9 +494,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memserve train: {e}", file=sys.stderr)
             return 2
         data, dim = make_splits(series, info["n_train"], args.val_frac), series.shape[1]
-        fit_windows(args, data)
     name = args.name or f"memnet-{Path(args.data).stem}"
     model = make_model(args, dim).to(args.device)
+    if args.lr is None:
+        args.lr = 3e-4 if args.init else 1e-3
+    if args.burn_in is None:
+        args.burn_in = 64 + model.config.scale_window
+    if isinstance(data, Splits):
+        fit_windows(args, data)
     meta = run_training(args, model, data, args.runs / name)
     if model.config.predict_scale and not model.config.adaptive_std:
         model.config.adaptive_std = args.adaptive_std  # serving-side: on after training, not during it

@@ -16,8 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.auth import KeyRing
 from app.api.catalog_watch import CatalogWatch
 from app.api.deps import Services, get_tenant
+from app.api.docs import install_docs
 from app.api.errors import bare_500, install_error_handlers, problem_of
 from app.api.metrics import ApiMetrics
+from app.api.openapi import install_openapi
 from app.api.routes import backup, exemplars, health, metrics, models, points, sessions, tenant, ui, vma
 from app.api.session_index import SessionIndex
 from app.api.telemetry import RequestTelemetry
@@ -155,10 +157,19 @@ def create_app(settings: Settings) -> FastAPI:
         title="memserve",
         version="0.1.0",
         summary="Memory-augmented models (VMA, MemNet) with per-session memory in Redis",
+        description="Errors are RFC 9457 `application/problem+json` (the `Problem` schema). Every `/v1` "
+        "route needs `Authorization: Bearer <key>` unless authentication is off.",
         lifespan=lifespan,
+        docs_url=None,  # served by app.api.docs, with local assets
+        redoc_url=None,
+        # A JSON body needs `content-type: application/json` (or +json): refused with 415 otherwise
+        # (app.api.errors), so that no browser page can post one without a CORS preflight.
+        strict_content_type=True,
     )
     install_error_handlers(app)
     _add_routes(app)
+    install_docs(app)
+    install_openapi(app)
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # Outermost (added last): it sees every response, the body limit's 413s included.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.errors import (
     NotFound,
     RedisUnavailable,
     StoreFull,
+    UnsupportedMediaType,
 )
 from app.logs import current_request_id
 from app.store.tenants import out_of_memory
@@ -65,8 +67,50 @@ async def _on_memserve(request: Request, exc: Exception) -> Response:
     return problem_of(exc, request.url.path)
 
 
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, parameters aside (FastAPI's rule)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    sub = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _unreadable_body(request: Request, exc: RequestValidationError) -> MemserveError | None:
+    """What is wrong with a body that could not be read as JSON at all: malformed JSON (422,
+    with its line and column), or a body sent without a JSON content type (415, naming the
+    header); None when the body was read and its contents are what failed."""
+    errors = list(exc.errors())
+    bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad_json is not None:
+        loc = bad_json.get("loc", ())
+        pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        doc = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+        line = doc.count("\n", 0, pos) + 1
+        column = pos - (doc.rfind("\n", 0, pos) + 1) + 1
+        why = (bad_json.get("ctx") or {}).get("error", "invalid JSON")
+        return InvalidRequest(
+            f"body: malformed JSON at line {line}, column {column}: {why}",
+            line=line, column=column, errors=_validation_errors(exc),
+        )  # fmt: skip
+    body_failed = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors)
+    content_type = request.headers.get("content-type")
+    if body_failed and isinstance(exc.body, bytes | bytearray) and exc.body and not _is_json(content_type):
+        got = f"is {content_type!r}" if content_type else "is missing"
+        return UnsupportedMediaType(
+            f"the body must be JSON, sent with the header `content-type: application/json`; "
+            f"this request's content-type header {got}",
+            content_type=content_type,
+        )
+    return None
+
+
 async def _on_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    unreadable = _unreadable_body(request, exc)
+    if unreadable is not None:
+        return problem_of(unreadable, request.url.path)
     errors = _validation_errors(exc)
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(p for p in first["loc"] if p != "body") or "body"

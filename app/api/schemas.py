@@ -258,3 +258,45 @@ class TenantInfo(BaseModel):
     live_sessions: int | None = Field(description="counted for the limit; null when there is none")
     rate_per_s: float
     burst: int
+
+
+class SessionSummary(BaseModel):
+    """One session in `GET /v1/sessions`."""
+
+    id: str
+    kind: Literal["memnet", "vma"]
+    model: str
+    model_version: str
+    created: str = Field(description="when the session was made (ISO 8601, UTC)")
+    ttl_s: int = Field(description="idle seconds before the session expires")
+    expires_in_s: int = Field(description="seconds until it expires unless used (every use slides it)")
+    capacity: int = Field(description="MemNet: memory slots; VMA: exemplars at most")
+    input_dim: int
+    step: int | None = Field(description="MemNet: points applied so far (the next chunk's seq); null for VMA")
+    exemplars: int | None = Field(description="VMA: exemplars in memory; null for MemNet")
+
+
+class SessionList(BaseModel):
+    """A page of the caller's live sessions, newest first."""
+
+    sessions: list[SessionSummary]
+    total: int = Field(description="the caller's live sessions in all")
+    offset: int
+    limit: int
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (`application/problem+json`). Problems may carry more
+    members than these (`expected_seq`, `errors`, `max_points`, `retry_after_ms`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="the problem type, stable: https://memserve.dev/problems/<slug> (about:blank for a "
+        "bare 500)"
+    )
+    title: str = Field(description="a short summary of the problem type")
+    status: int = Field(description="the HTTP status code")
+    detail: str | None = Field(None, description="what is wrong with this request, in words")
+    instance: str | None = Field(None, description="the path of the request")
+    request_id: str | None = Field(None, description="the request's X-Request-ID: quote it to the operator")

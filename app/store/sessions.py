@@ -9,6 +9,7 @@ exists before it applies anything, so a stale cache entry cannot resurrect a ses
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -139,6 +140,74 @@ class SessionStore:
             "memory_bytes": int(mem_meta or 0) + int(mem_state or 0) + int(mem_ex or 0),
             "exemplars": int(n_ex or 0),
         }
+
+    async def list_owned(
+        self, index_keys: Sequence[str], owner: str, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The live sessions of `owner` among the members of the sorted sets `index_keys` (session
+        ids scored by expiry: a tenant's session set, or the live-session index of each kind),
+        newest first (then by id), as (how many in all, the page ``[offset, offset + limit)``).
+
+        Each member's meta is read, so a session that expired or was deleted is never listed,
+        whatever its score says, and so is one of another owner. Members that are gone and whose
+        score has passed leave their set (a deletion, allowed even when Redis is full); members
+        still scored in the future are kept (a session being created is in its tenant's set
+        before its meta exists). Changes no session and slides no TTL.
+        """
+        now = time.time()
+        async with self.r.pipeline(transaction=False) as p:
+            for key in index_keys:
+                p.zrange(key, 0, -1, withscores=True)
+            ranges: list[Any] = await p.execute()
+        members: dict[str, list[tuple[str, float]]] = {}  # sid -> (set, score) of each set listing it
+        for key, pairs in zip(index_keys, ranges, strict=True):
+            for raw, score in pairs:
+                members.setdefault(raw.decode(), []).append((key, float(score)))
+        sids = [sid for sid in members if SESSION_ID_RE.match(sid)]
+        hashes: list[Any] = []
+        if sids:
+            async with self.r.pipeline(transaction=False) as p:
+                for sid in sids:
+                    p.hgetall(self.keys.meta(sid))
+                hashes = await p.execute()
+        owned: list[SessionMeta] = []
+        gone: dict[str, list[str]] = {}
+        for sid, h in zip(sids, hashes, strict=True):
+            if not h:
+                for key, score in members[sid]:
+                    if score < now:
+                        gone.setdefault(key, []).append(sid)
+                continue
+            try:
+                meta = SessionMeta.from_hash(sid, h)
+            except (KeyError, ValueError):  # not a meta hash memserve wrote: not listed
+                continue
+            if meta.owner == owner:
+                owned.append(meta)
+        if gone:
+            async with self.r.pipeline(transaction=False) as p:
+                for key, dead in gone.items():
+                    p.zrem(key, *dead)
+                await p.execute()
+        owned.sort(key=lambda m: m.sid)
+        owned.sort(key=lambda m: m.created, reverse=True)  # ISO 8601 UTC: newest first
+        page = owned[offset : offset + limit]
+        progress: list[Any] = []
+        if page:
+            async with self.r.pipeline(transaction=False) as p:
+                for m in page:
+                    p.ttl(self.keys.meta(m.sid))
+                    p.hget(self.keys.state(m.sid), "step")
+                    p.hget(self.keys.exemplars(m.sid), "n")
+                progress = await p.execute()
+        rows = []
+        for i, m in enumerate(page):
+            ttl, step, n_ex = progress[3 * i : 3 * i + 3]
+            rows.append({
+                "meta": m, "expires_in_s": max(int(ttl), 0), "step": int(step or 0),
+                "exemplars": int(n_ex or 0),
+            })  # fmt: skip
+        return len(owned), rows
 
     async def delete(self, sid: str, owner: str) -> None:
         """End the session: its keys go at once; jobs still queued for it are refused."""

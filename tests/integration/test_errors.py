@@ -477,14 +477,14 @@ def test_redis_unreachable_is_503_with_retry_after_and_the_api_stays_up(
 # --- routing and internal errors ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v2/sessions", "/v1/session", "/v1/sessions/abc/predict", "/"])
+@pytest.mark.parametrize("path", ["/v2/sessions", "/v1/session", "/v1/sessions/abc/predict", "/nothing-here"])
 def test_an_unknown_route_is_404_problem(client: httpx.Client, path: str) -> None:
     problem(client.get(path), 404, "not-found", path)
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/sessions"), ("PUT", "/v1/sessions/{sid}"), ("GET", "/v1/sessions/{sid}/points"),
+    [("PATCH", "/v1/sessions"), ("PUT", "/v1/sessions/{sid}"), ("GET", "/v1/sessions/{sid}/points"),
      ("POST", "/health/live")],
 )  # fmt: skip
 def test_a_wrong_method_is_405_problem_and_changes_nothing(

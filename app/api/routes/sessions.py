@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import Services, ServicesDep, TenantDep
-from app.api.schemas import CreateSession, SessionInfo
+from app.api.schemas import CreateSession, SessionInfo, SessionList, SessionSummary
 from app.catalog import ModelInfo
 from app.errors import InvalidRequest, ModelNotFound, SessionLimit
 from app.store.keys import new_session_id
@@ -95,6 +95,33 @@ async def create_session(
     svc.metrics.sessions_created.labels(body.kind).inc()
     response.headers["Location"] = f"/v1/sessions/{meta.sid}"
     return session_info(meta.sid, await svc.sessions.info(meta.sid, tenant.name))
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(
+    svc: ServicesDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0, description="sessions to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="sessions in the page at most")] = 100,
+) -> SessionList:
+    """The caller's live sessions, newest first (then by id), a page at a time; `total` counts
+    them all. Expired and deleted sessions are never listed. Listing slides no session's TTL."""
+    if tenant.max_sessions > 0:  # the tenant's own set, kept for its limit
+        index = [svc.tenants.sessions_key(tenant.name)]
+    else:  # no limit, no set of its own (authentication off, or an unlimited key): every kind's index
+        index = [svc.live_sessions.key(kind) for kind in svc.live_sessions.kinds]
+    total, rows = await svc.sessions.list_owned(index, tenant.name, offset, limit)
+    page = []
+    for row in rows:
+        m = row["meta"]
+        item = SessionSummary(
+            id=m.sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
+            ttl_s=m.ttl_s, expires_in_s=row["expires_in_s"], capacity=m.capacity, input_dim=m.input_dim,
+            step=row["step"] if m.kind == "memnet" else None,
+            exemplars=row["exemplars"] if m.kind == "vma" else None,
+        )  # fmt: skip
+        page.append(item)
+    return SessionList(sessions=page, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{sid}", response_model=SessionInfo)

@@ -40,7 +40,8 @@ async function errorOf(res) {
   try {
     body = JSON.parse(text);
   } catch {
-    body = { detail: text.slice(0, 300) };
+    // Not problem+json (a proxy's HTML error page, say): its text, without the markup.
+    body = { detail: text.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 200) };
   }
   const retry = Number(res.headers.get("Retry-After"));
   return new ApiError(
@@ -84,3 +85,32 @@ export function createSession(kind, model) {
 }
 
 export const sessionPath = (sid, rest = "") => `v1/sessions/${encodeURIComponent(sid)}${rest}`;
+
+// The panels' session ids are kept in sessionStorage too, so a reload of the tab finds them again.
+export function rememberSession(slot, sid) {
+  if (sid) sessionStorage.setItem(slot, sid);
+  else sessionStorage.removeItem(slot);
+}
+
+/** The session remembered in `slot` if it still exists and is of `kind`; null otherwise. */
+export async function recallSession(slot, kind) {
+  const sid = sessionStorage.getItem(slot);
+  if (!sid) return null;
+  try {
+    const s = await get(sessionPath(sid));
+    if (s.kind === kind) return s;
+  } catch (err) {
+    if (err.status !== 404) throw err; // expired or deleted: simply gone; anything else is shown
+  }
+  rememberSession(slot, null);
+  return null;
+}
+
+/**
+ * Ends a session the panel no longer uses, so it does not count against the tenant's live
+ * sessions until its TTL runs out. Best effort: it expires anyway.
+ */
+export async function dropSession(sid) {
+  if (!sid) return;
+  await del(sessionPath(sid)).catch(() => {});
+}
