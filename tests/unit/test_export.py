@@ -15,6 +15,7 @@ import torch
 from app.cli import main as cli_main
 from models.checkpoint import read_card
 from models.export import StaleExport, graph_paths
+from models.memnet import STATS_ROWS
 from tests.conftest import REPO
 
 SHIPPED = REPO / "checkpoints"
@@ -72,7 +73,7 @@ def test_batch_axis_is_dynamic() -> None:
             "values": np.zeros((b, c["capacity"], c["value_dim"]), np.float32),
             "count": np.zeros(b, np.int64),
             "pos": np.zeros(b, np.int64),
-            "stats": np.zeros((b, 3, 1), np.float32),
+            "stats": np.zeros((b, STATS_ROWS, 1), np.float32),
             "active": np.ones(b, bool),
         }
         y, _std, _h, keys, _values, count, pos, _stats = sess.run(None, feeds)
