@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burn-in", type=int, default=None, help="steps before the loss counts (default "
                    "64, or scale window + 64 for a per-session scaled model, so its statistics are "
                    "in the steady state serving sees)")  # fmt: skip
-    p.add_argument("--free-steps", type=int, default=0, help="free-running steps with loss")
+    p.add_argument("--free-steps", type=int, default=None, help="free-running steps with loss "
+                   "(default 0, or 10 with --init)")  # fmt: skip
     p.add_argument("--free-weight", type=float, default=1.0)
     p.add_argument("--free-ramp", type=int, default=5, help="epochs to grow free-steps")
     p.add_argument("--max-gain", type=float, default=0.98, help="stability gain target")
@@ -498,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(args, dim).to(args.device)
     if args.lr is None:
         args.lr = 3e-4 if args.init else 1e-3
+    if args.free_steps is None:
+        args.free_steps = 10 if args.init else 0
     if args.burn_in is None:
         args.burn_in = 64 + model.config.scale_window
     if isinstance(data, Splits):

@@ -10,7 +10,7 @@ The model predicts a Gaussian for each next value (mean and std). From it:
   retried request gets the same intervals whatever else shares the worker's batch, and the
   torch and ONNX Runtime backends get the same draws.
 * **Anomalies**: a point more than z_{0.995} = 2.576 predicted stds from the prediction made
-  for it (outside its own 99 % one-step interval).
+  for it (outside its own 99 % one-step interval), from the session's 16th point on.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import torch
 
 FORECAST_PATHS = 256  # sampled paths per forecast with intervals
 ANOMALY_LEVEL = 99.0  # percent: a point outside this one-step interval is flagged
+# A session's first points are never flagged: its scale rests on a handful of values (on one
+# point it is only a floor), so "how many stds away" means nothing yet.
+ANOMALY_WARMUP = 16
 _NORMAL = NormalDist()
 
 
@@ -85,6 +88,7 @@ def anomalies(dev: np.ndarray, first_seq: int, level: float = ANOMALY_LEVEL) -> 
     limit = z_of(level)
     with np.errstate(invalid="ignore"):
         hits = np.argwhere(np.abs(dev) > limit)
+    hits = hits[first_seq + hits[:, 0] >= ANOMALY_WARMUP]
     return [
         {"index": int(t), "seq": first_seq + int(t), "dim": int(d), "scales": round(float(dev[t, d]), 3)}
         for t, d in hits

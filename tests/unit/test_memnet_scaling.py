@@ -103,7 +103,8 @@ def test_deviations_and_anomaly_flags() -> None:
     np.testing.assert_allclose(dev[:, 0], [-1.0, 0.0, 27.0, -1.0])
     assert dist.anomalies(dev, 100) == [{"index": 2, "seq": 102, "dim": 0, "scales": 27.0}]
     first = dist.deviations(x, means, stds, None, None)
-    assert np.isnan(first[0, 0]) and dist.anomalies(first, 0)[0]["index"] == 2
+    assert np.isnan(first[0, 0]) and dist.anomalies(first, 30)[0]["index"] == 2
+    assert dist.anomalies(first, 0) == []  # a session's first 16 points are never flagged
 
 
 def test_the_store_knows_the_shape_of_the_statistics() -> None:
