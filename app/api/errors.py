@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.message
+import json
 import logging
 from typing import Any
 
@@ -38,7 +39,16 @@ def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] 
     rid = current_request_id()
     if rid and "request_id" not in body:
         body = {**body, "request_id": rid}
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+    return Response(_encode(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """JSON of a problem; never fails, so an error handler cannot become a 500 itself: what orjson
+    refuses (an integer past 64 bits, a lone surrogate echoed from the request) is escaped."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, default=str, ensure_ascii=True).encode()
 
 
 def problem_of(exc: MemserveError, instance: str | None = None) -> Response:

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
+
+INT64_MAX = 2**63 - 1  # what Redis, the job wire format and the stored state can hold
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate such as \\ud800 is not)") from None
+    return text
+
+
+# Integers are strict (true, 1.5 and "7" are refused, not read as numbers) and bounded by what
+# the service stores; text must be encodable as UTF-8. Either way the refusal is a 422 naming
+# the field, never a failure further in.
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
 
 # Points are checked with numpy in app.jobs.points (one clear message, and fast on long
 # chunks); the schema still documents their shape.
@@ -24,9 +41,13 @@ class CreateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["memnet", "vma"]
-    model: str | None = Field(None, description="checkpoint name; default: the kind's default")
-    ttl_s: int | None = Field(None, ge=1, description="idle seconds before the session expires")
-    capacity: int | None = Field(None, ge=1, description="VMA: exemplars at most; MemNet: fixed by the model")
+    model: Text | None = Field(None, description="checkpoint name; default: the kind's default")
+    ttl_s: Annotated[int, Strict()] | None = Field(
+        None, ge=1, le=2**31 - 1, description="idle seconds before the session expires"
+    )
+    capacity: Annotated[int, Strict()] | None = Field(
+        None, ge=1, le=2**31 - 1, description="VMA: exemplars at most; MemNet: fixed by the model"
+    )
 
 
 class SessionInfo(BaseModel):
@@ -53,8 +74,8 @@ class PointsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: Points = Field(description="T x D finite numbers; a flat list of T numbers when D = 1")
-    seq: int | None = Field(None, ge=0, description="index of the chunk's first point; omitted: append")
-    horizon: int = Field(0, ge=0, description="forecast this many steps after the last point")
+    seq: Count | None = Field(None, description="index of the chunk's first point; omitted: append")
+    horizon: Count = Field(0, description="forecast this many steps after the last point")
     level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
         None, max_length=8,
         description="prediction interval levels in percent, e.g. [80, 95]: adds `intervals` for "
@@ -139,7 +160,9 @@ _PIXELS_SCHEMA = {
     "maxItems": 28,
 }
 Pixels = Annotated[Any, WithJsonSchema(_PIXELS_SCHEMA)]
-Label = Annotated[str | int, Field(description="class label (numbers are taken as strings)")]
+Label = Annotated[
+    Text | Annotated[int, Strict()], Field(description="class label (numbers are taken as strings)")
+]
 
 
 class ImageItem(BaseModel):
@@ -147,7 +170,7 @@ class ImageItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image: str | None = Field(None, description="base64-encoded PNG")
+    image: Text | None = Field(None, description="base64-encoded PNG")
     pixels: Pixels = Field(None, description="28 x 28 numbers in [0, 1], 1 = ink")
 
 
@@ -187,10 +210,10 @@ class SampleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(8, ge=1, le=64, description="number of samples")
+    n: Annotated[int, Strict()] = Field(8, ge=1, le=64, description="number of samples")
     label: Label | None = Field(None, description="sample from the exemplars of this label only")
-    exemplar_id: int | None = Field(None, ge=0, description="sample from this exemplar only")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="the same seed gives the same samples")
+    exemplar_id: Count | None = Field(None, description="sample from this exemplar only")
+    seed: Count | None = Field(None, description="the same seed gives the same samples")
     format: Literal["png", "probs"] = Field("png", description="base64 PNG or 28 x 28 ink probabilities")
 
 
@@ -215,15 +238,15 @@ class ClassifyRequest(BaseModel):
     method: Literal["posterior", "importance"] = Field(
         "posterior", description="p(c|x) from q(a|x) alone, or importance-weighted with the decoder"
     )
-    samples: int | None = Field(
+    samples: Annotated[int, Strict()] | None = Field(
         None,
         ge=0,
         le=256,
         description="decoder evaluations per image for the likelihood bound and novelty flag (and the "
         "importance scores); 0: addressing only. Default: 1 (posterior), 16 (importance)",
     )
-    top_k: int = Field(5, ge=1, le=64, description="top addresses to report")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the z samples")
+    top_k: Annotated[int, Strict()] = Field(5, ge=1, le=64, description="top addresses to report")
+    seed: Count | None = Field(None, description="seed of the z samples")
 
 
 class AddressScore(BaseModel):

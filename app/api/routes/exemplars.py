@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.deps import ServicesDep, TenantDep
-from app.api.schemas import AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
+from app.api.schemas import INT64_MAX, AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
 from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
 from app.jobs.images import decode_item, encode_png
 from app.jobs.vma import VmaJob
@@ -79,7 +79,9 @@ async def list_exemplars(
 
 
 @router.delete("/{sid}/exemplars/{eid}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_exemplar(sid: str, eid: int, svc: ServicesDep, tenant: TenantDep) -> Response:
+async def delete_exemplar(
+    sid: str, eid: Annotated[int, Path(ge=0, le=INT64_MAX)], svc: ServicesDep, tenant: TenantDep
+) -> Response:
     """Remove one exemplar from the session's memory."""
     meta = await svc.sessions.meta_of_kind(sid, tenant.name, "vma", "/exemplars")
     await svc.exemplars.delete(sid, eid, meta.ttl_s)

@@ -1,0 +1,71 @@
+"""Inputs that used to reach a 500: every one is now a 422 problem that names the field, and
+changes nothing (integers past 64 bits, lone surrogates, booleans as numbers)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.conftest import SCALED_TEST_MODEL
+
+BIG = 2**64
+
+
+def problem(r: httpx.Response, status: int, field: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert field in body["detail"], body
+    return dict(body)
+
+
+def post_escaped(client: httpx.Client, url: str, body: object) -> httpx.Response:
+    """JSON with \\uXXXX escapes, as a client would send a lone surrogate (httpx cannot encode it)."""
+    return client.post(url, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+def session(client: httpx.Client, **body: object) -> str:
+    r = client.post("/v1/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+@pytest.mark.parametrize("seq", [BIG, 2**63, -1])
+def test_a_seq_past_64_bits_is_422(client, seq) -> None:
+    sid = session(client, kind="memnet", model=SCALED_TEST_MODEL)
+    problem(client.post(f"/v1/sessions/{sid}/points", json={"values": [1.0], "seq": seq}), 422, "seq")
+    assert client.get(f"/v1/sessions/{sid}").json()["step"] == 0
+
+
+def test_an_exemplar_id_past_64_bits_is_422_in_samples_and_in_the_path(client) -> None:
+    sid = session(client, kind="vma")
+    problem(client.post(f"/v1/sessions/{sid}/samples", json={"exemplar_id": BIG}), 422, "exemplar_id")
+    r = client.delete(f"/v1/sessions/{sid}/exemplars/{BIG}")
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_lone_surrogate_in_a_label_or_a_model_name_is_422(client) -> None:
+    sid = session(client, kind="vma")
+    pixels = [[0.0] * 28 for _ in range(28)]
+    pixels[10][10:18] = [1.0] * 8
+    body = {"exemplars": [{"pixels": pixels, "label": "a\ud800b"}]}
+    problem(post_escaped(client, f"/v1/sessions/{sid}/exemplars", body), 422, "label")
+    assert client.get(f"/v1/sessions/{sid}").json()["exemplars"] == 0
+    problem(post_escaped(client, "/v1/sessions", {"kind": "memnet", "model": "\udfff"}), 422, "model")
+
+
+@pytest.mark.parametrize("body", [{"ttl_s": True}, {"ttl_s": 1.5}, {"ttl_s": "60"}, {"ttl_s": BIG}])
+def test_ttl_must_be_an_integer_in_range(client, body) -> None:
+    problem(client.post("/v1/sessions", json={"kind": "memnet", **body}), 422, "ttl_s")
+
+
+def test_a_boolean_horizon_or_top_k_is_not_a_number(client) -> None:
+    sid = session(client, kind="memnet", model=SCALED_TEST_MODEL)
+    problem(
+        client.post(f"/v1/sessions/{sid}/points", json={"values": [1.0], "horizon": True}), 422, "horizon"
+    )
+    vsid = session(client, kind="vma")
+    body = {"images": [{"pixels": [[0.0] * 28] * 28}], "top_k": True}  # type: ignore[dict-item]
+    problem(client.post(f"/v1/sessions/{vsid}/classify", json=body), 422, "top_k")
