@@ -13,7 +13,7 @@ import redis
 
 from app.config import Settings
 from app.store.keys import Keys
-from tests.conftest import TEST_MODEL, run_offline, wait_until_pending
+from tests.conftest import SCALED_TEST_MODEL, TEST_MODEL, run_offline, wait_until_pending
 
 
 def offline(ckpt_dir: Path, series: np.ndarray, horizon: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
@@ -200,7 +200,7 @@ def test_models_and_readiness(client, start_worker) -> None:
     assert ready.status_code == 200, ready.text
     assert [w["pid"] for w in ready.json()["workers"]] == [worker.pid]
     models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-    assert sorted(models) == [TEST_MODEL, "vma-test"]
+    assert sorted(models) == [TEST_MODEL, SCALED_TEST_MODEL, "vma-test"]
     assert models[TEST_MODEL]["card"]["config"]["capacity"] == 8 and models[TEST_MODEL]["workers"]
     assert models["vma-test"]["kind"] == "vma" and models["vma-test"]["workers"]
     assert client.get("/health/live").json() == {"status": "ok"}
