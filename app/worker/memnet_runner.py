@@ -8,6 +8,7 @@ one batch, then commit each session's new state with a compare-and-set script an
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +33,11 @@ Array = np.ndarray
 
 
 # The small fields of a session's state read with every job (the buffers only on a cache miss).
-HEAD_FIELDS = ("step", "last_seq", "last_digest")
+# `etag` is a random token written with every commit: the state cache is keyed on it, not on
+# the version counter, because a Redis that lost acknowledged writes (a restore from an older
+# snapshot, a failover to a lagging replica) counts versions again and reuses them for other
+# contents, while a random token never names two states.
+HEAD_FIELDS = ("step", "last_seq", "last_digest", "etag")
 
 
 @dataclass
@@ -51,8 +56,8 @@ class Loaded:
         return int(self.head[0] or 0)
 
     @property
-    def version(self) -> int:
-        return int(self.meta.get(b"version", b"0"))
+    def etag(self) -> bytes | None:
+        return self.head[3]
 
     @property
     def has_state(self) -> bool:
@@ -286,13 +291,13 @@ class MemNetRunner(Runner[ServedMemNet]):
         return [Loaded(d, job, res[3 * i], res[3 * i + 1], res[3 * i + 2]) for i, (d, job) in enumerate(jobs)]
 
     def _fill_states(self, group: list[Loaded], out: Outcome) -> list[Loaded]:
-        """Each job's session state: from the cache when its version is current, else Redis."""
+        """Each job's session state: from the cache when its etag is current, else Redis."""
         misses = []
         for ld in group:
             if not ld.has_state:
                 ld.state = self.served(ld.job.model, ld.job.model_version).initial()
             else:
-                ld.state = self.cache.get(ld.job.sid, ld.version)
+                ld.state = None if ld.etag is None else self.cache.get(ld.job.sid, ld.etag)
                 if ld.state is None:
                     misses.append(ld)
         if not misses:
@@ -392,7 +397,8 @@ class MemNetRunner(Runner[ServedMemNet]):
                          res.std_last[i] if served.has_scale else None)
             for i in range(len(group))
         ]  # fmt: skip
-        replies = []
+        replies: list[bytes] = []
+        etags: list[bytes] = []
         with self.r.pipeline(transaction=False) as p:
             for i, ld in enumerate(group):
                 job, t = ld.job, ld.job.length
@@ -403,9 +409,10 @@ class MemNetRunner(Runner[ServedMemNet]):
                     res.forecast_intervals[i], job.levels, False,
                 )  # fmt: skip
                 replies.append(ok_reply(job.job_id, body))
+                etags.append(secrets.token_hex(8).encode())
                 scalars = {
                     "step": b"%d" % (ld.step + t), "count": b"%d" % new[i].count, "pos": b"%d" % new[i].pos,
-                    "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(),
+                    "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(), "etag": etags[-1],
                 }  # fmt: skip
                 stored = old[i] if ld.has_state else None
                 extra = {"last_pred": preds, "y": res.y_last[i]}
@@ -418,8 +425,8 @@ class MemNetRunner(Runner[ServedMemNet]):
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
             results = p.execute(raise_on_error=False)
-        for ld, r, reply, state in zip(group, results, replies, new, strict=True):
-            self._settle(ld, r, reply, state, out)
+        for ld, r, reply, state, etag in zip(group, results, replies, new, etags, strict=True):
+            self._settle(ld, r, reply, state, etag, out)
 
     def _previous_prediction(self, served: ServedMemNet, ld: Loaded) -> tuple[Array | None, Array | None]:
         """The (mean, std) in client units the session predicted for this chunk's first point."""
@@ -428,10 +435,12 @@ class MemNetRunner(Runner[ServedMemNet]):
             return None, None
         return served.to_client(st.y), st.y_std * served.std
 
-    def _settle(self, ld: Loaded, res: object, reply: bytes, state: SessionState, out: Outcome) -> None:
+    def _settle(
+        self, ld: Loaded, res: object, reply: bytes, state: SessionState, etag: bytes, out: Outcome
+    ) -> None:
         """Act on the commit script's answer for one job."""
         if isinstance(res, int):  # committed: `res` is the session's new version
-            self.cache.put(ld.job.sid, res, state.copy())
+            self.cache.put(ld.job.sid, etag, state.copy())
             out.ack.append(ld.delivery.entry_id)
             out.replies.append((ld.job.reply_to, reply))
             out.steps += ld.job.length

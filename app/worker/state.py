@@ -2,9 +2,9 @@
 
 Redis holds the truth: ``ms:{sid}:state`` with h, the key and value ring buffers, the fill
 count, the write position and the step count (raw float32 bytes with a layout field).
-A worker keeps the state it last committed for each session, keyed on the session's
-version counter: when the version in Redis is still the one it wrote, it skips reading the
-buffers back. And a chunk shorter than the ring only rewrites the slots it filled, as byte
+A worker keeps the state it last committed for each session, keyed on the random etag that
+commit wrote: when the etag in Redis is still the one it wrote, it skips reading the buffers
+back. And a chunk shorter than the ring only rewrites the slots it filled, as byte
 patches applied inside the commit script, instead of sending the whole buffer again.
 """
 
@@ -61,29 +61,30 @@ class SessionState:
 
 
 class StateCache:
-    """Least-recently-used sessions' states, bounded in bytes, keyed on the session version."""
+    """Least-recently-used sessions' states, bounded in bytes, keyed on the commit's etag (a
+    random token per commit, so a key never names two different states)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: OrderedDict[str, tuple[int, SessionState]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[bytes, SessionState]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, sid: str, version: int) -> SessionState | None:
+    def get(self, sid: str, etag: bytes) -> SessionState | None:
         item = self._items.get(sid)
-        if item is None or item[0] != version:
+        if item is None or item[0] != etag:
             self.misses += 1
             return None
         self._items.move_to_end(sid)
         self.hits += 1
         return item[1]
 
-    def put(self, sid: str, version: int, state: SessionState) -> None:
+    def put(self, sid: str, etag: bytes, state: SessionState) -> None:
         self.drop(sid)
         if state.nbytes > self.max_bytes:
             return
-        self._items[sid] = (version, state)
+        self._items[sid] = (etag, state)
         self.bytes += state.nbytes
         while self.bytes > self.max_bytes:
             _sid, (_v, old) = self._items.popitem(last=False)

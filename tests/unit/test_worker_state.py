@@ -70,7 +70,7 @@ def test_patched_commits_leave_redis_equal_to_the_new_state(rdb: redis.Redis, ke
     assert rdb.hgetall(keys.state(sid)) == before
 
 
-def test_cache_is_keyed_on_version_and_bounded_in_bytes() -> None:
+def test_cache_is_keyed_on_the_commit_etag_and_bounded_in_bytes() -> None:
     def st(v: float) -> SessionState:
         return SessionState(
             np.full(4, v, np.float32), np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), 0, 0
@@ -78,11 +78,12 @@ def test_cache_is_keyed_on_version_and_bounded_in_bytes() -> None:
 
     per = st(0).nbytes
     cache = StateCache(max_bytes=2 * per)
-    cache.put("a", 1, st(1))
-    cache.put("b", 1, st(2))
-    assert cache.get("a", 1) is not None and cache.get("a", 2) is None  # another version: miss
-    cache.put("c", 1, st(3))  # over the bound: evicts the least recently used ("b")
-    assert cache.get("b", 1) is None and cache.get("a", 1) is not None and cache.get("c", 1) is not None
+    cache.put("a", b"e1", st(1))
+    cache.put("b", b"e1", st(2))
+    assert cache.get("a", b"e1") is not None and cache.get("a", b"e2") is None  # another commit: miss
+    cache.put("c", b"e1", st(3))  # over the bound: evicts the least recently used ("b")
+    assert cache.get("b", b"e1") is None and cache.get("a", b"e1") is not None
+    assert cache.get("c", b"e1") is not None
     assert cache.bytes == 2 * per
     cache.drop("a")
     assert cache.bytes == per
