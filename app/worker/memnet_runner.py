@@ -341,7 +341,7 @@ class MemNetRunner(Runner[ServedMemNet]):
                 "drop `level`, or use a model with a predictive scale (memnet-universal)",
             )  # fmt: skip
         if job.seq is not None and job.seq != ld.step:
-            _step, last_seq, last_digest = ld.head
+            _step, last_seq, last_digest, _etag = ld.head
             if last_seq == b"%d" % job.seq and last_digest == job.digest.encode():
                 self._answer_repeat(ld, out)
                 return False
