@@ -13,18 +13,23 @@ output pixels.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import InvalidImage
+from app.errors import InvalidImage, PayloadTooLarge
 from app.store.exemplars import IMAGE_SIZE
 
 MAX_PNG_PIXELS = 4096 * 4096  # larger images are refused before they are decoded
+MAX_REQUEST_PIXELS = 2 * MAX_PNG_PIXELS  # all the images of one request, checked before any is decoded
+DECODE_THREADS = 2  # concurrent decodes per API process; more requests wait their turn
+_pool: ThreadPoolExecutor | None = None
 INK_THRESHOLD = 0.4  # of the box-filtered ink map
 BINARY_THRESHOLD = 0.5  # of client pixel arrays
 
@@ -92,6 +97,48 @@ def decode_item(image: str | None, pixels: Any, where: str) -> np.ndarray:
     if (image is None) == (pixels is None):
         raise InvalidImage(f"{where}: give exactly one of 'image' (base64 PNG) or 'pixels'", at=where)
     return decode_png(image, where) if image is not None else decode_pixels(pixels, where)
+
+
+def _png_pixels(b64: str) -> int:
+    """Width x height from a base64 PNG's header, without decoding it (0 when unreadable:
+    the decode that follows reports what is wrong with it)."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(b64, validate=True)), formats=["PNG"]) as img:
+            return int(img.width * img.height)
+    except (
+        binascii.Error,
+        ValueError,
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ):
+        return 0
+
+
+def _decode_all(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:
+    total = sum(_png_pixels(image) for image, _ in items if image is not None)
+    if total > MAX_REQUEST_PIXELS:
+        raise PayloadTooLarge(
+            f"the request's images hold {total:,} pixels; at most {MAX_REQUEST_PIXELS:,} in one "
+            "request: send them in several requests, or scale them down first (they become 28 x 28)",
+            pixels=total, max_pixels=MAX_REQUEST_PIXELS,
+        )  # fmt: skip
+    return np.stack([decode_item(image, pixels, f"{prefix}[{i}]") for i, (image, pixels) in enumerate(items)])
+
+
+async def decode_items(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:
+    """Decode a request's drawings -> (N, 28, 28) uint8, off the event loop.
+
+    A large PNG takes seconds to decode; done on the event loop it stalls every other request
+    of the API process, health checks included. So decoding runs in a small thread pool
+    (Pillow and numpy release the GIL while they work), after the request's total pixel count
+    has been checked from the PNG headers alone (413 above ``MAX_REQUEST_PIXELS``).
+    """
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+    return await asyncio.get_running_loop().run_in_executor(_pool, _decode_all, items, prefix)
 
 
 def encode_png(probs: np.ndarray) -> str:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.deps import ServicesDep, TenantDep
 from app.api.schemas import INT64_MAX, AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
 from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
-from app.jobs.images import decode_item, encode_png
+from app.jobs.images import decode_items, encode_png
 from app.jobs.vma import VmaJob
 from app.logs import current_request_id
 
@@ -33,9 +32,7 @@ async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, tenant: 
     most = svc.settings.max_exemplars_per_request
     if len(body.exemplars) > most:
         raise PayloadTooLarge(f"at most {most} exemplars per request", max_exemplars=most)
-    images = np.stack(
-        [decode_item(e.image, e.pixels, f"exemplars[{i}]") for i, e in enumerate(body.exemplars)]
-    )  # (N, 28, 28)
+    images = await decode_items([(e.image, e.pixels) for e in body.exemplars], "exemplars")  # (N, 28, 28)
     labels = [parse_label(e.label, f"exemplars[{i}].label") for i, e in enumerate(body.exemplars)]
     count = await svc.exemplars.count(sid)
     if count + len(labels) > meta.capacity:  # checked again, atomically, when the worker commits
