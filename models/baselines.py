@@ -124,6 +124,13 @@ def nrmse(pred: np.ndarray, target: np.ndarray) -> float:
     return rmse / sd if sd > 0 else float("nan")
 
 
+def forecast_origins(n: int, fit_frac: float = 0.7, horizon: int = 10, n_origins: int = 50) -> np.ndarray:
+    """The forecast origins of ``score_series`` for a series of n points: up to ``n_origins``
+    evenly spaced s in [n_fit - 1, n - 1 - horizon], n_fit = int(fit_frac * n)."""
+    lo, hi = int(fit_frac * n) - 1, n - 1 - horizon
+    return np.unique(np.round(np.linspace(lo, hi, min(n_origins, hi - lo + 1))).astype(np.int64))
+
+
 def score_series(
     x: np.ndarray,
     predict_one_step: Callable[[np.ndarray], np.ndarray],
@@ -170,8 +177,7 @@ def score_series(
         one["seasonal_naive"] = nrmse(seasonal_naive(x, t, 1, season)[:, 0], target1)
     one["ar20"] = nrmse(ar.one_step(x, t), target1)
 
-    lo, hi = n_fit - 1, n - 1 - horizon
-    s = np.unique(np.round(np.linspace(lo, hi, min(n_origins, hi - lo + 1))).astype(np.int64))
+    s = forecast_origins(n, fit_frac, horizon, n_origins)
     target_h = x[s + horizon]
     fc = np.asarray(forecast(x, s, horizon), dtype=np.float64)
     assert fc.shape == (len(s), horizon), f"forecast returned {fc.shape}, expected {(len(s), horizon)}"

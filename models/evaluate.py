@@ -93,21 +93,23 @@ class AR:
 @torch.inference_mode()
 def stream(
     model: MemNet, z: np.ndarray, begin: int, keep: set[int], progress: bool = True
-) -> tuple[np.ndarray, dict[int, MemNetState]]:
+) -> tuple[np.ndarray, np.ndarray, dict[int, MemNetState]]:
     """Teacher-force z[begin:] through the model; y[t - begin] predicts z[t + 1].
 
-    Returns the predictions (T - begin, D) and the state after the input at each t in keep.
+    Returns the predictions and their stds (T - begin, D) (stds 0 for a model without a
+    predictive scale) and the state after the input at each t in keep.
     """
     device = model.log_sigma.device
     state = model.initial_state(1, device)
     xs = torch.from_numpy(z).to(device)
-    ys, kept = [], {}
+    ys, sds, kept = [], [], {}
     for t in tqdm(range(begin, len(z)), desc="stream", disable=not progress, leave=False):
-        y, state = model.step(xs[t : t + 1], state)
+        y, sd, state = model.step_dist(xs[t : t + 1], state)
         ys.append(y)
+        sds.append(sd)
         if t in keep:
             kept[t] = state
-    return torch.cat(ys).cpu().numpy(), kept
+    return torch.cat(ys).cpu().numpy(), torch.cat(sds).cpu().numpy(), kept
 
 
 def evaluate_memnet(
@@ -135,7 +137,7 @@ def evaluate_memnet(
     max_h = max(horizons)
     origins = forecast_starts(n_train, len(series), n_starts, max_h)
     begin = max(0, n_train - warmup)
-    preds, states = stream(model, z, begin, set(origins.tolist()), progress)
+    preds, _, states = stream(model, z, begin, set(origins.tolist()), progress)
     one_step = preds[n_train - 1 - begin : len(z) - 1 - begin] * std + mean  # predicts test
     ar = AR().fit(z[:n_train])
     ar_one = ar.forecast(z, np.arange(n_train - 1, len(z) - 1), 1)[:, 0] * std + mean

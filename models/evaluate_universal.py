@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.baselines import score_series
+from models.baselines import forecast_origins, score_series
 from models.data.corpus import heldout_series
 from models.data.timeseries import MACKEY_GLASS_TRAIN, load_series, mackey_glass
+from models.evaluate import stream
 from models.memnet import MemNet, MemNetState
 
 HORIZON = 10
@@ -48,19 +49,12 @@ class Streamed:
         self.mean = float((norm.get("mean") or [0.0])[0])
         self.std = float((norm.get("std") or [1.0])[0])
         self.model = model
-        z = torch.from_numpy(((x - self.mean) / self.std).astype(np.float32)).view(-1, 1, 1)  # (T, 1, 1)
-        state = model.initial_state(1)
-        means, stds, self.states = [], [], {}
+        z = ((x - self.mean) / self.std).astype(np.float32)[:, None]  # (T,) -> (T, 1)
         with torch.inference_mode():
-            for t in range(len(x)):
-                y, sd, state = model.step_dist(z[t], state)
-                means.append(y)
-                stds.append(sd)
-                if t in keep:
-                    self.states[t] = state
-        self.pred = torch.cat(means).numpy()[:, 0] * self.std + self.mean  # (T,) predicts x[t + 1]
-        self.sd = torch.cat(stds).numpy()[:, 0] * self.std
-        self._z_pred = torch.cat(means)  # (T, 1) model units
+            means, stds, self.states = stream(model, z, 0, keep, progress=False)  # 2 x (T, 1)
+        self.pred = means[:, 0] * self.std + self.mean  # (T,) predicts x[t + 1]
+        self.sd = stds[:, 0] * self.std
+        self._z_pred = torch.from_numpy(means)  # (T, 1) model units
 
     def forecast(self, origins: np.ndarray, horizon: int) -> np.ndarray:
         """Iterated mean forecasts (len(origins), horizon) from the states at the origins."""
@@ -74,16 +68,13 @@ def score(model: MemNet, card: dict[str, Any], x: np.ndarray, season: int | None
     """``score_series`` for the model, plus its one-step interval coverage and flag rate."""
     n = len(x)
     n_fit = int(0.7 * n)
-    lo, hi = n_fit - 1, n - 1 - HORIZON
-    keep = set(np.unique(np.round(np.linspace(lo, hi, min(50, hi - lo + 1))).astype(np.int64)).tolist())
-    run = Streamed(model, card, x, keep)
+    run = Streamed(model, card, x, set(forecast_origins(n, horizon=HORIZON).tolist()))
     res = score_series(x, lambda _x: run.pred, lambda _x, o, h: run.forecast(o, h), season, horizon=HORIZON)
     t = np.arange(n_fit - 1, n - 1)
     if model.config.predict_scale:
         dev = np.abs(x[t + 1] - run.pred[t]) / run.sd[t]
         res["coverage"] = {"80": float(np.mean(dev <= Z80)), "95": float(np.mean(dev <= Z95))}
         res["flagged"] = float(np.mean(dev > Z99))
-        res["_dev"] = dev
     return res, run
 
 
@@ -167,7 +158,6 @@ def evaluate_heldout(
     rows = []
     for group, name, x, season in tqdm(collect_series(data_dir, notes), desc="series", disable=not progress):
         res, run = score(model, card, x, season)
-        res.pop("_dev", None)
         res.pop("origins", None)
         rows.append({"group": group, "name": name, "length": len(x), "season": season, **res})
         if traces is not None:

@@ -190,8 +190,8 @@ def branch_loss(
 
 def window_loss(model: MemNet, batch: Tensor, args: argparse.Namespace, free: int | None = None) -> Tensor:
     """Mean one-step loss on the teacher-forced segment (+ weighted free-running MSE)."""
+    free = args.free_steps if free is None else free
     if args.data == "corpus":  # whole series from their first point: the cold start counts
-        free = args.free_steps if free is None else free
         last = batch.shape[1] - 2 - free  # the latest origin whose targets all exist
         branch = set(range(args.loss_from + 15, last + 1, args.branch_every)) if free > 0 else None
         losses, _, _, kept = step_losses(model, batch, None, branch)
@@ -200,7 +200,6 @@ def window_loss(model: MemNet, batch: Tensor, args: argparse.Namespace, free: in
             loss = loss + args.free_weight * branch_loss(model, batch, kept, free)
         return loss
     b, f = args.burn_in, args.seq_len
-    free = args.free_steps if free is None else free
     state = None
     if b > 0:
         with torch.no_grad():

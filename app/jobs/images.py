@@ -34,12 +34,19 @@ INK_THRESHOLD = 0.4  # of the box-filtered ink map
 BINARY_THRESHOLD = 0.5  # of client pixel arrays
 
 
-def decode_png(b64: str, where: str) -> np.ndarray:
-    """A base64 PNG -> (28, 28) uint8 in {0, 1}; InvalidImage says what is wrong and where."""
+def _unbase64(b64: str, where: str) -> bytes:
     try:
-        raw = base64.b64decode(b64, validate=True)
+        return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidImage(f"{where}: image is not valid base64", at=where) from None
+
+
+def decode_png(b64: str, where: str) -> np.ndarray:
+    """A base64 PNG -> (28, 28) uint8 in {0, 1}; InvalidImage says what is wrong and where."""
+    return _decode_png_bytes(_unbase64(b64, where), where)
+
+
+def _decode_png_bytes(raw: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
             if img.width * img.height > MAX_PNG_PIXELS:
@@ -99,32 +106,43 @@ def decode_item(image: str | None, pixels: Any, where: str) -> np.ndarray:
     return decode_png(image, where) if image is not None else decode_pixels(pixels, where)
 
 
-def _png_pixels(b64: str) -> int:
-    """Width x height from a base64 PNG's header, without decoding it (0 when unreadable:
-    the decode that follows reports what is wrong with it)."""
+def _png_pixels(raw: bytes) -> int:
+    """Width x height from a PNG's header, without decoding it (0 when unreadable: the decode
+    that follows reports what is wrong with it)."""
     try:
-        with Image.open(io.BytesIO(base64.b64decode(b64, validate=True)), formats=["PNG"]) as img:
+        with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
             return int(img.width * img.height)
-    except (
-        binascii.Error,
-        ValueError,
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return 0
 
 
+def _raw_or_none(image: str | None) -> bytes | None:
+    """The PNG bytes of a base64 image; None for no image or invalid base64 (reported later)."""
+    if image is None:
+        return None
+    try:
+        return base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _decode_all(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:
-    total = sum(_png_pixels(image) for image, _ in items if image is not None)
+    raws = [_raw_or_none(image) for image, _ in items]  # each base64 decoded once, budget and all
+    total = sum(_png_pixels(raw) for raw in raws if raw is not None)
     if total > MAX_REQUEST_PIXELS:
         raise PayloadTooLarge(
             f"the request's images hold {total:,} pixels; at most {MAX_REQUEST_PIXELS:,} in one "
             "request: send them in several requests, or scale them down first (they become 28 x 28)",
             pixels=total, max_pixels=MAX_REQUEST_PIXELS,
         )  # fmt: skip
-    return np.stack([decode_item(image, pixels, f"{prefix}[{i}]") for i, (image, pixels) in enumerate(items)])
+    out = []
+    for i, ((image, pixels), raw) in enumerate(zip(items, raws, strict=True)):
+        where = f"{prefix}[{i}]"
+        if raw is None or pixels is not None:  # no PNG bytes: the checks of decode_item say why
+            out.append(decode_item(image, pixels, where))
+        else:
+            out.append(_decode_png_bytes(raw, where))
+    return np.stack(out)
 
 
 async def decode_items(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:

@@ -29,7 +29,6 @@ from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetConfig, MemNetState
 
 log = logging.getLogger(__name__)
-Array = np.ndarray
 
 
 # The small fields of a session's state read with every job (the buffers only on a cache miss).
@@ -139,7 +138,7 @@ class ServedMemNet:
             values=torch.from_numpy(np.stack([s.values for s in states])).to(dev),  # (B, N, Dv)
             count=torch.tensor([s.count for s in states], dtype=torch.int64, device=dev),
             pos=torch.tensor([s.pos for s in states], dtype=torch.int64, device=dev),
-            stats=torch.from_numpy(np.stack([self._stats_of(s) for s in states])).to(dev),  # (B, 3, D)
+            stats=torch.from_numpy(np.stack([self._stats_of(s) for s in states])).to(dev),  # (B, 6, D)
         )
 
     def _stats_of(self, s: SessionState) -> np.ndarray:
@@ -191,6 +190,30 @@ def run_chunks(
     preds, stds = engine.run_steps(torch.from_numpy(x).to(dev), len_t, state)  # 2 x (B, T_max, D)
     rows = torch.arange(b, device=dev)
     y_last, std_last = preds[rows, len_t - 1], stds[rows, len_t - 1]  # (B, D)
+    forecasts, intervals = forecast_rows(served, state, y_last, std_last, horizons, levels, seeds)
+    out = ChunkRows(
+        preds=served.to_client(preds.cpu().numpy()), stds=stds.cpu().numpy() * served.std,
+        forecasts=forecasts, forecast_intervals=intervals,
+        y_last=y_last.cpu().numpy(), std_last=std_last.cpu().numpy(),
+    )  # fmt: skip
+    return state, out
+
+
+@torch.inference_mode()
+def forecast_rows(
+    served: ServedMemNet,
+    state: MemNetState,
+    y_last: Tensor,
+    std_last: Tensor,
+    horizons: list[int],
+    levels: list[tuple[float, ...]] | None,
+    seeds: list[tuple[str, int]] | None,
+) -> tuple[list[np.ndarray | None], list[dict[str, Any] | None]]:
+    """Per row of ``state``: the forecast (client units; None where horizon is 0) and, where
+    levels are asked of a model with a predictive scale, its bands from sampled paths, their
+    noise seeded by ``seeds[i]`` = (session id, step after the row's last point)."""
+    engine, dev = served.engine, served.device
+    b, dim = y_last.shape
     forecasts: list[np.ndarray | None] = [None] * b
     intervals: list[dict[str, Any] | None] = [None] * b
     want = [i for i, h in enumerate(horizons) if h > 0]
@@ -202,7 +225,7 @@ def run_chunks(
             forecasts[i] = fc_np[j, : horizons[i]]
     sampled = [i for i in want if levels and levels[i]] if served.has_scale else []
     if sampled:
-        assert seeds is not None, "forecast intervals need the rows' seeds"
+        assert seeds is not None and levels is not None, "forecast intervals need the rows' seeds"
         h_max = max(horizons[i] for i in sampled)
         noise = torch.zeros((len(sampled), dist.FORECAST_PATHS, h_max, dim))  # (B', S, H_max, D)
         for j, i in enumerate(sampled):  # each row's own draws: the batch does not change them
@@ -210,24 +233,18 @@ def run_chunks(
         idx = torch.tensor(sampled, device=dev)
         paths = engine.sample_paths(y_last[idx], std_last[idx], _select(state, idx), noise).cpu().numpy()
         for j, i in enumerate(sampled):
-            assert levels is not None
             intervals[i] = dist.path_intervals(served.to_client(paths[j, :, : horizons[i]]), list(levels[i]))
-    out = ChunkRows(
-        preds=served.to_client(preds.cpu().numpy()), stds=stds.cpu().numpy() * served.std,
-        forecasts=forecasts, forecast_intervals=intervals,
-        y_last=y_last.cpu().numpy(), std_last=std_last.cpu().numpy(),
-    )  # fmt: skip
-    return state, out
+    return forecasts, intervals
 
 
 def points_body(
-    served: ServedMemNet, seq: int, x: np.ndarray, preds: np.ndarray, stds: np.ndarray, dev: np.ndarray,
+    served: ServedMemNet, seq: int, preds: np.ndarray, stds: np.ndarray, dev: np.ndarray,
     forecast: np.ndarray | None, forecast_intervals: dict[str, Any] | None, levels: tuple[float, ...],
     repeat: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """The reply to one chunk of T points: the one shape `PointsResponse` documents."""
+    """The reply to one chunk of T points (preds (T, D)): the one shape `PointsResponse` documents."""
     body: dict[str, Any] = {
-        "seq": seq, "step": seq + x.shape[0], "predictions": preds, "forecast": forecast,
+        "seq": seq, "step": seq + preds.shape[0], "predictions": preds, "forecast": forecast,
         "intervals": dist.gaussian_intervals(preds, stds, list(levels)) if levels else None,
         "forecast_intervals": forecast_intervals if levels and forecast is not None else None,
         "anomalies": dist.anomalies(dev, seq) if served.has_scale else None, "repeat": repeat,
@@ -362,18 +379,20 @@ class MemNetRunner(Runner[ServedMemNet]):
         stds = arrays.get("last_std", np.zeros_like(preds))
         devs = arrays.get("last_dev", np.full_like(preds, np.nan))
         forecast, intervals = None, None
-        if job.horizon > 0:
-            state = served.stack([SessionState.from_redis(fields)])  # type: ignore[arg-type]
-            y = torch.from_numpy(arrays["y"][None]).to(served.device)  # (D,) -> (1, D)
-            y_std = torch.from_numpy(arrays.get("y_std", np.zeros_like(arrays["y"]))[None]).to(served.device)
-            with torch.inference_mode():
-                forecast = served.to_client(served.engine.forecast(y, state, job.horizon).cpu().numpy())[0]
-            if job.levels and served.has_scale:  # the same seed as the first answer: the same paths
-                noise = dist.path_noise(job.sid, ld.step, dist.FORECAST_PATHS, job.horizon, y.shape[1])
-                paths = served.engine.sample_paths(y, y_std, state, noise[None]).cpu().numpy()
-                intervals = dist.path_intervals(served.to_client(paths[0]), list(job.levels))
-        x = np.frombuffer(job.values, dtype="<f4").reshape(job.length, job.dim)  # (T, D)
-        body = points_body(served, job.seq or 0, x, preds, stds, devs, forecast, intervals, job.levels, True)
+        if job.horizon > 0:  # the same seed as the first answer: the same paths
+            st = SessionState.from_redis(fields)  # type: ignore[arg-type]
+            assert st.y is not None, "a session with a last chunk has its last prediction"
+            y = torch.from_numpy(st.y[None]).to(served.device)  # (D,) -> (1, D)
+            y_std = (
+                torch.zeros_like(y)
+                if st.y_std is None
+                else torch.from_numpy(st.y_std[None]).to(served.device)
+            )
+            fcs, ivs = forecast_rows(
+                served, served.stack([st]), y, y_std, [job.horizon], [job.levels], [(job.sid, ld.step)]
+            )
+            forecast, intervals = fcs[0], ivs[0]
+        body = points_body(served, job.seq or 0, preds, stds, devs, forecast, intervals, job.levels, True)
         out.replies.append((job.reply_to, ok_reply(job.job_id, body)))
         out.ack.append(ld.delivery.entry_id)
 
@@ -405,8 +424,8 @@ class MemNetRunner(Runner[ServedMemNet]):
                 preds, stds = res.preds[i, :t], res.stds[i, :t]
                 devs = dist.deviations(chunks[i], preds, stds, *prev[i])
                 body = points_body(
-                    served, ld.step, chunks[i], preds, stds, devs, res.forecasts[i],
-                    res.forecast_intervals[i], job.levels, False,
+                    served, ld.step, preds, stds, devs, res.forecasts[i], res.forecast_intervals[i],
+                    job.levels, False,
                 )  # fmt: skip
                 replies.append(ok_reply(job.job_id, body))
                 etags.append(secrets.token_hex(8).encode())
@@ -415,9 +434,9 @@ class MemNetRunner(Runner[ServedMemNet]):
                     "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(), "etag": etags[-1],
                 }  # fmt: skip
                 stored = old[i] if ld.has_state else None
-                extra = {"last_pred": preds, "y": res.y_last[i]}
+                extra = {"last_pred": preds}  # what a retry of this chunk answers with
                 if served.has_scale:
-                    extra.update(last_std=stds, last_dev=devs, y_std=res.std_last[i])
+                    extra.update(last_std=stds, last_dev=devs)
                 pairs, patches = commit_args(stored, new[i], t, extra, scalars)
                 ttl = int(ld.meta.get(b"ttl", b"3600"))
                 args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
@@ -428,7 +447,9 @@ class MemNetRunner(Runner[ServedMemNet]):
         for ld, r, reply, state, etag in zip(group, results, replies, new, etags, strict=True):
             self._settle(ld, r, reply, state, etag, out)
 
-    def _previous_prediction(self, served: ServedMemNet, ld: Loaded) -> tuple[Array | None, Array | None]:
+    def _previous_prediction(
+        self, served: ServedMemNet, ld: Loaded
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The (mean, std) in client units the session predicted for this chunk's first point."""
         st = ld.state
         if not served.has_scale or st is None or st.y is None or st.y_std is None:

@@ -123,8 +123,10 @@ def commit_args(
     capacity = new.keys.shape[0]
     whole = old is None or length >= capacity
     arrays: dict[str, np.ndarray] = {"h": new.h, **extra_arrays}
-    if new.stats is not None:
-        arrays["stats"] = new.stats
+    for name in ("stats", "y", "y_std"):  # what only some models' states hold
+        value = getattr(new, name)
+        if value is not None:
+            arrays[name] = value
     if whole:
         arrays.update(keys=new.keys, values=new.values)
     fields = {name: encode_array(a)[0] for name, a in arrays.items()}
