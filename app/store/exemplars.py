@@ -19,6 +19,7 @@ device-side caches. No torch here: the API imports this module.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +107,7 @@ class ExemplarStore:
     async def delete(self, sid: str, eid: int, ttl_s: int) -> int:
         """Remove exemplar ``eid``; returns the session's new version."""
         res = await self._delete(
-            keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=[eid, ttl_s, PIX_BYTES]
+            keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=[eid, ttl_s, PIX_BYTES, secrets.token_hex(8)]
         )
         if res == b"gone":
             raise SessionNotFound(f"session {sid} does not exist")

@@ -65,7 +65,9 @@ return ttl
 # back (a re-delivered job adds nothing twice). Assigns the ids, bumps the version, slides
 # the TTL and stores the reply. Returns the reply, or 'gone' when the session has ended.
 # KEYS: meta, ex, reply.
-# ARGV: ttl, reply ttl, capacity, job id, labels (JSON array), n, pixels, embeddings, dim.
+# ARGV: ttl, reply ttl, capacity, job id, labels (JSON array), n, pixels, embeddings, dim, etag
+# (a random token: with the version it keys the workers' memory caches, and unlike the version
+# it never names two different memories, even after Redis lost writes and reused a version).
 COMMIT_EXEMPLARS = """
 local done = redis.call('GET', KEYS[3])
 if done then return done end
@@ -97,6 +99,7 @@ else
   redis.call('HSET', KEYS[2], 'ids', ids, 'labels', labels, 'pix', pix, 'h', h,
     'n', count + n_new, 'next_id', next_id + n_new, 'dim', ARGV[9])
   local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('HSET', KEYS[1], 'etag', ARGV[10])
   reply = '{"job":"' .. ARGV[4] .. '","ok":true}\\n{"ids":[' .. ids_new .. '],"count":' ..
     (count + n_new) .. ',"version":' .. version .. '}'
 end
@@ -107,19 +110,22 @@ redis.call('SET', KEYS[3], reply, 'EX', tonumber(ARGV[2]))
 return reply
 """
 
-# VMA: a session's version and memory columns, read together (a worker caches the memory under
-# that version). A script rather than MULTI, so that one pipeline reads many sessions on
-# Redis Cluster too, where MULTI must stay on one slot. Returns {version or nil, HMGET...}.
-# KEYS: meta, ex. ARGV: the columns.
+# VMA: a session's version, etag and memory columns, read together (a worker caches the memory
+# under that version and etag). A script rather than MULTI, so that one pipeline reads many
+# sessions on Redis Cluster too, where MULTI must stay on one slot. Returns
+# {version or nil, etag or nil, HMGET...}. KEYS: meta, ex. ARGV: the columns.
 READ_MEMORY = """
 local out = redis.call('HMGET', KEYS[2], unpack(ARGV))
-table.insert(out, 1, redis.call('HGET', KEYS[1], 'version'))
+local head = redis.call('HMGET', KEYS[1], 'version', 'etag')
+table.insert(out, 1, head[2])
+table.insert(out, 1, head[1])
 return out
 """
 
 # VMA: remove one exemplar (keeping the others' order), bump the version, slide the TTL.
 # Returns the new version, 'gone' when the session has ended, 'missing' for an unknown id.
-# KEYS: meta, ex. ARGV: exemplar id, ttl, packed pixel bytes per exemplar.
+# KEYS: meta, ex. ARGV: exemplar id, ttl, packed pixel bytes per exemplar, etag (as in
+# COMMIT_EXEMPLARS).
 DELETE_EXEMPLAR = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 local n = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
@@ -138,6 +144,7 @@ h = string.sub(h, 1, (at - 1) * hb) .. string.sub(h, at * hb + 1)
 local function arr(t) if #t == 0 then return '[]' end return cjson.encode(t) end
 redis.call('HSET', KEYS[2], 'ids', arr(ids), 'labels', arr(labels), 'pix', pix, 'h', h, 'n', n - 1)
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'etag', ARGV[4])
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)

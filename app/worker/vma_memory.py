@@ -46,6 +46,7 @@ class DeviceMemory:
     """One session's memory at one version, ready for batched queries."""
 
     version: int
+    etag: bytes | None  # random token of the change that wrote it (None: written before etags)
     model: str
     ids: np.ndarray  # (A,) exemplar ids
     labels: list[str]  # (A,) label of each slot
@@ -76,7 +77,12 @@ class DeviceMemory:
 
 @torch.inference_mode()
 def to_device(
-    memory: Memory, version: int, model_name: str, model: VMAEngine, device: torch.device
+    memory: Memory,
+    version: int,
+    model_name: str,
+    model: VMAEngine,
+    device: torch.device,
+    etag: bytes | None = None,
 ) -> DeviceMemory:
     """Move a memory read from Redis to the device and compute its address prior."""
     names: dict[str, int] = {}
@@ -88,7 +94,7 @@ def to_device(
         h = torch.from_numpy(memory.h.copy()).to(device)  # (A, D)
         log_prior = model.similarity(h, model.prior_query().to(device)).log_softmax(-1)[0]  # (1, A) -> (A,)
     return DeviceMemory(
-        version=version, model=model_name, ids=memory.ids, labels=memory.labels,
+        version=version, etag=etag, model=model_name, ids=memory.ids, labels=memory.labels,
         label_names=list(names), label_idx=torch.tensor(idx, dtype=torch.int64, device=device),
         h=h, log_prior=log_prior, pix=memory.pix,
     )  # fmt: skip
@@ -104,10 +110,10 @@ class MemoryCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, sid: str, version: int) -> DeviceMemory | None:
-        """The cached memory of ``sid`` if it is at ``version``."""
+    def get(self, sid: str, version: int, etag: bytes | None = None) -> DeviceMemory | None:
+        """The cached memory of ``sid`` if it is at ``version`` and ``etag``."""
         mem = self._items.get(sid)
-        if mem is None or mem.version != version:
+        if mem is None or mem.version != version or mem.etag != etag:
             self.misses += 1
             return None
         self._items.move_to_end(sid)

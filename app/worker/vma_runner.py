@@ -11,6 +11,7 @@ samples of all sessions through the decoder in a third.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,7 @@ class VmaRunner(Runner[ServedVMA]):
                     args = [
                         job.params["ttl"], self.reply_ttl_s, job.params["capacity"], job.job_id,
                         orjson.dumps(job.params["labels"]), job.count, job.pixels,
-                        h[start : start + job.count].tobytes(), h.shape[1],
+                        h[start : start + job.count].tobytes(), h.shape[1], secrets.token_hex(8),
                     ]  # fmt: skip
                     keys = [k.meta(job.sid), k.exemplars(job.sid), k.reply(job.sid, job.job_id)]
                     self._commit(keys=keys, args=args, client=p)
@@ -131,20 +132,24 @@ class VmaRunner(Runner[ServedVMA]):
 
     # -------------------------------------------------------------- queries
     def _memories(self, jobs: list[VmaJob]) -> dict[str, DeviceMemory | None]:
-        """Each job's session memory at its current version (None: the session has ended)."""
+        """Each job's session memory as it is now (None: the session has ended).
+
+        The cache is keyed on the version and the random etag of the session's last change:
+        a version alone can name two memories once Redis has lost acknowledged writes (a
+        restored snapshot, a failover) and counts the version up again."""
         sids = sorted({j.sid for j in jobs})
         job_of = {j.sid: j for j in jobs}
         with self.r.pipeline(transaction=False) as p:
             for sid in sids:
-                p.hget(self.keys.meta(sid), "version")
+                p.hmget(self.keys.meta(sid), ["version", "etag"])
                 self._touch(keys=[self.keys.meta(sid), self.keys.exemplars(sid)], client=p)
             res = p.execute()
         found: dict[str, DeviceMemory | None] = {}
         load = []
-        for sid, version in zip(sids, res[::2], strict=True):
+        for sid, (version, etag) in zip(sids, res[::2], strict=True):
             if version is None:
                 found[sid] = None
-            elif (mem := self.cache.get(sid, int(version))) is not None:
+            elif (mem := self.cache.get(sid, int(version), etag)) is not None:
                 found[sid] = mem
             else:
                 load.append(sid)
@@ -155,14 +160,14 @@ class VmaRunner(Runner[ServedVMA]):
                         keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=MEMORY_FIELDS, client=p
                     )
                 res = p.execute()
-            for sid, (version, *fields) in zip(load, res, strict=True):
+            for sid, (version, etag, *fields) in zip(load, res, strict=True):
                 if version is None:
                     found[sid] = None
                     continue
                 job = job_of[sid]
                 served = self.served(job.model, job.model_version)
                 memory = Memory.from_fields(fields)
-                mem = to_device(memory, int(version), job.model, served.model, served.device)
+                mem = to_device(memory, int(version), job.model, served.model, served.device, etag)
                 self.cache.put(sid, mem)
                 found[sid] = mem
         return found
