@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     )
     redis_data_dir: Path = Field(Path(".memserve"), description="where the embedded Redis keeps its database")
     key_prefix: str = Field("ms", description="prefix of every Redis key memserve writes")
+    redis_max_connections: int = Field(256, ge=2, description="connections of an API process to Redis")
+    redis_pool_timeout_s: float = Field(
+        5.0, gt=0, description="how long a request waits for a free Redis connection before its 503"
+    )
     redis_cluster: bool = Field(
         False, description="MEMSERVE_REDIS_URL names a node of a Redis Cluster (client in cluster mode)"
     )
@@ -98,6 +102,9 @@ class Settings(BaseSettings):
     max_exemplars_per_request: int = Field(256, ge=1, description="exemplars in one request (413 above)")
     max_images_per_request: int = Field(64, ge=1, description="drawings to classify in one request (413)")
     request_timeout_s: float = Field(10.0, gt=0, description="wait for a worker's reply (504)")
+    max_decoder_evals: int = Field(
+        4096, ge=1, description="drawings x samples of one classify request (413 above; ~6 s on a CPU thread)"
+    )
     queue_cap: int = Field(10_000, ge=1, description="jobs waiting per stream before 429")
 
     # --- tenancy ---
@@ -125,7 +132,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(1.0, gt=0, description="how often a worker reports alive")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead")
     claim_interval_s: float = Field(1.0, gt=0, description="how often to look for orphaned jobs")
-    max_deliveries: int = Field(3, ge=1, description="a job that failed this often is dropped")
+    max_deliveries: int = Field(
+        3, ge=1, description="a job whose worker failed or died this often is refused (500)"
+    )
     stuck_job_s: float = Field(
         60.0, gt=0, description="a job pending this long is re-run even if its worker seems alive"
     )
@@ -133,8 +142,17 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
     state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")
     memory_cache_mb: int = Field(512, ge=0, description="worker's cache of VMA memories (device side)")
+    worker_memory_mb: int | None = Field(
+        None,
+        ge=64,
+        description="memory of a worker (RSS on a CPU, allocated on a GPU): batches are split "
+        "to fit what its models and caches leave; unset: 2048 on a CPU, 80% of a GPU",
+    )
     fault_batch_delay_ms: float = Field(
         0.0, ge=0, description="fault injection for resilience tests: stall after reading a batch"
+    )
+    fault_crash_request: str = Field(
+        "", description="fault injection for resilience tests: a worker dies holding this request id's job"
     )
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

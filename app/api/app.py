@@ -25,6 +25,7 @@ from app.api.session_index import SessionIndex
 from app.api.telemetry import RequestTelemetry
 from app.config import Settings, SettingsError
 from app.errors import PayloadTooLarge
+from app.jobs.admission import Admission
 from app.jobs.queue import JobQueue, ensure_group
 from app.logs import use_log_format
 from app.runtime import tune_gc
@@ -132,7 +133,9 @@ def create_app(settings: Settings) -> FastAPI:
         keys = Keys(settings.key_prefix)
         for kind in KINDS:
             await ensure_group(r, keys.stream(kind))
-        queue = JobQueue(r, keys, settings.queue_cap)
+        admission = Admission(r, keys, settings.request_timeout_s, settings.queue_cap)
+        admission.start()
+        queue = JobQueue(r, keys, settings.queue_cap, admission)
         await queue.start()
         catalog_watch = CatalogWatch(settings, r, keys)
         await catalog_watch.refresh()
@@ -150,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await catalog_watch.stop()
+            await admission.stop()
             await queue.stop()
             await r.aclose()
 

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.errors import QueueFull, ReplyTimeout
+from app.jobs.admission import Admission
 from app.jobs.messages import Reply, parse_reply, unframe_replies
 from app.store import scripts
 from app.store.client import is_cluster
@@ -53,10 +54,13 @@ POINTS_RETRY_HINT = "the chunk may still be applied: retry it with the same seq 
 class JobQueue:
     """Submits jobs and routes replies back to the coroutines waiting for them."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, queue_cap: int) -> None:
+    def __init__(
+        self, r: aioredis.Redis, keys: Keys, queue_cap: int, admission: Admission | None = None
+    ) -> None:
         self.r = r
         self.keys = keys
         self.queue_cap = queue_cap
+        self.admission = admission
         self.api_id = secrets.token_hex(8)
         self.channel = keys.reply_channel(self.api_id)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
@@ -139,7 +143,7 @@ class JobQueue:
         try:
             async with self.r.pipeline(transaction=False) as p:
                 for stream, fields, _fut in batch:
-                    args: list[Any] = [self.queue_cap]
+                    args: list[Any] = [self._cap(stream)]
                     for k, v in fields.items():
                         args += [k, v]
                     await self._submit(keys=[stream], args=args, client=p)
@@ -154,6 +158,12 @@ class JobQueue:
                 if not fut.done():
                     fut.set_exception(e)
 
+    def _cap(self, stream: str) -> int:
+        """Jobs that may wait on ``stream``: what admission allows, within the fixed cap."""
+        if self.admission is None:
+            return self.queue_cap
+        return self.admission.cap(_kind(stream))
+
     async def run(self, stream: str, job: Job, timeout_s: float, hint: str = POINTS_RETRY_HINT) -> Reply:
         """Queue `job` on `stream` and return the worker's reply; `hint` ends the timeout's message."""
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -161,9 +171,13 @@ class JobQueue:
         try:
             entry = await self._submit_soon(stream, job.to_fields())
             if entry is None:
+                cap, wait = self._cap(stream), 1
+                if self.admission is not None:
+                    wait = self.admission.retry_after_s(_kind(stream))
                 raise QueueFull(
-                    f"{self.queue_cap} jobs are already waiting; retry later",
-                    headers={"Retry-After": "1"},
+                    f"{cap} jobs are already waiting, as many as the workers answer within the request "
+                    f"timeout; retry in {wait} s",
+                    headers={"Retry-After": str(wait)},
                 )
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout_s)
@@ -174,3 +188,8 @@ class JobQueue:
                 raise ReplyTimeout(f"no worker answered within {timeout_s:g} s; {hint}") from None
         finally:
             self._waiting.pop(job.job_id, None)
+
+
+def _kind(stream: str) -> str:
+    """The model kind of a job stream (`Keys.stream`)."""
+    return stream.rsplit(":", 1)[-1]

@@ -31,6 +31,7 @@ class Delivery:
     fields: dict[bytes, bytes]
     deliveries: int = 1
     stream: str = ""
+    attempts: int = 0  # runs alone after a failure, this one included (`BatchReader.attempt`)
 
 
 class BatchReader:
@@ -133,6 +134,23 @@ class BatchReader:
                 p.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=self.max_batch)
             res = p.execute()
         return self._deliveries(res[-1]) if read_next else []
+
+    def attempt(self, d: Delivery) -> int:
+        """Count one more run of ``d`` alone: the runs a job that fails or kills its worker gets
+        are counted in Redis, since the worker that ran it may not live to count them."""
+        key = self.keys.attempts(d.stream)
+        with self.r.pipeline(transaction=False) as p:
+            p.hincrby(key, d.entry_id.decode(), 1)
+            p.expire(key, 86400)
+            d.attempts = int(p.execute()[0])
+        return d.attempts
+
+    def forget_attempts(self, done: list[Delivery]) -> None:
+        """Drop the counts of jobs answered at last."""
+        with self.r.pipeline(transaction=False) as p:
+            for d in done:
+                p.hdel(self.keys.attempts(d.stream), d.entry_id.decode())
+            p.execute()
 
     def claim_orphans(self, live_workers: set[str]) -> list[Delivery]:
         """Claim the pending jobs of consumers that are no longer alive."""

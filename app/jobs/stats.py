@@ -75,6 +75,7 @@ class KindStats:
     steps: int = 0  # MemNet: time steps applied; VMA: exemplar-add jobs plus query images
     batch_jobs: Buckets = field(default_factory=lambda: Buckets(BATCH_JOBS_BUCKETS))
     batch_seconds: Buckets = field(default_factory=lambda: Buckets(BATCH_SECONDS_BUCKETS))
+    busy_seconds: float = 0.0  # wall time from reading its batches to acknowledging them
 
     def to_json(self) -> dict[str, Any]:
         """The heartbeat's form of one kind's statistics."""
@@ -83,6 +84,7 @@ class KindStats:
             "steps": self.steps,
             "batch_jobs": self.batch_jobs.to_json(),
             "batch_seconds": self.batch_seconds.to_json(),
+            "busy_seconds": self.busy_seconds,
         }
 
     @classmethod
@@ -93,6 +95,7 @@ class KindStats:
             steps=int(d["steps"]),
             batch_jobs=Buckets.from_json(d["batch_jobs"]),
             batch_seconds=Buckets.from_json(d["batch_seconds"]),
+            busy_seconds=float(d.get("busy_seconds", 0.0)),
         )
 
 
@@ -116,12 +119,14 @@ class WorkerStats:
             stats.batch_jobs.observe(jobs)
             stats.batch_seconds.observe(seconds)
 
-    def batch_done(self, kind: str, acked: int, steps: int) -> None:
-        """The batch's results were published and `acked` jobs acknowledged."""
+    def batch_done(self, kind: str, acked: int, steps: int, busy_s: float = 0.0) -> None:
+        """The batch's results were published and `acked` jobs acknowledged, `busy_s` seconds
+        after the batch was read (its share of them, for a batch of several kinds)."""
         with self._lock:
             stats = self._of(kind)
             stats.jobs += acked
             stats.steps += steps
+            stats.busy_seconds += busy_s
 
     def snapshot(self) -> dict[str, Any]:
         """The heartbeat's ``stats`` member: per kind, counters and histograms."""

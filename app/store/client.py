@@ -117,10 +117,17 @@ def async_client(settings: Settings, **overrides: Any) -> aioredis.Redis:
     url = _url(settings)
     options = {**API_TIMEOUTS, **overrides}
     if settings.redis_cluster:
+        options["max_connections"] = settings.redis_max_connections
         # The cluster client has the plain client's command surface, which is all that the
         # callers use; its class is not a subclass, hence the cast.
         return cast(aioredis.Redis, _AsyncCluster.from_url(url, **options))
-    return aioredis.Redis.from_url(url, **options)
+    # A bounded pool that waits for a free connection (up to the pool timeout) instead of failing
+    # at once: under many concurrent requests the API queues its own Redis calls, and admission
+    # (app.jobs.admission) keeps the wait in check.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_s, **options
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:

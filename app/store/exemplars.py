@@ -107,7 +107,8 @@ class ExemplarStore:
     async def delete(self, sid: str, eid: int, ttl_s: int) -> int:
         """Remove exemplar ``eid``; returns the session's new version."""
         res = await self._delete(
-            keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=[eid, ttl_s, PIX_BYTES, secrets.token_hex(8)]
+            keys=[self.keys.meta(sid), self.keys.exemplars(sid)],
+            args=[eid, ttl_s, PIX_BYTES, secrets.token_hex(8)],
         )
         if res == b"gone":
             raise SessionNotFound(f"session {sid} does not exist")

@@ -59,6 +59,10 @@ class Keys:
         """Sorted set of worker ids scored by when their heartbeat expires (epoch seconds)."""
         return f"{self.prefix}:workers"
 
+    def attempts(self, stream: str) -> str:
+        """Hash of a stream's jobs run alone after a failure: entry id -> runs (same slot)."""
+        return f"{stream}:attempts"
+
     def reply_channel(self, api_id: str) -> str:
         return f"{self.prefix}:replies:{api_id}"
 

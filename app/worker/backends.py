@@ -18,7 +18,7 @@ import torch
 
 from app.config import Settings, SettingsError
 from app.worker.memnet_runner import ServedMemNet, TorchMemNet
-from app.worker.vma_runner import ServedVMA
+from app.worker.vma_runner import ServedVMA, VmaCosts
 from models.export import StaleExport, graph_paths
 from models.memnet import MemNet
 from models.vma import VMA
@@ -61,7 +61,8 @@ class Backend:
         """Wrap a loaded checkpoint for its runner, on this backend."""
         if self.name == "torch":
             if isinstance(model, VMA):
-                return ServedVMA(model.to(self.device).eval(), card, self.device)
+                costs = VmaCosts.measure(model.eval())
+                return ServedVMA(model.to(self.device), card, self.device, costs)
             return ServedMemNet(TorchMemNet(model, self.device), card, self.device)
         from app.worker.onnx_backend import OnnxMemNet, OnnxVMA
 
@@ -72,7 +73,8 @@ class Backend:
         placement = self.placement or self._place(next(iter(paths.values())))
         if isinstance(model, MemNet):
             return ServedMemNet(OnnxMemNet(model, paths, placement, self.threads), card, self.device)
-        return ServedVMA(OnnxVMA(model, paths, placement, self.threads), card, self.device)
+        costs = VmaCosts.measure(model.eval())
+        return ServedVMA(OnnxVMA(model, paths, placement, self.threads), card, self.device, costs)
 
     def _place(self, probe: Path) -> Placement:
         from app.worker.onnx_backend import place

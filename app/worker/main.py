@@ -30,10 +30,11 @@ from app.runtime import tune_gc
 from app.store.client import sync_client
 from app.store.keys import Keys
 from app.worker.backends import open_backend
+from app.worker.budget import WorkBudget
 from app.worker.memnet_runner import MemNetRunner
 from app.worker.model_set import ModelSet
 from app.worker.runner import Outcome
-from app.worker.vma_runner import VmaRunner
+from app.worker.vma_runner import MAX_SAMPLES, PIX_FLOATS, VmaRunner
 
 log = logging.getLogger("memserve.worker")
 
@@ -69,13 +70,17 @@ class Worker:
         self.model_set = ModelSet(settings, self.backend)
         self._load_models()
         ms = self.model_set
+        self.budget = WorkBudget.for_worker(settings, self.device)
+        for (name, version), served in ms.vmas.items():
+            what = f"one drawing at samples {MAX_SAMPLES} with {name} {version}"
+            self.budget.require(MAX_SAMPLES * (served.costs.decoder_eval + PIX_FLOATS * 4), what)
         self.runner = MemNetRunner(
             self.r, self.keys, ms.memnets, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.state_cache_mb << 20, latest=ms.latest,
+            cache_bytes=settings.state_cache_mb << 20, latest=ms.latest, budget=self.budget,
         )  # fmt: skip
         self.vma_runner = VmaRunner(
             self.r, self.keys, ms.vmas, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.memory_cache_mb << 20, latest=ms.latest,
+            cache_bytes=settings.memory_cache_mb << 20, latest=ms.latest, budget=self.budget,
         )  # fmt: skip
         self.runner.on_missing = self.vma_runner.on_missing = ms.ensure
         self.runners: dict[str, MemNetRunner | VmaRunner] = {}
@@ -184,17 +189,19 @@ class Worker:
         log.info("worker %s stopped", self.id)
 
     def _one_batch(self) -> None:
-        retry, self._retry = self._retry, []
-        batch = retry + self._next
-        self._next = []
-        if not batch:
-            batch = self.reader.read_batch(block_ms=500)
-        elif len(batch) < self.settings.max_batch and retry:
-            batch += self.reader.read_batch(block_ms=1)
+        batch = self._take_batch()
         if not batch:
             return
+        started = time.perf_counter()
+        alone = batch[0] if len(batch) == 1 and batch[0].deliveries > 1 else None
+        if alone is not None:
+            self.reader.attempt(alone)
         if self.settings.fault_batch_delay_ms:
             time.sleep(self.settings.fault_batch_delay_ms / 1000)
+        crash_on = self.settings.fault_crash_request
+        if crash_on and crash_on in _request_ids(batch) and batch[0].attempts <= self.settings.max_deliveries:
+            log.error("fault injection: dying with a batch of %d jobs in hand", len(batch))
+            os._exit(137)  # as the kernel's OOM killer would: no cleanup, no acknowledgement
         # Every line logged while the batch runs names the requests of its jobs (read from the
         # jobs only if a line is actually logged).
         with log_context(request_ids=lambda: _request_ids(batch)):
@@ -215,14 +222,34 @@ class Worker:
         acks = {stream: out.ack for stream, out in outs.items()}
         messages = [m for out in outs.values() for m in out.messages()]
         self._next = self.reader.ack(acks, messages, read_next=not self.stopping.is_set())
+        if alone is not None and alone.entry_id in acks.get(alone.stream, ()):
+            self.reader.forget_attempts([alone])
+        busy_s = (time.perf_counter() - started) / max(1, sum(len(out.ack) for out in outs.values()))
         for stream, out in outs.items():
             self._retry += out.retry
             self.counters.jobs += len(out.ack)
             self.counters.steps += out.steps
-            self.stats.batch_done(self.runners[stream].kind, len(out.ack), out.steps)
+            self.stats.batch_done(self.runners[stream].kind, len(out.ack), out.steps, busy_s * len(out.ack))
         self.counters.batches += 1
         if self.settings.access_log:
             self._log_jobs(batch, outs)
+
+    def _take_batch(self) -> list[Delivery]:
+        """The next batch: jobs to run again first, then those read with the last acknowledgement,
+        else new ones. While a job delivered before without an answer waits, jobs run one at a
+        time, in order: such a job may be what failed or killed a worker, and alone it can take
+        no batch-mate down with it again; past max_deliveries it is refused (`cannot_run`)."""
+        retry, self._retry = self._retry, []
+        if any(d.deliveries > 1 for d in retry):
+            self._retry = retry[1:]
+            return retry[:1]
+        batch = retry + self._next
+        self._next = []
+        if not batch:
+            batch = self.reader.read_batch(block_ms=500)
+        elif len(batch) < self.settings.max_batch and retry:
+            batch += self.reader.read_batch(block_ms=1)
+        return batch
 
     def _log_jobs(self, batch: list[Delivery], outs: dict[str, Outcome]) -> None:
         """One line per job answered (MEMSERVE_ACCESS_LOG), with the request id it came with."""

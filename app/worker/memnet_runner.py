@@ -24,6 +24,7 @@ from app.store import scripts
 from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
 from app.worker import memnet_dist as dist
+from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
 from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetConfig, MemNetState
@@ -173,6 +174,7 @@ def run_chunks(
     horizons: list[int],
     levels: list[tuple[float, ...]] | None = None,
     seeds: list[tuple[str, int]] | None = None,
+    budget: WorkBudget = UNBOUNDED,
 ) -> tuple[MemNetState, ChunkRows]:
     """Step B sessions through their chunks (lengths may differ) and forecast where asked.
 
@@ -190,7 +192,7 @@ def run_chunks(
     preds, stds = engine.run_steps(torch.from_numpy(x).to(dev), len_t, state)  # 2 x (B, T_max, D)
     rows = torch.arange(b, device=dev)
     y_last, std_last = preds[rows, len_t - 1], stds[rows, len_t - 1]  # (B, D)
-    forecasts, intervals = forecast_rows(served, state, y_last, std_last, horizons, levels, seeds)
+    forecasts, intervals = forecast_rows(served, state, y_last, std_last, horizons, levels, seeds, budget)
     out = ChunkRows(
         preds=served.to_client(preds.cpu().numpy()), stds=stds.cpu().numpy() * served.std,
         forecasts=forecasts, forecast_intervals=intervals,
@@ -208,10 +210,12 @@ def forecast_rows(
     horizons: list[int],
     levels: list[tuple[float, ...]] | None,
     seeds: list[tuple[str, int]] | None,
+    budget: WorkBudget = UNBOUNDED,
 ) -> tuple[list[np.ndarray | None], list[dict[str, Any] | None]]:
     """Per row of ``state``: the forecast (client units; None where horizon is 0) and, where
     levels are asked of a model with a predictive scale, its bands from sampled paths, their
-    noise seeded by ``seeds[i]`` = (session id, step after the row's last point)."""
+    noise seeded by ``seeds[i]`` = (session id, step after the row's last point); the rows'
+    paths run in as few passes as ``budget`` allows."""
     engine, dev = served.engine, served.device
     b, dim = y_last.shape
     forecasts: list[np.ndarray | None] = [None] * b
@@ -227,13 +231,20 @@ def forecast_rows(
     if sampled:
         assert seeds is not None and levels is not None, "forecast intervals need the rows' seeds"
         h_max = max(horizons[i] for i in sampled)
-        noise = torch.zeros((len(sampled), dist.FORECAST_PATHS, h_max, dim))  # (B', S, H_max, D)
-        for j, i in enumerate(sampled):  # each row's own draws: the batch does not change them
-            noise[j, :, : horizons[i]] = dist.path_noise(*seeds[i], dist.FORECAST_PATHS, horizons[i], dim)
-        idx = torch.tensor(sampled, device=dev)
-        paths = engine.sample_paths(y_last[idx], std_last[idx], _select(state, idx), noise).cpu().numpy()
-        for j, i in enumerate(sampled):
-            intervals[i] = dist.path_intervals(served.to_client(paths[j, :, : horizons[i]]), list(levels[i]))
+        # Per row: S copies of its state (old, new and the step's temporaries) and of its paths.
+        parts = (state.h, state.keys, state.values, state.stats)
+        state_row = sum(t[0].numel() * t.element_size() for t in parts)
+        row_bytes = dist.FORECAST_PATHS * 3 * (state_row + h_max * dim * 4)
+        for span in budget.spans([row_bytes] * len(sampled)):
+            rows = sampled[span]
+            noise = torch.zeros((len(rows), dist.FORECAST_PATHS, h_max, dim))  # (B', S, H_max, D)
+            for j, i in enumerate(rows):  # each row's own draws: the batch does not change them
+                noise[j, :, : horizons[i]] = dist.path_noise(*seeds[i], dist.FORECAST_PATHS, horizons[i], dim)
+            idx = torch.tensor(rows, device=dev)
+            paths = engine.sample_paths(y_last[idx], std_last[idx], _select(state, idx), noise).cpu().numpy()
+            for j, i in enumerate(rows):
+                row_paths = served.to_client(paths[j, :, : horizons[i]])  # (S, horizon, D)
+                intervals[i] = dist.path_intervals(row_paths, list(levels[i]))
     return forecasts, intervals
 
 
@@ -266,9 +277,11 @@ class MemNetRunner(Runner[ServedMemNet]):
         max_deliveries: int,
         cache_bytes: int = 256 << 20,
         latest: dict[str, ModelKey] | None = None,
+        budget: WorkBudget = UNBOUNDED,
     ) -> None:
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = StateCache(cache_bytes)
+        self.budget = budget
         self._commit = r.register_script(scripts.COMMIT_STATE)
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
@@ -348,8 +361,6 @@ class MemNetRunner(Runner[ServedMemNet]):
         if not ld.meta:
             return self._refuse(ld, out, 404, "session-not-found", f"session {job.sid} does not exist")
         if (why := self.cannot_run(ld.delivery, job.model, job.model_version)) is not None:
-            if why.slug == "job-failed":
-                log.error("job %s failed %d times; dropping it", job.job_id, ld.delivery.deliveries - 1)
             return self._refuse(ld, out, why.status, why.slug, why.detail)
         if job.levels and not self.served(job.model, job.model_version).has_scale:
             return self._refuse(
@@ -389,7 +400,14 @@ class MemNetRunner(Runner[ServedMemNet]):
                 else torch.from_numpy(st.y_std[None]).to(served.device)
             )
             fcs, ivs = forecast_rows(
-                served, served.stack([st]), y, y_std, [job.horizon], [job.levels], [(job.sid, ld.step)]
+                served,
+                served.stack([st]),
+                y,
+                y_std,
+                [job.horizon],
+                [job.levels],
+                [(job.sid, ld.step)],
+                self.budget,
             )
             forecast, intervals = fcs[0], ivs[0]
         body = points_body(served, job.seq or 0, preds, stds, devs, forecast, intervals, job.levels, True)
@@ -407,7 +425,7 @@ class MemNetRunner(Runner[ServedMemNet]):
         horizons = [ld.job.horizon for ld in group]
         levels = [ld.job.levels for ld in group]
         seeds = [(ld.job.sid, ld.step + ld.job.length) for ld in group]
-        batch, res = run_chunks(served, batch, chunks, horizons, levels, seeds)
+        batch, res = run_chunks(served, batch, chunks, horizons, levels, seeds, self.budget)
         h, k, v = batch.h.cpu().numpy(), batch.keys.cpu().numpy(), batch.values.cpu().numpy()
         stats = batch.stats.cpu().numpy()
         count, pos = batch.count.cpu().tolist(), batch.pos.cpu().tolist()

@@ -3,6 +3,7 @@ that refuse a job before it runs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -15,6 +16,7 @@ from app.jobs.reader import Delivery
 from app.store.keys import Keys
 
 Served = TypeVar("Served")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,8 +85,14 @@ class Runner(Generic[Served]):
 
     def cannot_run(self, delivery: Delivery, model: str, version: str | None) -> Refusal | None:
         """Why a job may not run here at all: it failed too often, or its model is not loaded."""
-        if delivery.deliveries > self.max_deliveries:
-            return Refusal(500, "job-failed", "the job failed repeatedly")
+        if delivery.attempts > self.max_deliveries:
+            tries = delivery.attempts - 1
+            log.error("job %s set aside after %d runs alone without an answer", delivery.entry_id, tries)
+            detail = (
+                f"the job was set aside: the worker running it failed or died each of the {tries} "
+                "times it ran alone; it will not be run again"
+            )
+            return Refusal(500, "job-failed", detail)
         if self.key_of(model, version) is None and self.on_missing is not None:
             self.on_missing(model, version)
         if self.key_of(model, version) is None:

@@ -29,22 +29,53 @@ from app.jobs.vma import VmaJob
 from app.store import scripts
 from app.store.exemplars import MEMORY_FIELDS, Memory
 from app.store.keys import Keys
+from app.worker.budget import UNBOUNDED, WorkBudget, tensor_bytes
 from app.worker.runner import Outcome, Refusal, Runner
 from app.worker.vma_memory import DeviceMemory, MemoryCache, VMAEngine, to_device
-from models.vma import address_kl, label_scores
+from models.vma import VMA, address_kl, label_scores
 
 log = logging.getLogger(__name__)
 
 Item = tuple[Delivery, VmaJob, DeviceMemory]
 
 
+# The most z samples a classify request may ask per drawing (the API's schema says the same).
+MAX_SAMPLES = 256
+PIX_FLOATS = 28 * 28  # one drawing as floats on the device
+
+
+@dataclass(frozen=True)
+class VmaCosts:
+    """Bytes per unit of a VMA model's work, from `tensor_bytes` of small probes."""
+
+    decoder_eval: int  # one z sample of one candidate in the likelihood bound
+    embed: int  # one drawing through h (exemplars) or h_q (queries)
+    sample: int  # one drawing decoded from p(x|z, m_a)
+
+    @classmethod
+    def measure(cls, model: VMA) -> VmaCosts:
+        """Probe ``model`` (the PyTorch module: the ONNX graphs compute the same tensors)."""
+        dev = next(model.parameters()).device
+        s, z, k = model.config.image_size, model.config.z_dim, 64
+        x = torch.zeros(4, 1, s, s, device=dev)
+        m_a = torch.zeros(1, 1, 1, s, s, device=dev)
+        eps = torch.zeros(1, 1, k, z, device=dev)
+        return cls(
+            decoder_eval=tensor_bytes(lambda: model.candidate_log_weights(x[:1], m_a, k, eps=eps), k),
+            embed=max(tensor_bytes(lambda: model.query_embedding(x), 4),
+                      tensor_bytes(lambda: model.memory_embedding(x), 4)),
+            sample=tensor_bytes(lambda: model.sample_from(x, torch.zeros(4, z, device=dev)), 4),
+        )  # fmt: skip
+
+
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
-    def __init__(self, model: VMAEngine, card: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, model: VMAEngine, card: dict[str, Any], device: torch.device, costs: VmaCosts) -> None:
         self.model = model  # on `device` already
         self.card = card
         self.device = device
+        self.costs = costs
         threshold = (card.get("serving") or {}).get("novelty_threshold_nats")
         self.novelty_threshold = None if threshold is None else float(threshold)
 
@@ -63,9 +94,11 @@ class VmaRunner(Runner[ServedVMA]):
         max_deliveries: int,
         cache_bytes: int = 512 << 20,
         latest: dict[str, ModelKey] | None = None,
+        budget: WorkBudget = UNBOUNDED,
     ) -> None:
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = MemoryCache(cache_bytes)
+        self.budget = budget
         self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
         self._touch = r.register_script(scripts.TOUCH)
         self._read_memory = r.register_script(scripts.READ_MEMORY)
@@ -107,8 +140,9 @@ class VmaRunner(Runner[ServedVMA]):
         for group in by_model.values():
             served = self.served(group[0][1].model, group[0][1].model_version)
             x = torch.from_numpy(np.concatenate([job.images() for _, job in group]))
-            h = served.model.memory_embedding(x.unsqueeze(1).to(served.device)).cpu().numpy()  # (N, D)
-            h = h.astype("<f4")
+            x = x.unsqueeze(1).to(served.device)  # (N, S, S) -> (N, 1, S, S)
+            emb = self.budget.map_rows(served.model.memory_embedding, [x], served.costs.embed)
+            h = emb.cpu().numpy().astype("<f4")  # (N, D)
             with self.r.pipeline(transaction=False) as p:
                 start = 0
                 for _, job in group:
@@ -199,13 +233,14 @@ class VmaRunner(Runner[ServedVMA]):
     def _classify(self, served: ServedVMA, items: list[Item]) -> list[dict[str, Any] | bytes]:
         model, dev = served.model, served.device
         x = torch.from_numpy(np.concatenate([job.images() for _, job, _ in items])).unsqueeze(1).to(dev)
-        e = model.query_embedding(x)  # (N, D): every drawing of every session in one pass
+        # (N, D): every drawing of every session, in as few passes as the budget allows
+        e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
         parts, start = [], 0
         for _, job, mem in items:
             n = job.count
             parts.append(_address(model, mem, x[start : start + n], e[start : start + n], job))
             start += n
-        _bounds(model, parts)
+        _bounds(model, parts, self.budget, served.costs.decoder_eval)
         return [_classify_body(p, served.novelty_threshold) for p in parts]
 
     # --------------------------------------------------------------- sample
@@ -225,7 +260,9 @@ class VmaRunner(Runner[ServedVMA]):
         if owners:
             pairs = zip(owners, slots, strict=True)
             m_a = torch.cat([items[i][2].pixels(s, served.device) for i, s in pairs])  # (N, 1, S, S)
-            probs = served.model.sample_from(m_a, torch.cat(noise).to(served.device)).cpu().numpy()
+            z = torch.cat(noise).to(served.device)
+            decoded = self.budget.map_rows(served.model.sample_from, [m_a, z], served.costs.sample)
+            probs = decoded.cpu().numpy()
             start = 0
             for i, s in zip(owners, slots, strict=True):
                 job, mem = items[i][1], items[i][2]
@@ -261,30 +298,32 @@ def _address(model: VMAEngine, mem: DeviceMemory, x: Tensor, e: Tensor, job: Vma
     return _Addressing(job, mem, x, log_q, kl, log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1)))
 
 
-def _bounds(model: VMAEngine, parts: list[_Addressing]) -> None:
-    """Fill each part's log_w: decoder evaluations of all parts with the same (T, K) in one pass."""
+def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
+    """Fill each part's log_w: the decoder evaluations of all parts with the same (T, K) in as
+    few passes as the budget allows (a drawing's T K evaluations stay in one pass)."""
     groups: dict[tuple[int, int], list[_Addressing]] = {}
     for p in parts:
         if p.cand.shape[1]:
             groups.setdefault((p.cand.shape[1], p.samples), []).append(p)
     z_dim = model.config.z_dim
     for (t, k), group in groups.items():
-        xs, ms, eps = [], [], []
-        for p in group:
-            n = p.x.shape[0]
-            slots = p.cand.flatten().cpu().numpy()
-            m_a = p.mem.pixels(slots, p.x.device)
-            ms.append(m_a.view(n, t, *p.x.shape[1:]))  # (n T, 1, S, S) -> (n, T, 1, S, S)
+        eps = []
+        for p in group:  # per request, from its seed: batch-independent
             gen = torch.Generator().manual_seed(int(p.job.params["seed"]))
-            eps.append(torch.randn(n, t, k, z_dim, generator=gen))  # per request: batch-independent
-            xs.append(p.x)
-        log_w = model.candidate_log_weights(
-            torch.cat(xs), torch.cat(ms), k, eps=torch.cat(eps).to(xs[0].device)
-        )  # (sum n, T)
-        start = 0
-        for p in group:
-            p.log_w = log_w[start : start + p.x.shape[0]]
-            start += p.x.shape[0]
+            eps.append(torch.randn(p.x.shape[0], t, k, z_dim, generator=gen))  # (n, T, K, z)
+            p.log_w = torch.empty(p.x.shape[0], t, device=p.x.device)  # (n, T)
+        rows = [(p, i, e) for p, e in zip(group, eps, strict=True) for i in range(p.x.shape[0])]
+        pixel_bytes = t * k * PIX_FLOATS * 4  # a drawing's candidates expanded K times
+        for span in budget.spans([t * k * eval_bytes + pixel_bytes] * len(rows)):
+            chunk = rows[span]
+            xs = torch.stack([p.x[i] for p, i, _ in chunk])  # (c, 1, S, S)
+            m_a = torch.cat([p.mem.pixels(p.cand[i].cpu().numpy(), xs.device) for p, i, _ in chunk])
+            m_a = m_a.view(len(chunk), t, *xs.shape[1:])  # (c T, 1, S, S) -> (c, T, 1, S, S)
+            noise = torch.stack([e[i] for _, i, e in chunk]).to(xs.device)  # (c, T, K, z)
+            log_w = model.candidate_log_weights(xs, m_a, k, eps=noise)  # (c, T)
+            for (p, i, _), row in zip(chunk, log_w, strict=True):
+                assert p.log_w is not None, "filled above"
+                p.log_w[i] = row
 
 
 def _classify_body(p: _Addressing, threshold: float | None) -> dict[str, Any]:

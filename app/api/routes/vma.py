@@ -46,8 +46,15 @@ async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, tenant: Te
     most = svc.settings.max_images_per_request
     if len(body.images) > most:
         raise PayloadTooLarge(f"at most {most} images per request", max_images=most)
-    images = await decode_items([(e.image, e.pixels) for e in body.images], "images")  # (N, 28, 28)
     samples = DEFAULT_SAMPLES[body.method] if body.samples is None else body.samples
+    evals, cap = len(body.images) * samples, svc.settings.max_decoder_evals
+    if evals > cap:  # refused before decoding or queueing: the worker's time is the scarce part
+        raise PayloadTooLarge(
+            f"{len(body.images)} images x {samples} samples = {evals} decoder evaluations; at most {cap} "
+            "per request: send fewer images per request, or fewer samples",
+            max_decoder_evals=cap,
+        )
+    images = await decode_items([(e.image, e.pixels) for e in body.images], "images")  # (N, 28, 28)
     if body.method == "importance" and samples == 0:
         raise InvalidRequest("the importance method needs samples >= 1")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**63)
