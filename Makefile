@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench-stream clean
+.PHONY: install serve test lint bench-stream clean docker-smoke
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,12 @@ test: lint
 
 bench-stream: install
 	$(VENV)/bin/memserve bench stream --url http://127.0.0.1:8000 --sessions 64 --points 1 --duration 20
+
+# Builds the images on a local Debian base (no image registry needed), runs docker-compose.cpu.yml
+# (Redis, API, one CPU worker) and tests/e2e/test_docker_compose.py against it, then takes it
+# down, on failure too. Needs dockerd, debootstrap and docker-compose; see docs/docker.md.
+docker-smoke: install
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

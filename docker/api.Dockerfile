@@ -6,9 +6,34 @@
 #
 # The API never imports torch (DESIGN.md), but the package depends on it, so the small CPU
 # wheel is installed rather than the default CUDA build (GBs the API would never load).
+#
+# The build arguments' defaults are the production build. A host that reaches PyPI but no
+# image registry (and not the PyTorch index) builds on a local Debian base, with the CPU torch
+# wheel from a local image and its CA bundle as a secret: see docs/docker.md and
+# `make docker-smoke`.
+#   BASE_IMAGE       the Python 3.11 image of both stages
+#   WHEELS_IMAGE     an image whose files are mounted at /wheels during the pip installs
+#                    (scratch: nothing); point PIP_FIND_LINKS / PIP_CONSTRAINT into it
+#   TORCH_INDEX_URL  the index torch and its dependencies come from
+#   PIP_INDEX_URL, PIP_FIND_LINKS, PIP_CONSTRAINT, PIP_CERT
+#                    pip's own settings, unset by default; as ARGs they reach only the
+#                    builder's RUN steps, never the runtime image
+# A CA bundle that the network between the build and the index needs is passed as the secret
+# `ca_bundle` (`--secret id=ca_bundle,src=...` with PIP_CERT=/run/secrets/ca_bundle): a
+# secret is not written into any layer.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+ARG WHEELS_IMAGE=scratch
+
+FROM ${WHEELS_IMAGE} AS wheels
 
 # ---------- builder: a virtual environment with memserve and its pinned dependencies ----------
-FROM python:3.11.14-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CONSTRAINT
+ARG PIP_CERT
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -19,17 +44,20 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, from the CPU index, so that `pip install .` finds torch>=2.3 satisfied and
 # does not pull the CUDA build from PyPI. setuptools is pinned here and the project built
 # without build isolation, so an unpinned build backend is never fetched.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca_bundle \
+    pip install --no-cache-dir torch==2.13.0 --index-url "${TORCH_INDEX_URL}" \
  && pip install --no-cache-dir setuptools==80.9.0
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
-RUN pip install --no-cache-dir --no-build-isolation .
+RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca_bundle \
+    pip install --no-cache-dir --no-build-isolation .
 
 # ---------- runtime: the interpreter, the venv and the checkpoints; no sources, no build files ----------
-FROM python:3.11.14-slim-bookworm
+# The same base as the builder: the venv's python is a link to the base image's interpreter.
+FROM ${BASE_IMAGE}
 
 # A fixed numeric uid/gid: Kubernetes' runAsNonRoot can verify it, and files on mounted
 # volumes get a predictable owner.

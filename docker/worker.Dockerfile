@@ -11,12 +11,34 @@
 # cuda-toolkit 13.0.3 and nvidia-cudnn-cu13 9.20). A cu128 torch next to it would load a
 # second, CUDA 12 cuDNN under the same soname, libcudnn.so.9. CUDA 13 needs an NVIDIA driver
 # >= 580 on the host and a GPU of compute capability 7.5 (Turing) or newer.
+#
+# The build arguments' defaults are this CUDA build. The CPU worker of `make docker-smoke`
+# (docs/docker.md) is the same file with BASE_IMAGE a Debian image with Python 3.11,
+# WHEELS_IMAGE holding the CPU torch wheel, PIP_CONSTRAINT naming it (torch==2.13.0+cpu, so
+# that PyPI's CUDA build cannot be picked instead) and DEVICE=cpu.
+#   BASE_IMAGE       the image of both stages; it must have apt-get
+#   WHEELS_IMAGE     an image whose files are mounted at /wheels during the pip installs
+#                    (scratch: nothing)
+#   PIP_INDEX_URL, PIP_FIND_LINKS, PIP_CONSTRAINT, PIP_CERT
+#                    pip's own settings, unset by default; as ARGs they reach only the
+#                    builder's RUN steps, never the runtime image
+#   DEVICE           the image's MEMSERVE_DEVICE
+# A CA bundle that the network between the build and PyPI needs is passed as the secret
+# `ca_bundle` (with PIP_CERT=/run/secrets/ca_bundle), which no layer keeps.
+ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG WHEELS_IMAGE=scratch
+
+FROM ${WHEELS_IMAGE} AS wheels
 
 # ---------- builder: a virtual environment with memserve and its pinned dependencies ----------
-FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS builder
+FROM ${BASE_IMAGE} AS builder
 
 # ARG, not ENV: apt's non-interactive mode is for the build, not for the running container.
 ARG DEBIAN_FRONTEND=noninteractive
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CONSTRAINT
+ARG PIP_CERT
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -36,22 +58,25 @@ ENV PATH=/opt/venv/bin:$PATH
 # libraries (the base image's copies serve onnxruntime used on its own). setuptools is
 # pinned here and the project built without build isolation, so an unpinned build backend
 # is never fetched.
-RUN pip install --no-cache-dir torch==2.13.0 onnxruntime-gpu==1.31.1 onnx==1.23.2 \
+RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca_bundle \
+    pip install --no-cache-dir torch==2.13.0 onnxruntime-gpu==1.31.1 onnx==1.23.2 \
  && pip install --no-cache-dir setuptools==80.9.0
 
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
-RUN pip install --no-cache-dir --no-build-isolation .
+RUN --mount=type=bind,from=wheels,target=/wheels --mount=type=secret,id=ca_bundle \
+    pip install --no-cache-dir --no-build-isolation .
 
 # ---------- runtime: the CUDA runtime, the interpreter, the venv and the checkpoints ----------
-FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 ARG DEBIAN_FRONTEND=noninteractive
+ARG DEVICE=cuda
 
-# The venv's python is a link to /usr/bin/python3.12, the same package as in the builder
-# (not pinned to an exact version, for the reason given there).
+# The venv's python is a link to /usr/bin/python3.12 (python3.11 on a Debian bookworm base), the
+# same package as in the builder (not pinned to an exact version, for the reason given there).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
@@ -72,7 +97,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/memserve \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MEMSERVE_DEVICE=cuda \
+    MEMSERVE_DEVICE=${DEVICE} \
     MEMSERVE_CHECKPOINT_DIR=/srv/checkpoints
 
 USER 10001:10001

