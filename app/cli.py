@@ -195,12 +195,14 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="score a checkpoint: memserve evaluate {memnet,vma} --checkpoint X", add_help=False
     )
     sub.add_parser("bench", help="benchmarks: memserve bench {stream,vma,backends} ...", add_help=False)
+    sub.add_parser("chaos", help="kill workers and crash Redis under load; check each step", add_help=False)
     sub.add_parser(
         "export", help="export checkpoints to ONNX: memserve export --model NAME | --all", add_help=False
     )
     sub.add_parser(
         "stream", help="stream a CSV series through a MemNet session: memserve stream F.csv", add_help=False
     )
+    sub.add_parser("fuzz", help="schemathesis against a running service: memserve fuzz", add_help=False)
     return p
 
 
@@ -217,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(evaluate_main(argv[1:]) or 0)
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "chaos":
+        from app.bench.chaos import main as chaos_main
+
+        return chaos_main(argv[1:])
+    if argv and argv[0] == "fuzz":
+        from app.bench.fuzz import main as fuzz_main
+
+        return fuzz_main(argv[1:])
     if argv and argv[0] == "stream":
         from app.stream_cli import main as stream_main
 

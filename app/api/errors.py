@@ -32,6 +32,7 @@ from app.store.tenants import out_of_memory
 log = logging.getLogger("memserve.api")
 
 PROBLEM = "application/problem+json"
+_BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's detail when json.loads raises
 
 
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -136,8 +137,32 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def _undecodable_body(exc: StarletteHTTPException) -> InvalidRequest | None:
+    """FastAPI's bare 400 for a JSON body that `json.loads` could not even start on (bytes that
+    are not UTF-8, nesting deeper than the parser's recursion limit), as the 422 that any other
+    malformed JSON gets; None for any other 400."""
+    if exc.status_code != 400 or exc.detail != _BODY_PARSE_ERROR:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        prefix = bytes(cause.object[: cause.start]).decode("utf-8", "replace")
+        line = prefix.count("\n") + 1
+        column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+        return InvalidRequest(
+            f"body: malformed JSON at line {line}, column {column}: not UTF-8 text "
+            f"(byte {cause.start}: {cause.reason})",
+            line=line, column=column, byte=cause.start,
+        )  # fmt: skip
+    if isinstance(cause, RecursionError):
+        return InvalidRequest("body: malformed JSON: arrays or objects nested too deeply")
+    return InvalidRequest("body: malformed JSON: the body could not be read as JSON text")
+
+
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    undecodable = _undecodable_body(exc)
+    if undecodable is not None:
+        return problem_of(undecodable, request.url.path)
     if exc.status_code == 404:
         return problem_of(NotFound(f"no route {request.url.path}"), request.url.path)
     if exc.status_code == 405:

@@ -7,16 +7,26 @@ generated document once: each /v1 operation gets the errors it can answer with, 
 bearer security scheme. Which errors a route has is listed here, by method and path, on top of
 what every /v1 route shares; a /v1 route not listed still gets the shared ones and those its
 parameters and body imply.
+
+The document also says the limits this process enforces and that depend on its settings and
+models (`document_limits`: the longest TTL, a VMA session's largest capacity and a MemNet
+model's fixed one, the forecast horizon, items per request), gives integer bounds exactly (FastAPI
+writes them as floats, and 2^63 - 1 as a float is 2^63), and links each session-creating response
+to the operations that take its id (OpenAPI links), so that the contract a client or a fuzzer reads
+is the one the service applies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 
-from app.api.schemas import Problem
+from app.api.schemas import INT32_MAX, INT64_MAX, Problem
+from app.catalog import Catalog
+from app.config import Settings
 from app.errors import BY_SLUG, PROBLEM_BASE
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -83,6 +93,27 @@ ROUTES: dict[tuple[str, str], Slugs] = {
 
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
+# Response headers the service sets, and the problems that always carry them.
+HEADERS: dict[str, dict[str, Any]] = {
+    "Retry-After": {
+        "description": "whole seconds to wait before retrying",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "WWW-Authenticate": {
+        "description": "the scheme to authenticate with: `Bearer`",
+        "schema": {"type": "string", "pattern": "^Bearer"},
+    },
+    "Location": {"description": "the path of the new session", "schema": {"type": "string"}},
+}
+_HEADERS_OF: dict[str, tuple[str, ...]] = {
+    "unauthorized": ("WWW-Authenticate",),
+    "rate-limited": ("Retry-After",),
+    "queue-full": ("Retry-After",),
+    "session-limit": ("Retry-After",),
+    "redis-unavailable": ("Retry-After",),
+    "store-full": ("Retry-After",),
+}
+
 
 def _has_json_body(op: dict[str, Any]) -> bool:
     content = op.get("requestBody", {}).get("content", {})
@@ -139,10 +170,17 @@ def problem_response(status: int, slugs: list[str]) -> dict[str, Any]:
         }
         for slug in slugs
     }  # fmt: skip
-    return {
+    response: dict[str, Any] = {
         "description": "; ".join(f"`{slug}`: {_title(slug)}" for slug in slugs),
         "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _REF + "Problem"}, "examples": examples}},
     }
+    headers = {name for slug in slugs for name in _HEADERS_OF.get(slug, ())}
+    if headers:
+        response["headers"] = {
+            name: {**HEADERS[name], "required": all(name in _HEADERS_OF.get(slug, ()) for slug in slugs)}
+            for name in sorted(headers)
+        }
+    return response
 
 
 def _refs(node: Any) -> Iterable[str]:
@@ -188,13 +226,178 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+# ----------------------------------------------------------------------------- exact integers
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def exact_integer_bounds(node: Any) -> None:
+    """Integer bounds as JSON integers again, in place. FastAPI's document models hold them as
+    floats, which cannot hold 2^63 - 1: it comes out as 2^63, one past what the service takes."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in _BOUNDS:
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    node[key] = INT64_MAX if value == float(INT64_MAX) else int(value)
+        for child in node.values():
+            exact_integer_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            exact_integer_bounds(child)
+
+
+# ----------------------------------------------------------------------------- served limits
+@dataclass(frozen=True)
+class Limits:
+    """What bounds request fields beyond the request models' own constraints: this process'
+    settings and the models it serves (which change with hot reload)."""
+
+    max_ttl_s: int
+    max_vma_capacity: int
+    memnet_capacities: tuple[int, ...]  # each MemNet model's fixed memory size
+    models: tuple[tuple[str, str], ...]  # (name, kind) of every model new sessions may name
+    max_horizon: int
+    max_points_per_request: int
+    max_exemplars_per_request: int
+    max_images_per_request: int
+
+    @classmethod
+    def of(cls, settings: Settings, catalog: Catalog) -> Limits:
+        capacities = {
+            int(m.config.get("capacity", 0)) for m in catalog.values() if m.kind == "memnet"
+        }  # fmt: skip
+        return cls(
+            max_ttl_s=min(settings.max_ttl_s, INT32_MAX),
+            max_vma_capacity=min(settings.max_vma_capacity, INT32_MAX),
+            memnet_capacities=tuple(sorted(c for c in capacities if c > 0)),
+            models=tuple(sorted((m.name, m.kind) for m in catalog.values())),
+            max_horizon=min(settings.max_horizon, INT64_MAX),
+            max_points_per_request=settings.max_points_per_request,
+            max_exemplars_per_request=settings.max_exemplars_per_request,
+            max_images_per_request=settings.max_images_per_request,
+        )
+
+
+def _integer(prop: dict[str, Any]) -> dict[str, Any]:
+    """The integer schema of a property (`X | None` is an anyOf with null)."""
+    if prop.get("type") == "integer":
+        return prop
+    return next(branch for branch in prop.get("anyOf", []) if branch.get("type") == "integer")
+
+
+def _at_most(schema: dict[str, Any], most: int) -> None:
+    schema["maximum"] = min(int(schema.get("maximum", most)), most)
+
+
+def document_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """`schema` (in place, and returned) with the limits this process applies to requests."""
+    models = schema.get("components", {}).get("schemas", {})
+    create = models["CreateSession"]
+    _at_most(_integer(create["properties"]["ttl_s"]), limits.max_ttl_s)
+    capacity = create["properties"]["capacity"]
+    _at_most(_integer(capacity), max(limits.max_vma_capacity, *limits.memnet_capacities, 1))
+    fixed = ", ".join(map(str, limits.memnet_capacities)) or "none loaded"
+    capacity["description"] = (
+        f"VMA: exemplars at most, 1 to {limits.max_vma_capacity}. MemNet: fixed by the model (omit it, or "
+        f"give the model's own; the MemNet models here have {fixed})"
+    )
+    # Per kind: the capacities it takes (a MemNet one must also be its own model's: a 422 says so),
+    # and no model of the other kind (a 422; a name no model has is a 404).
+    vma_capacity = {"type": "integer", "minimum": 1, "maximum": limits.max_vma_capacity}
+    memnet_capacity: dict[str, Any] = (
+        {"enum": list(limits.memnet_capacities)} if limits.memnet_capacities else {"not": {}}
+    )
+    rules = []
+    for kind, allowed in (("vma", vma_capacity), ("memnet", memnet_capacity)):
+        then: dict[str, Any] = {"capacity": {"anyOf": [allowed, {"type": "null"}]}}
+        others = [name for name, of in limits.models if of != kind]
+        if others:
+            then["model"] = {"not": {"enum": others}}
+        rules.append(
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"properties": then},
+            }
+        )
+    create["allOf"] = rules
+    points = models["PointsRequest"]["properties"]
+    _at_most(points["horizon"], limits.max_horizon)
+    points["horizon"]["description"] = (
+        f"forecast this many steps after the last point, at most {limits.max_horizon}"
+    )
+    points["values"]["maxItems"] = limits.max_points_per_request  # 413 past it
+    for model, field, most in (
+        ("AddExemplars", "exemplars", limits.max_exemplars_per_request),
+        ("ClassifyRequest", "images", limits.max_images_per_request),
+    ):
+        prop = models[model]["properties"][field]
+        prop["maxItems"] = most  # 413 past it
+        prop["description"] = f"at most {most} per request"
+    for param in schema["paths"]["/v1/sessions/import"]["post"].get("parameters", []):
+        if param["name"] == "ttl_s":
+            _at_most(_integer(param["schema"]), limits.max_ttl_s)
+    return schema
+
+
+# ----------------------------------------------------------------------------- links
+_CREATED_BY = (("post", "/v1/sessions"), ("post", "/v1/sessions/import"), ("post", "/v1/sessions/{sid}/fork"))
+
+
+def _link_name(op: dict[str, Any]) -> str:
+    """`PostPoints` for the operation summarised "Post Points" (its function's name)."""
+    return "".join(str(op.get("summary", op["operationId"])).title().split())
+
+
+def document_links(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI links and the `Location` of a new session, in place: the id in a 201 that made a
+    session is the `sid` of every operation on a session, and an exemplar id that was added is the
+    `eid` that deletes it."""
+    paths = schema.get("paths", {})
+    by_sid = [
+        (_link_name(op), op["operationId"])
+        for path, item in paths.items()
+        if "{sid}" in path and "{eid}" not in path
+        for method, op in item.items()
+        if method in _METHODS and "operationId" in op
+    ]
+    for method, path in _CREATED_BY:
+        created = paths.get(path, {}).get(method, {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        created.setdefault("headers", {})["Location"] = {**HEADERS["Location"], "required": True}
+        params = {"sid": "$response.body#/id"}
+        created["links"] = {name: {"operationId": op_id, "parameters": params} for name, op_id in by_sid}
+    added = paths.get("/v1/sessions/{sid}/exemplars", {}).get("post", {}).get("responses", {}).get("201")
+    delete = paths.get("/v1/sessions/{sid}/exemplars/{eid}", {}).get("delete", {})
+    if added is not None and "operationId" in delete:
+        params = {"sid": "$request.path.sid", "eid": "$response.body#/ids/0"}
+        added["links"] = {_link_name(delete): {"operationId": delete["operationId"], "parameters": params}}
+    return schema
+
+
+def _limits_of(app: FastAPI) -> Limits | None:
+    """The limits of the running process; None before its services exist (no lifespan yet)."""
+    services = getattr(app.state, "services", None)
+    return None if services is None else Limits.of(services.settings, services.catalog)
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Serve `document_problems` of FastAPI's document at `app.openapi_url` (built once)."""
+    """Serve FastAPI's document, post-processed (`document_problems`, `document_links`,
+    `document_limits`), at `app.openapi_url`; built again only when the limits change (hot
+    reload brought or removed a model)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
+    built_for: list[Limits | None] = []
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate())
+        limits = _limits_of(app)
+        if app.openapi_schema is None or built_for != [limits]:
+            app.openapi_schema = None  # FastAPI's own builder returns its cached document otherwise
+            doc = document_links(document_problems(generate()))
+            if limits is not None:
+                document_limits(doc, limits)
+            exact_integer_bounds(doc)
+            app.openapi_schema = doc
+            built_for[:] = [limits]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
 INT64_MAX = 2**63 - 1  # what Redis, the job wire format and the stored state can hold
+INT32_MAX = 2**31 - 1  # a session's TTL and capacity, as stored
+F32_MAX = 3.4028234663852886e38  # a point's value must fit a float32 (app.jobs.points)
+MAX_LABEL_CHARS = 200
 
 
 def _valid_unicode(text: str) -> str:
@@ -24,11 +27,13 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
 
 # Points are checked with numpy in app.jobs.points (one clear message, and fast on long
-# chunks); the schema still documents their shape.
+# chunks); the schema still documents their shape and range. How many points a request may
+# hold is a setting: the served document adds it (app.api.openapi).
+_POINT_VALUE = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
 _POINTS_SCHEMA = {
     "anyOf": [
-        {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-        {"type": "array", "items": {"type": "number"}},
+        {"type": "array", "items": {"type": "array", "items": _POINT_VALUE, "minItems": 1}},
+        {"type": "array", "items": _POINT_VALUE},
     ],
     "minItems": 1,
 }
@@ -38,15 +43,18 @@ Points = Annotated[list[Any], Field(min_length=1), WithJsonSchema(_POINTS_SCHEMA
 class CreateSession(BaseModel):
     """`POST /v1/sessions`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"kind": "memnet", "ttl_s": 3600}, {"kind": "vma"}]}
+    )
 
     kind: Literal["memnet", "vma"]
     model: Text | None = Field(None, description="checkpoint name; default: the kind's default")
+    # The served document narrows both to this process' settings and models (app.api.openapi).
     ttl_s: Annotated[int, Strict()] | None = Field(
-        None, ge=1, le=2**31 - 1, description="idle seconds before the session expires"
+        None, ge=1, le=INT32_MAX, description="idle seconds before the session expires"
     )
     capacity: Annotated[int, Strict()] | None = Field(
-        None, ge=1, le=2**31 - 1, description="VMA: exemplars at most; MemNet: fixed by the model"
+        None, ge=1, le=INT32_MAX, description="VMA: exemplars at most; MemNet: fixed by the model"
     )
 
 
@@ -71,7 +79,12 @@ class SessionInfo(BaseModel):
 class PointsRequest(BaseModel):
     """`POST /v1/sessions/{sid}/points`: a chunk of T points of dimension D."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"values": [50.0, 51.25, 52.47]}, {"values": [44.28], "horizon": 10, "level": [95]}]
+        },
+    )
 
     values: Points = Field(description="T x D finite numbers; a flat list of T numbers when D = 1")
     seq: Count | None = Field(None, description="index of the chunk's first point; omitted: append")
@@ -152,25 +165,39 @@ class Ready(BaseModel):
 
 
 # ----------------------------------------------------------------------------- VMA
-# Pixel arrays are checked with numpy in app.jobs.images (one clear message per item).
-_PIXELS_SCHEMA = {
-    "type": "array",
-    "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
-    "minItems": 28,
-    "maxItems": 28,
+# A 28 x 28 drawing of an "F", dark ink on white: the examples' drawing.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAALklEQVR42mP8z4AbMDEMMkkWOIsRIfifisYiGUc3r8B985/"
+    "axv4f7PHJOKRSHwCuKwY7wkTbzwAAAABJRU5ErkJggg=="
+)
+# Standard base64 with its padding (app.jobs.images decodes it strictly), of a PNG.
+_PNG_SCHEMA = {
+    "type": "string",
+    "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+    "contentEncoding": "base64",
+    "contentMediaType": "image/png",
 }
+# Pixel arrays are checked with numpy in app.jobs.images (one clear message per item).
+_PIXELS_ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 28}
+_PIXELS_SCHEMA = {"type": "array", "items": {**_PIXELS_ROW, "maxItems": 28}, "minItems": 28, "maxItems": 28}
 Pixels = Annotated[Any, WithJsonSchema(_PIXELS_SCHEMA)]
-Label = Annotated[
-    Text | Annotated[int, Strict()], Field(description="class label (numbers are taken as strings)")
-]
+# A label's length is checked in app.api.routes.exemplars (a 422 `invalid-image` naming the item).
+_LABEL_SCHEMA = {
+    "anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS}, {"type": "integer"}],
+    "description": f"class label, 1 to {MAX_LABEL_CHARS} characters (numbers are taken as strings)",
+}
+Label = Annotated[Text | Annotated[int, Strict()], WithJsonSchema(_LABEL_SCHEMA)]
 
 
 class ImageItem(BaseModel):
     """One drawing: a base64 PNG (any size, grey or colour) or 28 x 28 numbers in [0, 1] (1 = ink)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Exactly one of the two (app.jobs.images refuses both and neither with a 422 naming the item).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["pixels"]}]}
+    )
 
-    image: Text | None = Field(None, description="base64-encoded PNG")
+    image: Annotated[Text | None, WithJsonSchema(_PNG_SCHEMA)] = Field(None, description="base64-encoded PNG")
     pixels: Pixels = Field(None, description="28 x 28 numbers in [0, 1], 1 = ink")
 
 
@@ -178,10 +205,24 @@ class ExemplarItem(ImageItem):
     label: Label
 
 
+def _all_given(*names: str) -> dict[str, Any]:
+    """JSON Schema: every one of `names` is given and not null."""
+    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}
+
+
+_IMPORTANCE_WITHOUT_SAMPLES: dict[str, Any] = {
+    "required": ["method", "samples"],
+    "properties": {"method": {"const": "importance"}, "samples": {"const": 0}},
+}
+
+
 class AddExemplars(BaseModel):
     """`POST /v1/sessions/{sid}/exemplars`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"exemplars": [{"image": EXAMPLE_PNG, "label": "f"}]}]},
+    )
 
     exemplars: list[ExemplarItem] = Field(min_length=1, description="at most 256 per request")
 
@@ -208,7 +249,14 @@ class ExemplarPage(BaseModel):
 class SampleRequest(BaseModel):
     """`POST /v1/sessions/{sid}/samples`: a ~ p(a|M) (or among one label's / one exemplar), z, x."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A label or an exemplar, not both (app.api.routes.vma refuses both with a 422).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": _all_given("label", "exemplar_id"),
+            "examples": [{"n": 8, "label": "a", "seed": 7}, {"n": 2, "format": "probs"}],
+        },
+    )
 
     n: Annotated[int, Strict()] = Field(8, ge=1, le=64, description="number of samples")
     label: Label | None = Field(None, description="sample from the exemplars of this label only")
@@ -232,7 +280,14 @@ class SampleResponse(BaseModel):
 class ClassifyRequest(BaseModel):
     """`POST /v1/sessions/{sid}/classify`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The importance method weighs decoder samples: `samples: 0` with it is a 422 (app.api.routes.vma).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": _IMPORTANCE_WITHOUT_SAMPLES,
+            "examples": [{"images": [{"image": EXAMPLE_PNG}], "top_k": 3}],
+        },
+    )
 
     images: list[ImageItem] = Field(min_length=1, description="at most 64 drawings")
     method: Literal["posterior", "importance"] = Field(

@@ -139,6 +139,17 @@ class Worker:
             p.zremrangebyscore(self.keys.worker_registry(), "-inf", time.time() - 3600)
             p.execute()
 
+    def _register(self) -> bool:
+        """Join the consumer group and heartbeat; False while Redis is unreachable (a worker that
+        starts during a Redis outage waits for it, as a running one does)."""
+        try:
+            self.reader.ensure_group()
+            self.heartbeat()
+            return True
+        except REDIS_DOWN as e:
+            log.warning("redis unreachable at start (%s); retrying in 1 s", e)
+            return False
+
     def _heartbeat_loop(self) -> None:
         while not self.stopping.wait(self.settings.heartbeat_interval_s):
             try:
@@ -153,8 +164,8 @@ class Worker:
 
     def run(self) -> None:
         """Serve until asked to stop."""
-        self.reader.ensure_group()
-        self.heartbeat()
+        while not self._register() and not self.stopping.wait(1.0):
+            pass
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         where = self.backend.describe()
         log.info(
@@ -221,9 +232,17 @@ class Worker:
         # Replies first (an acked job was answered), then the jobs waiting meanwhile.
         acks = {stream: out.ack for stream, out in outs.items()}
         messages = [m for out in outs.values() for m in out.messages()]
-        self._next = self.reader.ack(acks, messages, read_next=not self.stopping.is_set())
-        if alone is not None and alone.entry_id in acks.get(alone.stream, ()):
-            self.reader.forget_attempts([alone])
+        # A job run alone leaves the jobs read with the last acknowledgement waiting in _next.
+        read_next = alone is None and not self.stopping.is_set()
+        try:
+            taken = self.reader.ack(acks, messages, read_next=read_next)
+            if alone is not None and alone.entry_id in acks.get(alone.stream, ()):
+                self.reader.forget_attempts([alone])
+        except REDIS_DOWN:
+            self._retry = batch  # committed but neither answered nor acknowledged: the re-run replies
+            raise
+        if read_next:
+            self._next = taken
         busy_s = (time.perf_counter() - started) / max(1, sum(len(out.ack) for out in outs.values()))
         for stream, out in outs.items():
             self._retry += out.retry

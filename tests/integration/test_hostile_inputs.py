@@ -69,3 +69,46 @@ def test_a_boolean_horizon_or_top_k_is_not_a_number(client) -> None:
     vsid = session(client, kind="vma")
     body = {"images": [{"pixels": [[0.0] * 28] * 28}], "top_k": True}  # type: ignore[dict-item]
     problem(client.post(f"/v1/sessions/{vsid}/classify", json=body), 422, "top_k")
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"kind": "memnet", "model": "\xff"}', "line 1, column 30"),  # not UTF-8
+        (b'{"kind":\n "memnet", "model": "a\xc3"}', "line 2, column 23"),  # a truncated UTF-8 sequence
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # past the JSON parser's recursion limit
+    ],
+)
+def test_a_body_json_cannot_even_start_on_is_422_not_a_bare_400(client, body, where) -> None:
+    r = client.post("/v1/sessions", content=body, headers={"content-type": "application/json"})
+    assert where in problem(r, 422, "malformed JSON")["detail"]
+    assert r.json()["type"].endswith("/invalid-request")
+    assert client.get("/v1/sessions").json()["total"] == 0
+
+
+def test_the_served_document_states_the_limits_that_are_enforced(client, settings) -> None:
+    doc = client.get("/openapi.json").json()
+    models = doc["components"]["schemas"]
+    create = models["CreateSession"]["properties"]
+    ttl = next(b for b in create["ttl_s"]["anyOf"] if b.get("type") == "integer")
+    assert ttl["maximum"] == settings.max_ttl_s
+    problem(client.post("/v1/sessions", json={"kind": "vma", "ttl_s": settings.max_ttl_s + 1}), 422, "ttl_s")
+    capacity = next(b for b in create["capacity"]["anyOf"] if b.get("type") == "integer")
+    assert capacity["maximum"] == settings.max_vma_capacity
+    body = {"kind": "vma", "capacity": settings.max_vma_capacity + 1}
+    problem(client.post("/v1/sessions", json=body), 422, "capacity")
+    # A MemNet session's capacity is its model's: the document lists the models' own (8 here).
+    memnet_rule = next(
+        r for r in models["CreateSession"]["allOf"] if r["if"]["properties"]["kind"]["const"] == "memnet"
+    )
+    assert memnet_rule["then"]["properties"]["capacity"]["anyOf"][0] == {"enum": [8]}
+    problem(client.post("/v1/sessions", json={"kind": "memnet", "capacity": 9}), 422, "capacity")
+    horizon = models["PointsRequest"]["properties"]["horizon"]
+    assert horizon["maximum"] == settings.max_horizon
+    sid = session(client, kind="memnet", model=SCALED_TEST_MODEL)
+    body = {"values": [1.0], "horizon": settings.max_horizon + 1}
+    problem(client.post(f"/v1/sessions/{sid}/points", json=body), 422, "horizon")
+    assert client.get(f"/v1/sessions/{sid}").json()["step"] == 0
+    # Integer bounds are exact: 2^63 - 1, not the float 2^63 that FastAPI writes.
+    seq = next(b for b in models["PointsRequest"]["properties"]["seq"]["anyOf"] if b.get("type") == "integer")
+    assert seq["maximum"] == 2**63 - 1 and isinstance(seq["maximum"], int)

@@ -17,7 +17,10 @@ from app.store.backup_check import check_importable
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-_DOCUMENT: dict[str, Any] = {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_DOCUMENT: dict[str, Any] = {"content": {MEDIA_TYPE: _BINARY}}
+# Import reads the body whatever its content type; these are the two a client would send.
+_IMPORTED: dict[str, Any] = {"content": {MEDIA_TYPE: _BINARY, "application/octet-stream": _BINARY}}
 
 
 @router.get(
@@ -39,7 +42,7 @@ async def export_session(sid: str, svc: ServicesDep, tenant: TenantDep) -> Respo
     "/import",
     response_model=SessionInfo,
     status_code=status.HTTP_201_CREATED,
-    openapi_extra={"requestBody": {**_DOCUMENT, "required": True}},
+    openapi_extra={"requestBody": {**_IMPORTED, "required": True}},
 )
 async def import_session(
     request: Request,

@@ -7,15 +7,20 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.deps import ServicesDep, TenantDep
-from app.api.schemas import INT64_MAX, AddedExemplars, AddExemplars, ExemplarEntry, ExemplarPage
+from app.api.schemas import (
+    INT64_MAX,
+    MAX_LABEL_CHARS,
+    AddedExemplars,
+    AddExemplars,
+    ExemplarEntry,
+    ExemplarPage,
+)
 from app.errors import CapacityReached, InvalidImage, PayloadTooLarge, from_slug
 from app.jobs.images import decode_items, encode_png
 from app.jobs.vma import VmaJob
 from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["vma"])
-
-MAX_LABEL_CHARS = 200
 
 
 def parse_label(value: str | int, where: str) -> str:
