@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from models.checkpoint import save_checkpoint, state_tensors
+from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.omniglot import load_omniglot, sample_episode, split_characters, with_rotations
 from models.export import export_checkpoint
 from models.train import load_train_state, save_train_state
@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rotations", dest="rotations", action="store_false", help="upright only")
     p.add_argument("--k", type=int, default=4, help="VIMCO samples")
     p.add_argument("--kl-warmup", type=int, default=0, help="steps over which z's KL weight rises 0 -> 1")
+    p.add_argument(
+        "--class-weight", type=float, default=0.0,
+        help="weight of a cross-entropy on the class marginal of q(a|x), from the episodes' labels "
+        "(0: the pure VIMCO objective)",
+    )  # fmt: skip
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (its sizes)")
+    p.add_argument("--init-dir", type=Path, default=Path("checkpoints"), help="where --init is")
+    p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--match-dim", type=int, default=128)
@@ -80,12 +88,25 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 
 
 def make_batch(images: np.ndarray, rng: np.random.Generator, args: argparse.Namespace, device: str):
-    """Targets x (W T, 1, S, S) and the shared memory (1, W shots, 1, S, S) of other drawings."""
+    """Targets x (W T, 1, S, S), the shared memory (1, W shots, 1, S, S) of other drawings, and
+    the labels of both, (W T,) and (W shots,)."""
     shots = int(rng.integers(args.min_shots, args.shots + 1))
     ep = sample_episode(images, rng, args.ways, shots, args.targets)
     x = torch.from_numpy(ep.queries).unsqueeze(1).to(device)  # (N, S, S) -> (N, 1, S, S)
     m = torch.from_numpy(ep.memory)[None, :, None].to(device)  # (A, S, S) -> (1, A, 1, S, S)
-    return x, m
+    labels = torch.from_numpy(ep.query_labels).to(device), torch.from_numpy(ep.memory_labels).to(device)
+    return x, m, labels
+
+
+def class_loss(model: VMA, x: Tensor, m: Tensor, labels: tuple[Tensor, Tensor], n_classes: int) -> Tensor:
+    """-log p(c|x), p(c|x) = sum over the memory drawings a of class c of q(a|x): what serving's
+    posterior scores are, trained directly with the episode's labels."""
+    h_m = model.h_mem(m[0]).unsqueeze(0)  # (A, D) -> (1, A, D)
+    log_q = model.address_logits(h_m, x).log_softmax(-1)  # (B, A)
+    query_labels, memory_labels = labels
+    onehot = torch.nn.functional.one_hot(memory_labels, n_classes).to(log_q.dtype)  # (A, C)
+    log_pc = torch.logsumexp(log_q.unsqueeze(-1) + onehot.log().unsqueeze(0), dim=1)  # (B, A, C) -> (B, C)
+    return torch.nn.functional.nll_loss(log_pc, query_labels)
 
 
 @torch.inference_mode()
@@ -138,9 +159,11 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
         step = meta["step"]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        x, m = make_batch(train_imgs, rng, args, args.device)
+        x, m, labels = make_batch(train_imgs, rng, args, args.device)
         beta = min(1.0, step / args.kl_warmup) if args.kl_warmup > 0 else 1.0
         loss, bound = model.vimco_loss(x, m, None, args.k, beta)
+        if args.class_weight > 0:
+            loss = loss + args.class_weight * class_loss(model, x, m, labels, args.ways)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -160,7 +183,10 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
                 f"step {meta['step']}: train {ema:.2f} val nll {val['nll']:.2f} "
                 f"5w1s {val['acc_5w1s']:.3f} kl_z {val['kl_z']:.2f}"
             )
-            if val["nll"] < meta["best_nll"]:
+            better = val["nll"] < meta["best_nll"]
+            if args.select == "acc":
+                better = val["acc_5w1s"] > meta.get("best_acc_5w1s", -1.0)
+            if better:
                 meta.update(best_nll=val["nll"], best_step=meta["step"], best_acc_5w1s=val["acc_5w1s"])
                 best = {k: v.clone() for k, v in state_tensors(model).items()}
                 write(model, best, args, argv, meta)
@@ -193,6 +219,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
                   "rotations": args.rotations, "k": args.k},
         "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
+        "class_weight": args.class_weight, "init": args.init, "select": args.select,
         "history": meta["history"],
     }  # fmt: skip
     data = {"dataset": "omniglot-28x28", "train": "background alphabets", "val_frac": args.val_frac}
@@ -214,7 +241,12 @@ def main(argv: list[str]) -> int:
     if args.rotations:
         train_imgs = with_rotations(train_imgs)
     print(f"training on {len(train_imgs)} classes, validating on {len(val_imgs)} held-out characters")
-    model = make_model(args).to(args.device).train()
+    if args.init is not None:
+        model, _ = load_checkpoint(args.init, args.init_dir)
+        assert isinstance(model, VMA), f"{args.init} is not a VMA checkpoint"
+        model = model.to(args.device).train()
+    else:
+        model = make_model(args).to(args.device).train()
     meta = train(args, model, train_imgs, val_imgs, argv)
     print(f"best held-out nll {meta['best_nll']:.2f} at step {meta['best_step']}: {args.out / args.name}.*")
     return 0

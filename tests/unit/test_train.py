@@ -179,3 +179,20 @@ def test_a_gap_without_fill_is_refused_naming_its_row(tmp_path: Path, capsys) ->
     argv = ["memnet", "--data", str(csv), "--name", "x", "--out", str(tmp_path), "--runs", str(tmp_path)]
     assert main(argv) == 2
     assert "row 52, column 'v0' is missing a value" in capsys.readouterr().err
+
+
+def test_the_class_term_is_minus_log_of_the_served_posterior_scores() -> None:
+    """The trainer's class term trains exactly what `classify` serves: -log p(c|x)."""
+    from models.train_vma import class_loss
+    from models.vma import VMA, VMAConfig
+
+    torch.manual_seed(0)
+    model = VMA(VMAConfig(channels=8, hidden_dim=32, match_dim=16, z_dim=4)).eval()
+    x = (torch.rand(6, 1, 28, 28) > 0.7).float()
+    m = (torch.rand(1, 4, 1, 28, 28) > 0.7).float()
+    memory_labels, query_labels = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 1, 2, 2, 1, 0])
+    loss = class_loss(model, x, m, (query_labels, memory_labels), 3)
+    h_m = model.memory_embedding(m[0]).unsqueeze(0)
+    scores, _ = model.classify(x, h_m, None, memory_labels[None], 3)
+    want = -scores.gather(1, query_labels[:, None]).log().mean()
+    assert torch.allclose(loss.detach(), want, atol=1e-5)
