@@ -209,14 +209,55 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """The README's settings table, from the fields above (`python -m app.config`)."""
+    """docs/configuration.md, made from the fields above: `python -m app.config > docs/configuration.md`.
+
+    Every setting's variable, default and meaning come from `Settings` (and an API key entry's
+    fields from `ApiKey`), so the page cannot drift from the code; a unit test compares them.
+    """
+
+    def shown(value: object) -> str:
+        if isinstance(value, Path):
+            value = "<repo>/checkpoints" if value == REPO_ROOT / "checkpoints" else str(value)
+        return '`""`' if value == "" else f"`{value}`"
+
+    def text(description: str | None) -> str:  # Markdown: a * outside `code` is not emphasis
+        parts = (description or "").split("`")
+        return "`".join(p if i % 2 else p.replace("*", "\\*") for i, p in enumerate(parts))
+
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, Path):
-            default = "<repo>/checkpoints" if default == REPO_ROOT / "checkpoints" else str(default)
-        rows.append(f"| `MEMSERVE_{name.upper()}` | `{default}` | {field.description or ''} |")
-    return "\n".join(rows)
+        rows.append(f"| `MEMSERVE_{name.upper()}` | {shown(field.default)} | {text(field.description)} |")
+    key_rows = ["| field | required | meaning |", "|---|---|---|"]
+    for name, field in ApiKey.model_fields.items():
+        required = "yes" if field.is_required() else "no"
+        key_rows.append(f"| `{name}` | {required} | {text(field.description)} |")
+    return "\n".join(
+        [
+            "# Configuration",
+            "",
+            "<!-- Generated from app/config.py by `python -m app.config > docs/configuration.md`:",
+            "     edit the Settings fields there, not this file. -->",
+            "",
+            "One `Settings` object (pydantic-settings), read from `MEMSERVE_*` environment variables or a",
+            "`.env` file and passed explicitly to the API and to every worker; nothing reads the",
+            "environment behind their backs. A value that makes startup impossible stops the process with",
+            "a message that names the setting to change. `memserve serve`, `memserve api` and `memserve",
+            "worker` also take some of them as options, which win over the environment: `--host`,",
+            "`--port`, `--device`, `--backend`, `--workers` (`memserve <command> --help` says which).",
+            "",
+            *rows,
+            "",
+            "## API key entries",
+            "",
+            "`MEMSERVE_API_KEYS`, and the file named by `MEMSERVE_API_KEYS_FILE`, hold a JSON list of",
+            "entries; `memserve keys new TENANT` prints one. A limit left out takes its setting's default",
+            "(`MEMSERVE_MAX_SESSIONS_PER_KEY`, `MEMSERVE_RATE_LIMIT_PER_S`, `MEMSERVE_RATE_LIMIT_BURST`);",
+            "0 sessions or 0 requests per second means unlimited. How keys, tenants and limits work:",
+            "[operations.md](operations.md#tenancy-api-keys-and-limits).",
+            "",
+            *key_rows,
+        ]
+    )
 
 
 if __name__ == "__main__":

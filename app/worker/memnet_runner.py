@@ -263,6 +263,12 @@ def points_body(
     return body
 
 
+OVERFLOW = (
+    "the chunk's values overflow the model's float32 arithmetic: its predictions or state would not "
+    "be finite; nothing was stored: send values of smaller magnitude (scale the series down)"
+)
+
+
 class MemNetRunner(Runner[ServedMemNet]):
     """Processes batches of `points` jobs for every loaded MemNet checkpoint."""
 
@@ -393,11 +399,13 @@ class MemNetRunner(Runner[ServedMemNet]):
         if job.horizon > 0:  # the same seed as the first answer: the same paths
             st = SessionState.from_redis(fields)  # type: ignore[arg-type]
             assert st.y is not None, "a session with a last chunk has its last prediction"
-            y = torch.from_numpy(st.y[None]).to(served.device)  # (D,) -> (1, D)
+            # torch.tensor copies: st.y and st.y_std are read-only views of the bytes Redis
+            # returned, which torch.from_numpy would share (and warn about).
+            y = torch.tensor(st.y[None], device=served.device)  # (D,) -> (1, D)
             y_std = (
                 torch.zeros_like(y)
                 if st.y_std is None
-                else torch.from_numpy(st.y_std[None]).to(served.device)
+                else torch.tensor(st.y_std[None], device=served.device)
             )
             fcs, ivs = forecast_rows(
                 served,
@@ -434,11 +442,19 @@ class MemNetRunner(Runner[ServedMemNet]):
                          res.std_last[i] if served.has_scale else None)
             for i in range(len(group))
         ]  # fmt: skip
+        finite = [
+            new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *filter(None, [res.forecasts[i]]))
+            for i, ld in enumerate(group)
+        ]
         replies: list[bytes] = []
         etags: list[bytes] = []
         with self.r.pipeline(transaction=False) as p:
             for i, ld in enumerate(group):
                 job, t = ld.job, ld.job.length
+                if not finite[i]:  # refused below; nothing of it is stored
+                    replies.append(b"")
+                    etags.append(b"")
+                    continue
                 preds, stds = res.preds[i, :t], res.stds[i, :t]
                 devs = dist.deviations(chunks[i], preds, stds, *prev[i])
                 body = points_body(
@@ -461,9 +477,12 @@ class MemNetRunner(Runner[ServedMemNet]):
                 sid = job.sid
                 keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
                 self._commit(keys=keys, args=args, client=p)
-            results = p.execute(raise_on_error=False)
-        for ld, r, reply, state, etag in zip(group, results, replies, new, etags, strict=True):
-            self._settle(ld, r, reply, state, etag, out)
+            results = iter(p.execute(raise_on_error=False))
+        for ld, ok, reply, state, etag in zip(group, finite, replies, new, etags, strict=True):
+            if not ok:
+                self._refuse(ld, out, 422, "invalid-input", OVERFLOW)
+                continue
+            self._settle(ld, next(results), reply, state, etag, out)
 
     def _previous_prediction(
         self, served: ServedMemNet, ld: Loaded

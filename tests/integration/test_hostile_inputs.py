@@ -112,3 +112,18 @@ def test_the_served_document_states_the_limits_that_are_enforced(client, setting
     # Integer bounds are exact: 2^63 - 1, not the float 2^63 that FastAPI writes.
     seq = next(b for b in models["PointsRequest"]["properties"]["seq"]["anyOf"] if b.get("type") == "integer")
     assert seq["maximum"] == 2**63 - 1 and isinstance(seq["maximum"], int)
+
+
+def test_values_that_overflow_float32_state_are_refused_and_change_nothing(client, start_worker) -> None:
+    """Huge values would leave a per-session scaled state at inf, and every later prediction null."""
+    start_worker()
+    sid = session(client, kind="memnet", model=SCALED_TEST_MODEL)
+    ok = client.post(f"/v1/sessions/{sid}/points", json={"values": [1.0, 2.0, 3.0]})
+    assert ok.status_code == 200, ok.text
+    r = client.post(f"/v1/sessions/{sid}/points", json={"values": [1e20, -1e20, 1.0]})
+    body = problem(r, 422, "")
+    assert "overflow" in body["detail"]
+    after = client.post(f"/v1/sessions/{sid}/points", json={"values": [4.0, 5.0]})
+    assert after.status_code == 200, after.text
+    assert all(p is not None for row in after.json()["predictions"] for p in row)
+    assert client.get(f"/v1/sessions/{sid}").json()["step"] == 5
