@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import multiprocessing as mp
+import re
 import signal
 import sys
 import threading
+import types
+import typing
+from collections.abc import Collection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError as SourceError
 
 from app.config import ApiKey, Settings, SettingsError
 from app.logs import setup_logging
@@ -209,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `memserve` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if missing := _missing_extra(argv):
+        print(missing, file=sys.stderr)
+        return 2
     if argv and argv[0] == "train":
         from models.train import main as train_main
 
@@ -243,14 +254,125 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         settings = Settings(**overrides)
+    except (ValidationError, SourceError) as e:
+        print(f"memserve: {settings_problem(e, set(overrides))}", file=sys.stderr)
+        return 2
+    try:
         setup_logging(settings.log_level, settings.log_format)
         commands = {"serve": cmd_serve, "api": cmd_api, "worker": cmd_worker, "keys": cmd_keys}
         return commands[args.cmd](args, settings)
-    except (SettingsError, ValidationError) as e:
-        print(f"memserve: {e}", file=sys.stderr)
+    except SettingsError as e:
+        text = str(e)
+        if isinstance(e.__cause__, ValidationError):  # e.g. an entry of MEMSERVE_API_KEYS_FILE
+            text = text.replace(str(e.__cause__), _one_line(e.__cause__))
+        print(f"memserve: {text}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # e.g. the tenant name of `memserve keys new`
+        print(f"memserve: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# Settings whose value is not repeated in an error: a Redis URL may hold a password, and a
+# list of keys is long (and what went wrong is in the error).
+_NOT_ECHOED = {"redis_url", "api_keys"}
+
+
+def settings_problem(e: ValidationError | SourceError, flags: Collection[str] = ()) -> str:
+    """One line for a setting Settings() refused: which setting, the form it takes, what was wrong.
+
+    ``flags`` are the fields given as command-line options, named as such. pydantic's own
+    message spans lines per error and ends in a link, which reads as a crash at startup.
+    """
+    if isinstance(e, SourceError):  # pydantic-settings could not parse a complex value (JSON)
+        m = re.search(r'field "(\w+)" from source "(\w+)"', str(e))
+        if m is None:
+            return str(e)
+        name, source = m.groups()
+        where = " (in .env)" if source.startswith("DotEnv") else ""
+        cause = f"not valid JSON: {e.__cause__}" if isinstance(e.__cause__, ValueError) else str(e)
+        return f"MEMSERVE_{name.upper()}{where}: expected {_expected_form(name)}: {cause}"
+    problems: dict[str, list[str]] = {}
+    for err in e.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if name not in Settings.model_fields:
+            problems.setdefault("", []).append(_error_text(err))
+            continue
+        text = _error_text(err, skip=1)
+        if name not in _NOT_ECHOED and len(err["loc"]) == 1:
+            text = f"got {_short(err.get('input'))}: {text}"
+        problems.setdefault(name, []).append(text)
+    parts = []
+    for name, texts in problems.items():
+        if not name:
+            parts.append("; ".join(texts))
+            continue
+        label = f"--{name.replace('_', '-')}" if name in flags else f"MEMSERVE_{name.upper()}"
+        sep = "; " if texts[0].startswith("got ") else ": "
+        parts.append(f"{label}: expected {_expected_form(name)}{sep}{'; '.join(texts)}")
+    return " | ".join(parts)
+
+
+def _one_line(e: ValidationError) -> str:
+    return "; ".join(_error_text(err) for err in e.errors())
+
+
+def _error_text(err: Any, skip: int = 0) -> str:
+    """``item 0, sha256: field required`` from one of pydantic's errors."""
+    loc = ", ".join(f"item {p}" if isinstance(p, int) else str(p) for p in err["loc"][skip:])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if msg[1:2].islower():  # "Input should be ..." reads on after a colon; "MEMSERVE_X ..." stays
+        msg = msg[:1].lower() + msg[1:]
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expected_form(name: str) -> str:
+    """What a setting's value looks like, from its type and bounds."""
+    field = Settings.model_fields[name]
+    if (field.description or "").startswith("JSON "):  # it spells out what the type cannot
+        return f"a {field.description}"
+    tp = field.annotation
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:  # X | None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    bounds = "".join(
+        f" {op} {v}"
+        for m in field.metadata
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if (v := getattr(m, attr, None)) is not None
+    )
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer" + bounds
+    if tp is float:
+        return "a number" + bounds
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    return "a path" if tp is Path else "a string"
+
+
+def _missing_extra(argv: list[str]) -> str | None:
+    """What a command needs that `make serve`'s install leaves out, said before it starts:
+    `train` exports its graphs only after hours of training, `evaluate --plot` plots last."""
+    cmd = argv[0] if argv else ""
+    needs: dict[str, tuple[str, tuple[str, ...]]] = {
+        "train": ("train", ("onnx", "onnxscript")), "export": ("export", ("onnx", "onnxscript")),
+    }  # fmt: skip
+    if cmd == "evaluate" and "--plot" in argv:
+        needs[cmd] = ("plot", ("matplotlib",))
+    if cmd not in needs or "-h" in argv or "--help" in argv:
+        return None
+    extra, modules = needs[cmd]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return f"memserve {cmd} needs {', '.join(missing)}: pip install -e '.[{extra}]' (make test installs it)"
 
 
 def _bench(argv: list[str]) -> int:

@@ -170,12 +170,12 @@ EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAALklEQVR42mP8z4AbMDEMMkkWOIsRIfifisYiGUc3r8B985/"
     "axv4f7PHJOKRSHwCuKwY7wkTbzwAAAABJRU5ErkJggg=="
 )
-# Standard base64 with its padding (app.jobs.images decodes it strictly), of a PNG.
+# Standard base64 with its padding (app.jobs.images decodes it strictly) of a PNG, JPEG or
+# WebP, bare or as a data URL (docs/drawings.md).
 _PNG_SCHEMA = {
     "type": "string",
-    "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-    "contentEncoding": "base64",
-    "contentMediaType": "image/png",
+    "pattern": "^(?:data:image/(?:[Pp][Nn][Gg]|[Jj][Pp][Ee]?[Gg]|[Ww][Ee][Bb][Pp]);base64,)?"
+    "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
 }
 # Pixel arrays are checked with numpy in app.jobs.images (one clear message per item).
 _PIXELS_ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 28}
@@ -190,14 +190,17 @@ Label = Annotated[Text | Annotated[int, Strict()], WithJsonSchema(_LABEL_SCHEMA)
 
 
 class ImageItem(BaseModel):
-    """One drawing: a base64 PNG (any size, grey or colour) or 28 x 28 numbers in [0, 1] (1 = ink)."""
+    """One drawing: a base64 PNG, JPEG or WebP (any size, grey or colour; bare or as a data URL) or
+    28 x 28 numbers in [0, 1] (1 = ink); see docs/drawings.md."""
 
     # Exactly one of the two (app.jobs.images refuses both and neither with a 422 naming the item).
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["pixels"]}]}
     )
 
-    image: Annotated[Text | None, WithJsonSchema(_PNG_SCHEMA)] = Field(None, description="base64-encoded PNG")
+    image: Annotated[Text | None, WithJsonSchema(_PNG_SCHEMA)] = Field(
+        None, description="base64 PNG, JPEG or WebP, bare or as a data: URL"
+    )
     pixels: Pixels = Field(None, description="28 x 28 numbers in [0, 1], 1 = ink")
 
 

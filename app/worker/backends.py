@@ -77,14 +77,16 @@ class Backend:
         return ServedVMA(OnnxVMA(model, paths, placement, self.threads), card, self.device, costs)
 
     def _place(self, probe: Path) -> Placement:
-        from app.worker.onnx_backend import place
+        from app.worker.onnx_backend import nvidia_gpu_present, place
 
         self.placement = p = place(self.setting, probe, self.threads)
-        if p.fallback:  # expected on a machine without a GPU; a GPU asked for by name is not found
-            level = logging.INFO if self.setting == "auto" else logging.WARNING
-            log.log(level, "onnx backend on %s: %s", p.provider, p.fallback)
-        else:
-            log.info("onnx backend on %s (device %d)", p.provider, p.device_id)
+        where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else "cpu"
+        if not p.fallback:
+            log.info("onnx backend on %s (%s)", where, p.provider)
+        elif self.setting == "auto" and nvidia_gpu_present() is not True:
+            log.info("onnx backend on cpu: %s", p.fallback)  # a host without a GPU: as expected
+        else:  # a GPU asked for by name, or one this host has, left unused
+            log.warning("onnx backend on cpu although MEMSERVE_DEVICE=%s: %s", self.setting, p.fallback)
         return p
 
 

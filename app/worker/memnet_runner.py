@@ -269,6 +269,10 @@ OVERFLOW = (
 )
 
 
+def _present(arrays: list[np.ndarray | None]) -> list[np.ndarray]:
+    return [a for a in arrays if a is not None]
+
+
 class MemNetRunner(Runner[ServedMemNet]):
     """Processes batches of `points` jobs for every loaded MemNet checkpoint."""
 
@@ -443,7 +447,7 @@ class MemNetRunner(Runner[ServedMemNet]):
             for i in range(len(group))
         ]  # fmt: skip
         finite = [
-            new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *filter(None, [res.forecasts[i]]))
+            new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *_present([res.forecasts[i]]))
             for i, ld in enumerate(group)
         ]
         replies: list[bytes] = []

@@ -3,10 +3,11 @@
 Sessions open with the CUDA execution provider when the worker's device asks for a GPU
 (``auto`` or ``cuda:N``) and fall back to the CPU provider when CUDA cannot be used (no
 GPU, or CUDA 13 / cuDNN 9 libraries missing); `Placement` records which one each worker got
-and why, for its log and ``/health/ready``. The arithmetic around the graphs (similarities,
-softmaxes, importance weights, label scores) is the same PyTorch code the torch backend runs
-(`models.vma`), on the CPU: it is small next to the graphs, and sharing it is what keeps the
-two backends equal.
+and why, for its log and ``/health/ready``. Under ``auto`` a host that plainly has no NVIDIA
+GPU does not try CUDA at all: loading its libraries there can only fail, noisily. The
+arithmetic around the graphs (similarities, softmaxes, importance weights, label scores) is
+the same PyTorch code the torch backend runs (`models.vma`), on the CPU: it is small next to
+the graphs, and sharing it is what keeps the two backends equal.
 
 MemNet steps keep the recurrent state in ONNX Runtime values on the execution device
 between the steps of a chunk (I/O binding), so a chunk costs one upload and one download of
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,23 @@ def _options(threads: int) -> ort.SessionOptions:
     return opts
 
 
+NO_GPU = "no NVIDIA GPU on this host, so the CUDA execution provider was not tried"
+
+
+def nvidia_gpu_present(dev: Path = Path("/dev")) -> bool | None:
+    """Whether this host shows an NVIDIA GPU, asking no CUDA library; None where it cannot tell.
+
+    On Linux the driver makes a ``/dev/nvidiaN`` node per GPU, and container runtimes pass
+    exactly those nodes in. WSL reaches its GPUs through ``/dev/dxg`` instead, and other
+    systems have neither: there only trying CUDA tells.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False  # CUDA itself would see no device
+    if not sys.platform.startswith("linux") or (dev / "dxg").exists():
+        return None
+    return any(n.name[len("nvidia") :].isdigit() for n in dev.glob("nvidia*"))
+
+
 def place(device: str, probe: Path, threads: int = 1) -> Placement:
     """The provider for ``device`` (auto, cpu, cuda, cuda:N), trying CUDA on ``probe``, a graph file."""
     if device == "cpu":
@@ -69,6 +89,10 @@ def place(device: str, probe: Path, threads: int = 1) -> Placement:
     device_id = int(device.split(":")[1]) if device.startswith("cuda:") else 0
     if CUDA_EP not in ort.get_available_providers():
         return Placement(CPU_EP, 0, "this onnxruntime build has no CUDA execution provider")
+    # A GPU named in MEMSERVE_DEVICE is still tried where none shows: the failure then says
+    # in full what is missing, which is what someone who asked for it needs to read.
+    if device == "auto" and nvidia_gpu_present() is False:
+        return Placement(CPU_EP, 0, NO_GPU)
     missing = _preload_cuda()
     ort.set_default_logger_severity(4)  # the failed provider load is reported once, below
     try:

@@ -9,6 +9,8 @@ implementations separate exponentially, which these tests do not hide but do not
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,10 @@ import pytest
 import torch
 
 from app.config import Settings, SettingsError
+from app.worker import onnx_backend
 from app.worker.backends import Backend, open_backend
 from app.worker.memnet_runner import TorchMemNet
-from app.worker.onnx_backend import CPU_EP, OnnxMemNet, OnnxVMA, place
+from app.worker.onnx_backend import CPU_EP, NO_GPU, OnnxMemNet, OnnxVMA, nvidia_gpu_present, place
 from models.checkpoint import load_checkpoint
 from models.data.timeseries import load_series, mackey_glass
 from models.export import graph_paths
@@ -191,6 +194,42 @@ def test_placement_on_cpu_and_fallback_from_cuda() -> None:
     asked = place("cuda:0", probe)
     if asked.provider == CPU_EP:  # no usable GPU here: the CPU provider, and why
         assert asked.fallback and "CUDA execution provider" in asked.fallback
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux device nodes")
+def test_nvidia_gpu_present_reads_device_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "nvidiactl").touch()  # the driver's control node alone is no GPU
+    (tmp_path / "nvidia-uvm").touch()
+    assert nvidia_gpu_present(tmp_path) is False
+    (tmp_path / "nvidia0").touch()
+    assert nvidia_gpu_present(tmp_path) is True
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert nvidia_gpu_present(tmp_path) is False
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    (tmp_path / "dxg").touch()  # WSL: no nvidia nodes whether or not there is a GPU
+    assert nvidia_gpu_present(tmp_path) is None
+
+
+def test_auto_does_not_try_cuda_on_a_host_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tried: list[str] = []
+    monkeypatch.setattr(onnx_backend, "nvidia_gpu_present", lambda: False)
+    monkeypatch.setattr(onnx_backend, "_preload_cuda", lambda: tried.append("cuda") or [])
+    model, card = load_checkpoint("memnet-santafe", SHIPPED)
+    backend = open_backend(Settings(backend="onnx", device="auto"))
+    with caplog.at_level(logging.INFO, logger="memserve.worker"):
+        backend.serve(model, card, SHIPPED)
+    assert tried == []
+    assert backend.describe() == {"backend": "onnx", "device": "cpu", "provider": CPU_EP, "fallback": NO_GPU}
+    [record] = caplog.records
+    assert record.levelno == logging.INFO and record.getMessage() == f"onnx backend on cpu: {NO_GPU}"
+    # A GPU asked for by name is still tried, and its absence said out loud.
+    asked = place("cuda:0", graph_paths(card, SHIPPED)["step"])
+    assert tried == ["cuda"]
+    if asked.provider == CPU_EP:
+        assert asked.fallback and "could not start" in asked.fallback
 
 
 def test_onnx_worker_refuses_checkpoints_without_graphs(tmp_path: Path) -> None:

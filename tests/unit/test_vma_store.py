@@ -35,7 +35,18 @@ def commit(rdb: redis.Redis, keys: Keys, sid: str, job: str, labels: list[str], 
     imgs = drawings(len(labels), seed=len(labels))
     h = np.arange(len(labels) * DIM, dtype="<f4").reshape(len(labels), DIM)
     script = rdb.register_script(scripts.COMMIT_EXEMPLARS)
-    args = [100, 60, capacity, job, orjson.dumps(labels), len(labels), pack_pixels(imgs), h.tobytes(), DIM]
+    args = [
+        100,
+        60,
+        capacity,
+        job,
+        orjson.dumps(labels),
+        len(labels),
+        pack_pixels(imgs),
+        h.tobytes(),
+        DIM,
+        "e-" + job,
+    ]
     out: bytes = script(keys=[keys.meta(sid), keys.exemplars(sid), keys.reply(sid, job)], args=args)
     return out
 
@@ -82,14 +93,14 @@ def test_delete_keeps_the_others_in_order(rdb: redis.Redis, vma_session: tuple[K
     commit(rdb, keys, sid, "job1", ["a", "b", "c"])
     whole = memory(rdb, keys, sid)
     delete = rdb.register_script(scripts.DELETE_EXEMPLAR)
-    assert delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[1, 100, PIX_BYTES]) == 2
+    assert delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[1, 100, PIX_BYTES, "e-del"]) == 2
     mem = memory(rdb, keys, sid)
     assert mem.ids.tolist() == [0, 2] and mem.labels == ["a", "c"]
     np.testing.assert_array_equal(mem.h, whole.h[[0, 2]])
     np.testing.assert_array_equal(unpack_pixels(mem.pix), unpack_pixels(whole.pix)[[0, 2]])
-    assert delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[1, 100, PIX_BYTES]) == b"missing"
+    assert delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[1, 100, PIX_BYTES, "e-del"]) == b"missing"
     for eid in (0, 2):
-        delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[eid, 100, PIX_BYTES])
+        delete(keys=[keys.meta(sid), keys.exemplars(sid)], args=[eid, 100, PIX_BYTES, "e-del"])
     empty = memory(rdb, keys, sid)
     assert empty.size == 0 and rdb.hget(keys.exemplars(sid), "ids") == b"[]"
     # After emptying, adding works again and ids go on from where they were.
@@ -128,8 +139,8 @@ def test_any_png_becomes_the_training_format() -> None:
     rgba[..., 3][np.kron(ink, np.ones((2, 2), dtype=np.uint8)) > 0] = 255
     np.testing.assert_array_equal(decode_png(_png(rgba, "RGBA"), "x"), ink)
     assert np.array_equal(decode_png(png_b64(ink, scale=3, invert=True), "x"), ink)
-    blank = decode_png(_png(np.full((30, 30), 255, dtype=np.uint8), "L"), "x")
-    assert blank.sum() == 0
+    with pytest.raises(InvalidImage, match="no ink"):  # stored, it would match anything at p = 1
+        decode_png(_png(np.full((30, 30), 255, dtype=np.uint8), "L"), "x")
 
 
 @pytest.mark.parametrize(
