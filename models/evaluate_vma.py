@@ -338,7 +338,7 @@ def _nll(d: dict) -> str:
 
 
 def format_table(metrics: dict) -> str:
-    """Markdown tables (few-shot accuracy, NLL / KL, novelty) for the README."""
+    """Markdown tables (few-shot accuracy, NLL / KL, novelty) for docs/vma.md."""
     lines = ["| task | q(a\\|x) % | importance % | paper q(a\\|x) % |", "|---|---|---|---|"]
     for task, r in metrics["few_shot"].items():
         imp, paper = _pct(r.get("importance")), 100 * r["paper_posterior"]

@@ -119,7 +119,7 @@ async def cluster_metrics(r: aioredis.Redis, keys: Keys, index: SessionIndex) ->
         return [up]
     up.add_metric([], 1)
     sessions = GaugeMetricFamily(
-        "memserve_sessions_live", "sessions whose keys exist, by kind (see the README)", labels=["kind"]
+        "memserve_sessions_live", "sessions whose keys exist, by kind", labels=["kind"]
     )
     for kind, n in live.items():
         sessions.add_metric([kind], n)

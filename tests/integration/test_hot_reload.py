@@ -62,7 +62,7 @@ def stage_version(directory: Path, staging: Path, name: str, version: str, model
 
 
 def drop(staging: Path, directory: Path, stem: str) -> None:
-    """Copy a staged version into the directory as the README says: graphs and weights, card last."""
+    """Copy a staged version into the directory as docs/operations.md says: graphs and weights, card last."""
     shutil.copytree(staging / f"{stem}-onnx", directory / f"{stem}-onnx")
     shutil.copy2(staging / f"{stem}.safetensors", directory)
     shutil.copy2(staging / f"{stem}.json", directory)

@@ -8,7 +8,7 @@ import { guarded, showError, showNote } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
 const LEVELS = [80, 95];
-const RETRIES = 3; // for 429 / 503 / 504, which the README says to retry with the same seq
+const RETRIES = 3; // for 429 / 503 / 504, which docs/api.md says to retry with the same seq
 const MAX_LISTED = 200; // anomalies kept in the list below the plot
 const SID_STORE = "memserve.memnetSession";
 
