@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from app.errors import MemserveError
+
 
 def digest(data: bytes) -> str:
     """Short content hash of a chunk, to tell a client's retry from a different chunk."""
@@ -107,10 +109,11 @@ def ok_reply(job_id: str, body: dict[str, Any]) -> bytes:
     return head + b"\n" + orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_reply(job_id: str, status: int, slug: str, detail: str, **extra: Any) -> bytes:
-    """A refusal decided by the worker (unknown session, seq conflict, ...)."""
-    head = {"job": job_id, "ok": False, "status": status, "slug": slug, "detail": detail}
-    return orjson.dumps({**head, "extra": extra})
+def error_reply(job_id: str, error: MemserveError) -> bytes:
+    """A refusal decided by the worker (unknown session, seq conflict, ...): the same error types,
+    statuses and slugs as the API's (app.errors), so one mapping makes every problem+json."""
+    head = {"job": job_id, "ok": False, "status": error.status, "slug": error.slug, "detail": error.detail}
+    return orjson.dumps({**head, "extra": error.extra})
 
 
 def parse_reply(raw: bytes) -> Reply:

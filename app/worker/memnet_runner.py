@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from app.catalog import ModelKey
+from app.errors import CorruptState, InvalidInput, InvalidRequest, MemserveError, SeqConflict, SessionNotFound
 from app.jobs.messages import PointsJob, error_reply, ok_reply
 from app.jobs.reader import Delivery
 from app.store import scripts
@@ -352,12 +353,12 @@ class MemNetRunner(Runner[ServedMemNet]):
                 ld.state = SessionState.from_redis(fields)
             except (CodecError, KeyError, ValueError) as e:
                 log.error("unreadable state of session %s: %s", ld.job.sid, e)
-                self._refuse(ld, out, 500, "corrupt-state", "the session's stored state is unreadable")
+                self._refuse(ld, out, CorruptState("the session's stored state is unreadable"))
                 unreadable.add(id(ld))
         return [ld for ld in group if id(ld) not in unreadable]
 
-    def _refuse(self, ld: Loaded, out: Outcome, status: int, slug: str, detail: str, **extra: Any) -> bool:
-        out.replies.append((ld.job.reply_to, error_reply(ld.job.job_id, status, slug, detail, **extra)))
+    def _refuse(self, ld: Loaded, out: Outcome, error: MemserveError) -> bool:
+        out.replies.append((ld.job.reply_to, error_reply(ld.job.job_id, error)))
         out.ack.append(ld.delivery.entry_id)
         return False
 
@@ -369,25 +370,22 @@ class MemNetRunner(Runner[ServedMemNet]):
             out.ack.append(ld.delivery.entry_id)
             return False
         if not ld.meta:
-            return self._refuse(ld, out, 404, "session-not-found", f"session {job.sid} does not exist")
+            return self._refuse(ld, out, SessionNotFound(f"session {job.sid} does not exist"))
         if (why := self.cannot_run(ld.delivery, job.model, job.model_version)) is not None:
-            return self._refuse(ld, out, why.status, why.slug, why.detail)
+            return self._refuse(ld, out, why)
         if job.levels and not self.served(job.model, job.model_version).has_scale:
-            return self._refuse(
-                ld, out, 422, "invalid-request",
+            return self._refuse(ld, out, InvalidRequest(
                 f"model {job.model} predicts values, not distributions: it has no intervals; "
                 "drop `level`, or use a model with a predictive scale (memnet-universal)",
-            )  # fmt: skip
+            ))  # fmt: skip
         if job.seq is not None and job.seq != ld.step:
             _step, last_seq, last_digest, _etag = ld.head
             if last_seq == b"%d" % job.seq and last_digest == job.digest.encode():
                 self._answer_repeat(ld, out)
                 return False
-            return self._refuse(
-                ld, out, 409, "seq-conflict",
-                f"chunk starts at seq {job.seq} but the session is at step {ld.step}",
-                expected_seq=ld.step,
-            )  # fmt: skip
+            return self._refuse(ld, out, SeqConflict(
+                f"chunk starts at seq {job.seq} but the session is at step {ld.step}", expected_seq=ld.step,
+            ))  # fmt: skip
         return True
 
     def _answer_repeat(self, ld: Loaded, out: Outcome) -> None:
@@ -484,7 +482,7 @@ class MemNetRunner(Runner[ServedMemNet]):
             results = iter(p.execute(raise_on_error=False))
         for ld, ok, reply, state, etag in zip(group, finite, replies, new, etags, strict=True):
             if not ok:
-                self._refuse(ld, out, 422, "invalid-input", OVERFLOW)
+                self._refuse(ld, out, InvalidInput(OVERFLOW))
                 continue
             self._settle(ld, next(results), reply, state, etag, out)
 
@@ -511,6 +509,6 @@ class MemNetRunner(Runner[ServedMemNet]):
         if isinstance(res, Exception):
             raise res
         if res in (b"gone", "gone"):
-            self._refuse(ld, out, 404, "session-not-found", f"session {ld.job.sid} does not exist")
+            self._refuse(ld, out, SessionNotFound(f"session {ld.job.sid} does not exist"))
         else:  # another worker moved the session on meanwhile: decide again next batch
             out.retry.append(ld.delivery)

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 import redis
 
 from app.catalog import ModelKey
+from app.errors import JobFailed, MemserveError, ModelUnavailable
 from app.jobs.messages import frame_replies
 from app.jobs.reader import Delivery
 from app.store.keys import Keys
@@ -34,15 +35,6 @@ class Outcome:
         for channel, payload in self.replies:
             by_channel.setdefault(channel, []).append(payload)
         return [(channel, frame_replies(payloads)) for channel, payloads in by_channel.items()]
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A job answered with an error instead of being run."""
-
-    status: int
-    slug: str
-    detail: str
 
 
 class Runner(Generic[Served]):
@@ -83,7 +75,7 @@ class Runner(Generic[Served]):
         assert key is not None, f"model {name} version {version} is not loaded"
         return self.models[key]
 
-    def cannot_run(self, delivery: Delivery, model: str, version: str | None) -> Refusal | None:
+    def cannot_run(self, delivery: Delivery, model: str, version: str | None) -> MemserveError | None:
         """Why a job may not run here at all: it failed too often, or its model is not loaded."""
         if delivery.attempts > self.max_deliveries:
             tries = delivery.attempts - 1
@@ -92,7 +84,7 @@ class Runner(Generic[Served]):
                 f"the job was set aside: the worker running it failed or died each of the {tries} "
                 "times it ran alone; it will not be run again"
             )
-            return Refusal(500, "job-failed", detail)
+            return JobFailed(detail)
         if self.key_of(model, version) is None and self.on_missing is not None:
             self.on_missing(model, version)
         if self.key_of(model, version) is None:
@@ -101,5 +93,5 @@ class Runner(Generic[Served]):
                 f"{which} is not loaded on this worker: no complete checkpoint of it is in its "
                 "checkpoint directory (not copied there yet, or removed)"
             )
-            return Refusal(503, "model-unavailable", detail)
+            return ModelUnavailable(detail)
         return None

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from app.catalog import ModelKey
+from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveError, SessionNotFound
 from app.jobs.images import encode_png
 from app.jobs.messages import error_reply, ok_reply
 from app.jobs.reader import Delivery
@@ -30,7 +31,7 @@ from app.store import scripts
 from app.store.exemplars import MEMORY_FIELDS, Memory
 from app.store.keys import Keys
 from app.worker.budget import UNBOUNDED, WorkBudget, tensor_bytes
-from app.worker.runner import Outcome, Refusal, Runner
+from app.worker.runner import Outcome, Runner
 from app.worker.vma_memory import DeviceMemory, MemoryCache, VMAEngine, to_device
 from models.vma import VMA, address_kl, label_scores
 
@@ -128,8 +129,8 @@ class VmaRunner(Runner[ServedVMA]):
             self._query(queries, out)
         return out
 
-    def _refuse(self, out: Outcome, d: Delivery, job: VmaJob, why: Refusal) -> None:
-        out.replies.append((job.reply_to, error_reply(job.job_id, why.status, why.slug, why.detail)))
+    def _refuse(self, out: Outcome, d: Delivery, job: VmaJob, why: MemserveError) -> None:
+        out.replies.append((job.reply_to, error_reply(job.job_id, why)))
         out.ack.append(d.entry_id)
 
     # ------------------------------------------------------------------ add
@@ -215,7 +216,7 @@ class VmaRunner(Runner[ServedVMA]):
                 self._refuse(out, d, job, _gone(job))
             elif mem.size == 0:
                 detail = "the session's memory is empty: add exemplars first"
-                self._refuse(out, d, job, Refusal(409, "empty-memory", detail))
+                self._refuse(out, d, job, EmptyMemory(detail))
             else:
                 key = self.key_of(job.model, job.model_version)
                 groups.setdefault((job.op, key), []).append((d, job, mem))
@@ -250,8 +251,8 @@ class VmaRunner(Runner[ServedVMA]):
         slots, noise, owners = [], [], []
         for i, (_, job, mem) in enumerate(items):
             picked = _pick_slots(mem, job, served.model.config.z_dim)
-            if isinstance(picked, Refusal):
-                bodies.append(error_reply(job.job_id, picked.status, picked.slug, picked.detail))
+            if isinstance(picked, MemserveError):
+                bodies.append(error_reply(job.job_id, picked))
                 continue
             bodies.append({})
             slots.append(picked[0])
@@ -272,8 +273,8 @@ class VmaRunner(Runner[ServedVMA]):
 
 
 # --------------------------------------------------------------------------- helpers
-def _gone(job: VmaJob) -> Refusal:
-    return Refusal(404, "session-not-found", f"session {job.sid} does not exist")
+def _gone(job: VmaJob) -> SessionNotFound:
+    return SessionNotFound(f"session {job.sid} does not exist")
 
 
 @dataclass
@@ -366,18 +367,18 @@ def _classify_body(p: _Addressing, threshold: float | None) -> dict[str, Any]:
     return {"method": job.params["method"], "samples": int(job.params["samples"]), "results": results}
 
 
-def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | Refusal:
+def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | MemserveError:
     """The slots a ~ p(a|M) (restricted as asked) and the z noise of one sample job, from its seed."""
     label, eid = job.params.get("label"), job.params.get("exemplar_id")
     allowed = np.arange(mem.size)
     if eid is not None:
         slot = mem.slot_of(int(eid))
         if slot is None:
-            return Refusal(404, "exemplar-not-found", f"session {job.sid} has no exemplar {eid}")
+            return ExemplarNotFound(f"session {job.sid} has no exemplar {eid}", exemplar_id=int(eid))
         allowed = np.array([slot])
     elif label is not None:
         if label not in mem.label_names:
-            return Refusal(404, "label-not-found", f"no exemplar of session {job.sid} has label {label!r}")
+            return LabelNotFound(f"no exemplar of session {job.sid} has label {label!r}")
         allowed = (mem.label_idx == mem.label_names.index(label)).nonzero()[:, 0].cpu().numpy()
     gen = torch.Generator().manual_seed(int(job.params["seed"]))
     probs = mem.log_prior[torch.from_numpy(allowed).to(mem.log_prior.device)].softmax(-1).cpu()

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from app.errors import SeqConflict, SessionNotFound
 from app.jobs.messages import (
     PointsJob,
     digest,
@@ -91,7 +92,7 @@ def test_ok_reply_body_may_contain_newlines_in_strings() -> None:
 
 
 def test_error_reply_round_trips_status_slug_detail_and_extra() -> None:
-    raw = error_reply("job-2", 409, "seq-conflict", "chunk starts at 4\nsession at 3", expected_seq=3)
+    raw = error_reply("job-2", SeqConflict("chunk starts at 4\nsession at 3", expected_seq=3))
     reply = parse_reply(raw)
     assert not reply.ok
     assert (reply.job_id, reply.status, reply.slug) == ("job-2", 409, "seq-conflict")
@@ -101,7 +102,7 @@ def test_error_reply_round_trips_status_slug_detail_and_extra() -> None:
 
 
 def test_error_reply_without_extra_parses_to_an_empty_extra() -> None:
-    reply = parse_reply(error_reply("j", 404, "session-not-found", "gone"))
+    reply = parse_reply(error_reply("j", SessionNotFound("gone")))
     assert reply.extra == {} and reply.status == 404
 
 
@@ -113,7 +114,7 @@ def test_parse_reply_refuses_garbage_with_a_value_error() -> None:
 def test_replies_framed_in_one_message_come_back_whole() -> None:
     replies = [
         ok_reply("a", {"x": [1.0, 2.0]}),
-        error_reply("b", 409, "seq-conflict", "no", expected_seq=3),
+        error_reply("b", SeqConflict("no", expected_seq=3)),
         b"\n",
     ]
     assert unframe_replies(frame_replies(replies)) == replies
