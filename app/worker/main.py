@@ -200,13 +200,13 @@ class Worker:
         log.info("worker %s stopped", self.id)
 
     def _one_batch(self) -> None:
-        batch = self._take_batch()
+        batch, isolated = self._take_batch()
         if not batch:
             return
         started = time.perf_counter()
-        alone = batch[0] if len(batch) == 1 and batch[0].deliveries > 1 else None
-        if alone is not None:
-            self.reader.attempt(alone)
+        suspect = batch[0] if isolated and batch[0].deliveries > 1 else None
+        if suspect is not None:
+            self.reader.attempt(suspect)
         if self.settings.fault_batch_delay_ms:
             time.sleep(self.settings.fault_batch_delay_ms / 1000)
         crash_on = self.settings.fault_crash_request
@@ -233,11 +233,11 @@ class Worker:
         acks = {stream: out.ack for stream, out in outs.items()}
         messages = [m for out in outs.values() for m in out.messages()]
         # A job run alone leaves the jobs read with the last acknowledgement waiting in _next.
-        read_next = alone is None and not self.stopping.is_set()
+        read_next = not isolated and not self.stopping.is_set()
         try:
             taken = self.reader.ack(acks, messages, read_next=read_next)
-            if alone is not None and alone.entry_id in acks.get(alone.stream, ()):
-                self.reader.forget_attempts([alone])
+            if suspect is not None and suspect.entry_id in acks.get(suspect.stream, ()):
+                self.reader.forget_attempts([suspect])
         except REDIS_DOWN:
             self._retry = batch  # committed but neither answered nor acknowledged: the re-run replies
             raise
@@ -253,22 +253,23 @@ class Worker:
         if self.settings.access_log:
             self._log_jobs(batch, outs)
 
-    def _take_batch(self) -> list[Delivery]:
-        """The next batch: jobs to run again first, then those read with the last acknowledgement,
-        else new ones. While a job delivered before without an answer waits, jobs run one at a
-        time, in order: such a job may be what failed or killed a worker, and alone it can take
-        no batch-mate down with it again; past max_deliveries it is refused (`cannot_run`)."""
+    def _take_batch(self) -> tuple[list[Delivery], bool]:
+        """The next batch, and whether it is one job taken alone: jobs to run again first, then
+        those read with the last acknowledgement, else new ones. While a job delivered before
+        without an answer waits, jobs run one at a time, in order: such a job may be what failed
+        or killed a worker, and alone it can take no batch-mate down with it again; past
+        max_deliveries it is refused (`cannot_run`)."""
         retry, self._retry = self._retry, []
         if any(d.deliveries > 1 for d in retry):
             self._retry = retry[1:]
-            return retry[:1]
+            return retry[:1], True
         batch = retry + self._next
         self._next = []
         if not batch:
             batch = self.reader.read_batch(block_ms=500)
         elif len(batch) < self.settings.max_batch and retry:
             batch += self.reader.read_batch(block_ms=1)
-        return batch
+        return batch, False
 
     def _log_jobs(self, batch: list[Delivery], outs: dict[str, Outcome]) -> None:
         """One line per job answered (MEMSERVE_ACCESS_LOG), with the request id it came with."""
