@@ -24,14 +24,17 @@ Everything is seeded (``--seed``) and deterministic for a given checkpoint and t
   the one of ``VMA.log_likelihood_bound``, computed with the pyramids of each (query, slot)
   pair shared by all samples that pick that slot. The VAE baseline (``--vae``, no memory)
   gets the same bound and KL_z on the drawings of the C = 1 queries.
-* **Novelty threshold**: the serving novelty score is the best single-exemplar bound
-  max_{a in top min(|M|, NOVELTY_TOP) under q(a|x)} log p(x|m_a) (1 z sample, no log p(a)), as the
-  service computes it by default (NOVELTY_TOP = 1: the top address). On the
-  held-out *background* characters (``split_characters(keys, 0.05, 0)[1]``) it is computed
-  for queries whose character is in a 5-way 1-shot memory and for the same queries against
-  5 other characters; the threshold maximising balanced accuracy (novel: score < threshold)
-  goes into ``card["serving"]["novelty_threshold_nats"]``. Its balanced accuracy and the
-  score's AUROC on the evaluation alphabets are reported.
+* **Novelty**: two scores, both as the service computes them: ``address``, the largest
+  address logit max_a S(m_a, x) (how strongly x points at any one exemplar; no decoder), and
+  ``bound``, the best single-exemplar bound max_{a in top NOVELTY_TOP under q(a|x)} log p(x|m_a)
+  (1 z sample, no log p(a)). On the held-out *background* characters
+  (``split_characters(keys, 0.05, 0)[1]``) each is computed for queries whose character is in a
+  5-way 1-shot memory and for the same queries against 5 other characters; the threshold
+  maximising balanced accuracy (novel: score < threshold) is kept, and the score with the
+  higher AUROC there goes into ``card["serving"]["novelty"]`` with its threshold. Balanced
+  accuracy and AUROC of both on the evaluation alphabets are reported.
+* **Diversity**: mean pairwise per-pixel difference between 8 one-shot samples of one
+  exemplar (binarised), next to that between 8 real drawings of the character.
 * ``--plot`` writes ``<dir>/<name>-samples.png``: evaluation characters by row, the exemplar
   (the whole memory) first, then one-shot samples (Bernoulli means).
 
@@ -67,6 +70,7 @@ PAPER_ACC = {"5w1s": 0.91, "5w5s": 0.97, "20w1s": 0.77, "20w5s": 0.90}  # q(a|x)
 PAPER_NLL_C1 = {"1": 86.5, "2": 83.0, "5": 76.5, "10": 76.2, "19": 73.9}  # paper table 1, C_test = 1
 IMPORTANCE_TOP = 16
 NOVELTY_TOP = 1  # as serving by default (posterior, samples = 1): the top address, one z
+NOVELTY_SCORES = ("address", "bound")  # see novelty_scores
 
 
 def _x(a: np.ndarray) -> Tensor:
@@ -230,33 +234,42 @@ def vae_row(vae: VAE, queries: np.ndarray, args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------------- novelty
 @torch.inference_mode()
-def novelty_score(model: VMA, x: Tensor, m: Tensor, gen: torch.Generator) -> Tensor:
-    """Serving novelty score (B,): max of the 1-sample log p(x|m_a) over the top NOVELTY_TOP addresses.
+def novelty_scores(model: VMA, x: Tensor, m: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+    """The two serving novelty scores (B,) each; higher = more like something in memory.
 
-    x (B, 1, S, S), m (B, A, 1, S, S) per-row memories.
+    ``address``: the largest address logit max_a S(m_a, x) of q(a|x), how strongly x points at
+    any one exemplar (no decoder; available with ``samples: 0``). ``bound``: the 1-sample
+    log p(x|m_a) of the top NOVELTY_TOP addresses, best of them. x (B, 1, S, S), m (B, A, 1, S, S).
     """
     b, n_slots = m.shape[:2]
     h_m = model.h_mem(m.flatten(0, 1)).view(b, n_slots, -1)  # (B A, D) -> (B, A, D)
-    top = model.address_logits(h_m, x).topk(min(n_slots, NOVELTY_TOP), dim=-1).indices  # (B, T)
+    logits = model.address_logits(h_m, x)  # (B, A)
+    top = logits.topk(min(n_slots, NOVELTY_TOP), dim=-1).indices  # (B, T)
     m_a = m[torch.arange(b).unsqueeze(1), top]  # (B, T, 1, S, S)
-    return model.candidate_log_weights(x, m_a, 1, gen).max(-1).values
+    bound = model.candidate_log_weights(x, m_a, 1, gen).max(-1).values
+    return {"address": logits.max(-1).values, "bound": bound}
 
 
 def novelty_pairs(
     model: VMA, images: np.ndarray, episodes: int, seed: int, quiet: bool
-) -> tuple[np.ndarray, ...]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores of queries whose character is in a 5-way 1-shot memory, and of the same queries
-    against a memory of 5 other characters: (known (E,), novel (E,))."""
+    against a memory of 5 other characters: (known, novel), each {score name: (E,)}."""
     rng = np.random.default_rng([seed, 99])
     gen = torch.Generator().manual_seed(seed + 99)
-    known, novel = [], []
+    known: dict[str, list[Tensor]] = {name: [] for name in NOVELTY_SCORES}
+    novel: dict[str, list[Tensor]] = {name: [] for name in NOVELTY_SCORES}
     for start in tqdm(range(0, episodes, 32), desc="novelty", disable=quiet, leave=False):
         eps = [sample_episode(images, rng, 6, 1, 1) for _ in range(min(32, episodes - start))]
         x = _x(np.stack([e.queries[0] for e in eps]))  # class 0's query
         mem = torch.from_numpy(np.stack([e.memory for e in eps]))[:, :, None]  # (E, 6, 1, S, S)
-        known.append(novelty_score(model, x, mem[:, :5], gen))
-        novel.append(novelty_score(model, x, mem[:, 1:], gen))
-    return torch.cat(known).numpy(), torch.cat(novel).numpy()
+        for into, slots in ((known, mem[:, :5]), (novel, mem[:, 1:])):
+            for name, score in novelty_scores(model, x, slots, gen).items():
+                into[name].append(score)
+    return (
+        {k: torch.cat(v).numpy() for k, v in known.items()},
+        {k: torch.cat(v).numpy() for k, v in novel.items()},
+    )
 
 
 def auroc(known: np.ndarray, novel: np.ndarray) -> float:
@@ -278,14 +291,14 @@ def best_threshold(known: np.ndarray, novel: np.ndarray) -> float:
 
 
 def novelty(model: VMA, background: tuple[np.ndarray, list[str]], evaluation: np.ndarray, args) -> dict:
-    """Calibrate the threshold on held-out background characters, report it on the evaluation set."""
+    """Calibrate each score's threshold on held-out background characters, report both on the
+    evaluation set, and pick for serving the score with the higher calibration AUROC."""
     images, keys = background
     val = images[split_characters(keys, 0.05, 0)[1]]
     k_cal, n_cal = novelty_pairs(model, val, args.novelty_episodes, args.seed, args.quiet)
-    thr = best_threshold(k_cal, n_cal)
     k_ev, n_ev = novelty_pairs(model, evaluation, args.novelty_episodes, args.seed + 1, args.quiet)
 
-    def summary(known: np.ndarray, novel: np.ndarray) -> dict:
+    def summary(known: np.ndarray, novel: np.ndarray, thr: float) -> dict:
         return {
             "balanced_accuracy": balanced_accuracy(known, novel, thr),
             "auroc": auroc(known, novel),
@@ -294,11 +307,49 @@ def novelty(model: VMA, background: tuple[np.ndarray, list[str]], evaluation: np
             "mean_novel": float(novel.mean()),
         }
 
+    scores = {}
+    for name in NOVELTY_SCORES:
+        thr = best_threshold(k_cal[name], n_cal[name])
+        scores[name] = {
+            "threshold": thr,
+            "calibration": {
+                "set": "background held-out characters",
+                **summary(k_cal[name], n_cal[name], thr),
+            },
+            "evaluation": {"set": "evaluation alphabets", **summary(k_ev[name], n_ev[name], thr)},
+        }
+    chosen = max(NOVELTY_SCORES, key=lambda n: scores[n]["calibration"]["auroc"])
+    return {"score": chosen, "threshold": scores[chosen]["threshold"], "scores": scores}
+
+
+# -------------------------------------------------------------------- diversity
+def _pairwise_l1(imgs: Tensor) -> float:
+    """Mean over pairs i < j of the per-pixel mean |imgs_i - imgs_j|; imgs (n, S, S)."""
+    flat = imgs.flatten(1)  # (n, S, S) -> (n, S S)
+    d = (flat[:, None] - flat[None, :]).abs().mean(-1)  # (n, n)
+    n = len(imgs)
+    return float(d.sum() / (n * (n - 1)))
+
+
+@torch.inference_mode()
+def diversity(model: VMA, images: np.ndarray, seed: int, chars: int = 100, n: int = 8) -> dict:
+    """How much one-shot samples of one exemplar differ from each other, next to how much n real
+    drawings of one character do: mean pairwise per-pixel |difference|, samples binarised at 0.5
+    (the drawings are binary), averaged over ``chars`` evaluation characters."""
+    rng = np.random.default_rng([seed, 7])
+    gen = torch.Generator().manual_seed(seed + 7)
+    samples, real = [], []
+    for c in rng.choice(len(images), min(chars, len(images)), replace=False):
+        picks = rng.choice(images.shape[1], n + 1, replace=False)
+        h_m, feats = model.embed_memory(_m(images[c, picks[:1]]))
+        x, _ = model.sample(h_m[0], [f[0] for f in feats], None, n, gen)  # (n, S, S)
+        samples.append(_pairwise_l1((x > 0.5).float()))
+        real.append(_pairwise_l1(torch.from_numpy(images[c, picks[1:]])))
     return {
-        "threshold_nats": thr,
-        "score": f"max over top-{NOVELTY_TOP} q(a|x) addresses of the 1-sample log p(x|m_a)",
-        "calibration": {"set": "background held-out characters", **summary(k_cal, n_cal)},
-        "evaluation": {"set": "evaluation alphabets", **summary(k_ev, n_ev)},
+        "samples": float(np.mean(samples)),
+        "real": float(np.mean(real)),
+        "characters": len(samples),
+        "n": n,
     }
 
 
@@ -356,11 +407,20 @@ def format_table(metrics: dict) -> str:
     if "vae" in metrics:
         lines.append(f"| VAE (no memory) | {_nll(metrics['vae'])} | | | | | {metrics['vae']['kl_z']:.1f} | |")
     nv, st = metrics["novelty"], metrics["settings"]
-    ev = nv["evaluation"]
     lines += [
         "",
-        f"Novelty flag (score < {nv['threshold_nats']:.1f} nats): balanced accuracy "
-        f"{100 * ev['balanced_accuracy']:.1f} %, AUROC {ev['auroc']:.3f} on the evaluation alphabets.",
+        "| novelty score | threshold | AUROC | balanced accuracy | served |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in nv["scores"].items():
+        ev, served = r["evaluation"], "yes" if name == nv["score"] else ""
+        acc = f"{100 * ev['balanced_accuracy']:.1f} %"
+        lines.append(f"| {name} | {r['threshold']:.2f} | {ev['auroc']:.3f} | {acc} | {served} |")
+    if "diversity" in metrics:
+        d = metrics["diversity"]
+        lines += ["", f"Pixel diversity (mean |difference| between two drawings of one character): "
+                  f"samples of one exemplar {d['samples']:.3f}, real drawings {d['real']:.3f}."]  # fmt: skip
+    lines += [
         "",
         f"Settings: {st['episodes']} episodes per task ({st['importance_episodes']} with the importance "
         f"method, S = {st['importance_samples']}), NLL K = {st['nll_k']} on {st['nll_queries']} queries, "
@@ -408,6 +468,7 @@ def evaluate(model: VMA, vae: VAE | None, args: argparse.Namespace) -> dict:
     metrics["seconds"]["nll"], t = round(time.monotonic() - t, 1), time.monotonic()
     metrics["novelty"] = novelty(model, background, evaluation, args)
     metrics["seconds"]["novelty"] = round(time.monotonic() - t, 1)
+    metrics["diversity"] = diversity(model, evaluation, args.seed)
     metrics["settings"] = {
         "episodes": args.episodes,
         "importance_episodes": min(args.importance_episodes, args.episodes),
@@ -443,8 +504,12 @@ def main(argv: list[str]) -> int:
     if args.write:
         fresh = read_card(card_path)  # re-read: never write back a stale copy
         fresh["metrics"] = metrics
-        threshold = round(metrics["novelty"]["threshold_nats"], 3)
-        fresh.setdefault("serving", {})["novelty_threshold_nats"] = threshold
+        serving = fresh.setdefault("serving", {})
+        serving.pop("novelty_threshold_nats", None)  # the form before there were two scores
+        serving["novelty"] = {
+            "score": metrics["novelty"]["score"],
+            "threshold": round(metrics["novelty"]["threshold"], 4),
+        }
         write_card(card_path, fresh)
         print(f"wrote metrics and the novelty threshold into {card_path}")
     if args.plot:

@@ -57,17 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=4, help="VIMCO samples")
     p.add_argument("--kl-warmup", type=int, default=0, help="steps over which z's KL weight rises 0 -> 1")
     p.add_argument(
+        "--hide-memory", type=float, default=0.0,
+        help="share of VIMCO samples whose decoder does not see m_a (skips and context), so that z "
+        "must carry the drawing (0: the paper's objective)",
+    )  # fmt: skip
+    p.add_argument(
         "--class-weight", type=float, default=0.0,
         help="weight of a cross-entropy on the class marginal of q(a|x), from the episodes' labels "
         "(0: the pure VIMCO objective)",
     )  # fmt: skip
-    p.add_argument("--init", default=None, help="start from this checkpoint's weights (its sizes)")
+    p.add_argument(
+        "--vimco-weight", type=float, default=1.0,
+        help="weight of the VIMCO objective (0: train the addressing nets on the class term alone, "
+        "a fast first stage before the joint one)",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", default=None,
+        help="start from this checkpoint's weights and sizes; the --address-* and --frame-span given "
+        "here replace its addressing nets, which then start fresh where their shapes differ",
+    )  # fmt: skip
     p.add_argument("--init-dir", type=Path, default=Path("checkpoints"), help="where --init is")
     p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--match-dim", type=int, default=128)
     p.add_argument("--z-dim", type=int, default=64)
+    p.add_argument("--address-net", choices=["pyramid", "conv4"], default=None, help="h, h_q kind")
+    p.add_argument("--address-channels", type=int, default=None, help="conv4's feature maps (64)")
+    p.add_argument("--frame-span", type=int, default=None, help="conv4: ink spans this many px (0: off)")
     p.add_argument("--val-frac", type=float, default=0.05, help="held-out share of background characters")
     p.add_argument("--val-episodes", type=int, default=200)
     p.add_argument("--resume", action="store_true")
@@ -136,12 +153,29 @@ def validate(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict[s
     return {"nll": -float(np.mean(bounds)), "acc_5w1s": correct / total, "kl_z": float(np.mean(kls))}
 
 
+def _address_options(args: argparse.Namespace) -> dict:
+    names = {"address_net": args.address_net, "address_channels": args.address_channels,
+             "frame_span": args.frame_span}  # fmt: skip
+    return {k: v for k, v in names.items() if v is not None}
+
+
 def make_model(args: argparse.Namespace) -> VMA:
-    config = VMAConfig(
-        channels=args.channels, hidden_dim=args.hidden, match_dim=args.match_dim,
-        z_dim=args.z_dim, k_train=args.k,
-    )  # fmt: skip
-    return VMA(config)
+    """A fresh model of the sizes given, or --init's weights with the addressing options given."""
+    if args.init is None:
+        config = VMAConfig(
+            channels=args.channels, hidden_dim=args.hidden, match_dim=args.match_dim,
+            z_dim=args.z_dim, k_train=args.k, **_address_options(args),
+        )  # fmt: skip
+        return VMA(config)
+    init, _ = load_checkpoint(args.init, args.init_dir)
+    assert isinstance(init, VMA), f"{args.init} is not a VMA checkpoint"
+    model = VMA(dataclasses.replace(init.config, **_address_options(args)))
+    own = model.state_dict()
+    same = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+    fresh = sorted({k.split(".")[0] for k in own if k not in same})
+    print(f"from {args.init}: {len(same)} tensors; fresh: {', '.join(fresh) or 'none'}")
+    return model
 
 
 def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs: np.ndarray, argv) -> dict:
@@ -161,14 +195,18 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
             group["lr"] = lr_at(step, args)
         x, m, labels = make_batch(train_imgs, rng, args, args.device)
         beta = min(1.0, step / args.kl_warmup) if args.kl_warmup > 0 else 1.0
-        loss, bound = model.vimco_loss(x, m, None, args.k, beta)
+        loss, nll = torch.zeros(()), math.nan
+        if args.vimco_weight > 0:
+            vimco, bound = model.vimco_loss(x, m, None, args.k, beta, args.hide_memory)
+            loss, nll = args.vimco_weight * vimco, -bound.mean().item()
         if args.class_weight > 0:
             loss = loss + args.class_weight * class_loss(model, x, m, labels, args.ways)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        nll = -bound.mean().item()
+        if args.vimco_weight == 0:
+            nll = loss.item()  # the class term stands in for the bound in the progress line
         ema = nll if ema is None else 0.98 * ema + 0.02 * nll
         meta["step"] = step + 1
         bar.update(1)
@@ -219,7 +257,9 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
                   "rotations": args.rotations, "k": args.k},
         "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
-        "class_weight": args.class_weight, "init": args.init, "select": args.select,
+        "class_weight": args.class_weight, "vimco_weight": args.vimco_weight,
+        "hide_memory": args.hide_memory,
+        "init": args.init, "select": args.select,
         "history": meta["history"],
     }  # fmt: skip
     data = {"dataset": "omniglot-28x28", "train": "background alphabets", "val_frac": args.val_frac}
@@ -241,12 +281,8 @@ def main(argv: list[str]) -> int:
     if args.rotations:
         train_imgs = with_rotations(train_imgs)
     print(f"training on {len(train_imgs)} classes, validating on {len(val_imgs)} held-out characters")
-    if args.init is not None:
-        model, _ = load_checkpoint(args.init, args.init_dir)
-        assert isinstance(model, VMA), f"{args.init} is not a VMA checkpoint"
-        model = model.to(args.device).train()
-    else:
-        model = make_model(args).to(args.device).train()
+    assert args.vimco_weight > 0 or args.class_weight > 0, "nothing to train: both weights are 0"
+    model = make_model(args).to(args.device).train()
     meta = train(args, model, train_imgs, val_imgs, argv)
     print(f"best held-out nll {meta['best_nll']:.2f} at step {meta['best_step']}: {args.out / args.name}.*")
     return 0

@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.vma_addressing import Conv4Embedder
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -79,6 +81,10 @@ class VMAConfig:
     match_dim: int = 128  # h space of the addressing similarity
     z_dim: int = 64
     k_train: int = 4  # VIMCO samples per query (paper: K = 4)
+    # Addressing nets h, h_q (models.vma_addressing): "pyramid" (versions 1-2) or "conv4".
+    address_net: str = "pyramid"
+    address_channels: int = 64  # conv4's feature maps
+    frame_span: int = 0  # conv4 only: re-frame drawings so the ink spans this many px (0: off)
 
 
 def _scales(c: VMAConfig) -> list[int]:
@@ -192,6 +198,13 @@ def _gather_slots(t: Tensor, a: Tensor) -> Tensor:
     return t.gather(1, idx).flatten(0, 1)  # (B, K, *rest) -> (B K, *rest)
 
 
+def address_embedder(c: VMAConfig) -> nn.Module:
+    """h or h_q: image (N, 1, S, S) -> (N, match_dim), of the kind ``c.address_net`` names."""
+    if c.address_net == "conv4":
+        return Conv4Embedder(c.image_size, c.address_channels, c.frame_span, c.match_dim)
+    return Embedder(c, 1, c.match_dim)
+
+
 class VMA(nn.Module):
     """Variational Memory Addressing; see the module docstring for equations and choices."""
 
@@ -201,9 +214,11 @@ class VMA(nn.Module):
         assert c.image_size >= 4 and c.n_levels >= 1, "image too small for the pyramid"
         assert c.channels > 0 and c.z_dim > 0 and c.match_dim > 0, "sizes must be positive"
         assert c.k_train >= 2, "VIMCO needs at least two samples"
+        assert c.address_net in ("pyramid", "conv4"), "address_net must be 'pyramid' or 'conv4'"
+        assert c.frame_span == 0 or c.address_net == "conv4", "frame_span needs address_net='conv4'"
         self.config = c
-        self.h_mem = Embedder(c, 1, c.match_dim)  # h(m_a)
-        self.h_query = Embedder(c, 1, c.match_dim)  # h_q(x)
+        self.h_mem = address_embedder(c)  # h(m_a)
+        self.h_query = address_embedder(c)  # h_q(x)
         self.e_prior = nn.Parameter(torch.randn(c.match_dim) / math.sqrt(c.match_dim))  # e_p
         self.gen = Embedder(c, 1, 2 * c.z_dim)  # pyramid(m_a) -> p(z|m_a) mean, log std
         self.gen_context = nn.Linear(c.channels * _scales(c)[-1] ** 2, c.z_dim)  # c(m_a) for the decoder
@@ -262,11 +277,12 @@ class VMA(nn.Module):
         return mu, log_std, self.gen_context(top.flatten(1))
 
     def log_likelihood_terms(
-        self, x: Tensor, m: Tensor, mask: Tensor | None, a: Tensor, beta: float = 1.0
+        self, x: Tensor, m: Tensor, mask: Tensor | None, a: Tensor, beta: float = 1.0, hide: float = 0.0
     ) -> Tensor:
         """log p(x|z, m_a) + log p(z|m_a) - log q(z|m_a, x), one reparameterised z ~ q each.
 
-        x (B, 1, S, S), m (B or 1, A, 1, S, S), a (B, K) addresses -> (B, K).
+        x (B, 1, S, S), m (B or 1, A, 1, S, S), a (B, K) addresses -> (B, K). ``hide`` (training
+        only) is the share of samples whose decoder gets no skips or context from m_a.
         """
         self._check_memory(m)
         b, k = a.shape
@@ -279,7 +295,14 @@ class VMA(nn.Module):
         mu_p, log_std_p, c_m = self._z_prior(feats)
         mu_q, log_std_q = self.post(torch.cat([x_k, m_a], dim=1)).chunk(2, dim=-1)  # (B K, z) each
         z = mu_q + log_std_q.exp() * torch.randn_like(mu_q)
-        logits = self.decoder(z, c_m, feats)
+        dec_feats = feats
+        if hide > 0:
+            # The decoder's skips let it copy m_a and ignore z (z collapses); without them for a
+            # share of samples it must draw x from z, so z learns how drawings vary.
+            keep = (torch.rand(b * k, 1, device=x.device) >= hide).to(x.dtype)  # (B K, 1)
+            dec_feats = [f * keep.view(-1, 1, 1, 1) for f in feats]  # (B K, C, s, s) each
+            c_m = c_m * keep
+        logits = self.decoder(z, c_m, dec_feats)
         log_px = -F.binary_cross_entropy_with_logits(logits, x_k, reduction="none").sum((1, 2, 3))
         # beta < 1 (training's KL warm-up only) discounts z's KL term; beta = 1 is the bound.
         terms = log_px + beta * (_gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q))
@@ -287,7 +310,7 @@ class VMA(nn.Module):
 
     # ------------------------------------------------------------ bounds
     def _log_weights(
-        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int, beta: float = 1.0
+        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int, beta: float = 1.0, hide: float = 0.0
     ) -> tuple[Tensor, Tensor]:
         """K samples a ~ q(a|x), z ~ q(z|m_a, x): log w (B, K) and log q(a_k|x) (B, K)."""
         h_m = self.h_mem(m.flatten(0, 1)).view(*m.shape[:2], -1)  # (B A, D) -> (B, A, D)
@@ -296,10 +319,16 @@ class VMA(nn.Module):
         a = torch.multinomial(log_q.detach().exp(), k, replacement=True)  # (B, K)
         log_qa = log_q.gather(1, a)
         log_pa = log_p.expand_as(log_q).gather(1, a)
-        return self.log_likelihood_terms(x, m, mask, a, beta) + log_pa - log_qa, log_qa
+        return self.log_likelihood_terms(x, m, mask, a, beta, hide) + log_pa - log_qa, log_qa
 
     def vimco_loss(
-        self, x: Tensor, m: Tensor, mask: Tensor | None, k: int | None = None, beta: float = 1.0
+        self,
+        x: Tensor,
+        m: Tensor,
+        mask: Tensor | None,
+        k: int | None = None,
+        beta: float = 1.0,
+        hide: float = 0.0,
     ) -> tuple[Tensor, Tensor]:
         """VIMCO surrogate (scalar, mean over rows; minimise it) and the bound L_K per row, detached.
 
@@ -307,12 +336,14 @@ class VMA(nn.Module):
         sum_k w~_k grad log w_k + sum_k (L_K - L_K^{-k}) grad log q(a_k|x).
         ``beta`` < 1 scales z's KL term inside log w (a KL warm-up for the first steps of
         training: with the decoder's skips from m_a, a full KL from step 0 lets z collapse);
-        the result is then not a bound. beta = 1 is the objective.
+        the result is then not a bound. beta = 1 is the objective. ``hide`` > 0 hides m_a
+        from the decoder for that share of samples (see ``log_likelihood_terms``).
         """
         k = self.config.k_train if k is None else k
         assert k >= 2, "VIMCO needs at least two samples for its leave-one-out baseline"
         assert 0.0 <= beta <= 1.0, "beta must lie in [0, 1]"
-        log_w, log_qa = self._log_weights(x, m, mask, k, beta)
+        assert 0.0 <= hide < 1.0, "hide must lie in [0, 1)"
+        log_w, log_qa = self._log_weights(x, m, mask, k, beta, hide)
         bound = torch.logsumexp(log_w, dim=-1) - math.log(k)  # (B,)
         lw = log_w.detach()
         mean_others = (lw.sum(-1, keepdim=True) - lw) / (k - 1)  # (B, K)

@@ -69,6 +69,30 @@ class VmaCosts:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class NoveltyRule:
+    """Which score flags a drawing as novel and below what threshold (from the card's evaluation).
+
+    ``address``: the largest address logit max_a S(m_a, x), available with every request;
+    ``bound``: the best single-exemplar log p(x|m_a) in nats, only when the request has samples.
+    """
+
+    score: str
+    threshold: float
+
+
+def novelty_rule(card: dict[str, Any]) -> NoveltyRule | None:
+    """The card's ``serving.novelty`` {score, threshold}; cards from before it name only
+    ``novelty_threshold_nats``, a threshold on the bound."""
+    serving = card.get("serving") or {}
+    rule = serving.get("novelty")
+    if rule is not None:
+        assert rule.get("score") in ("address", "bound"), "serving.novelty.score must be address or bound"
+        return NoveltyRule(str(rule["score"]), float(rule["threshold"]))
+    legacy = serving.get("novelty_threshold_nats")
+    return None if legacy is None else NoveltyRule("bound", float(legacy))
+
+
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
@@ -77,8 +101,7 @@ class ServedVMA:
         self.card = card
         self.device = device
         self.costs = costs
-        threshold = (card.get("serving") or {}).get("novelty_threshold_nats")
-        self.novelty_threshold = None if threshold is None else float(threshold)
+        self.novelty = novelty_rule(card)
 
 
 class VmaRunner(Runner[ServedVMA]):
@@ -242,7 +265,7 @@ class VmaRunner(Runner[ServedVMA]):
             parts.append(_address(model, mem, x[start : start + n], e[start : start + n], job))
             start += n
         _bounds(model, parts, self.budget, served.costs.decoder_eval)
-        return [_classify_body(p, served.novelty_threshold) for p in parts]
+        return [_classify_body(p, served.novelty) for p in parts]
 
     # --------------------------------------------------------------- sample
     @torch.inference_mode()
@@ -285,6 +308,7 @@ class _Addressing:
     mem: DeviceMemory
     x: Tensor  # (n, 1, S, S)
     log_q: Tensor  # (n, A)
+    best_logit: Tensor  # (n,) max_a S(m_a, x): the address novelty score
     kl: Tensor  # (n,)
     cand: Tensor  # (n, T) top addresses under q(a|x)
     samples: int  # z samples per candidate
@@ -292,11 +316,13 @@ class _Addressing:
 
 
 def _address(model: VMAEngine, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
-    log_q = model.similarity(mem.h, e).log_softmax(-1)  # (n, A)
+    logits = model.similarity(mem.h, e)  # (n, A)
+    log_q = logits.log_softmax(-1)
     kl = address_kl(log_q, mem.log_prior)
     budget = int(job.params["samples"])
     t = min(mem.size, budget)  # 0: addressing only, no likelihood bound
-    return _Addressing(job, mem, x, log_q, kl, log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1)))
+    cand, samples = log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1))
+    return _Addressing(job, mem, x, log_q, logits.max(-1).values, kl, cand, samples)
 
 
 def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
@@ -327,17 +353,25 @@ def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval
                 p.log_w[i] = row
 
 
-def _classify_body(p: _Addressing, threshold: float | None) -> dict[str, Any]:
+def _novel(p: _Addressing, rule: NoveltyRule | None) -> list[bool | None]:
+    """Per drawing: below the card's threshold on its novelty score; None where it has none."""
+    if rule is not None and rule.score == "address":
+        return [b < rule.threshold for b in p.best_logit.tolist()]
+    if rule is None or p.log_w is None:  # no threshold, or samples = 0 with the bound score
+        return [None] * p.x.shape[0]
+    best_single = p.log_w.max(dim=-1).values.tolist()  # the best one-exemplar bound log p(x|m_a)
+    return [b < rule.threshold for b in best_single]
+
+
+def _classify_body(p: _Addressing, rule: NoveltyRule | None) -> dict[str, Any]:
     mem, job = p.mem, p.job
     n_labels = len(mem.label_names)
+    novel = _novel(p, rule)
     if p.log_w is None:  # samples = 0
         bound: list[float | None] = [None] * p.x.shape[0]
-        novel: list[bool | None] = [None] * p.x.shape[0]
     else:
         log_wa = p.log_w + mem.log_prior[p.cand]  # (n, T): log w_a = log p(a) + log E_z[...]
         bound = torch.logsumexp(log_wa, dim=-1).tolist()
-        best_single = p.log_w.max(dim=-1).values.tolist()  # the best one-exemplar bound log p(x|m_a)
-        novel = [None if threshold is None else b < threshold for b in best_single]
     top_k = min(int(job.params["top_k"]), mem.size)
     if job.params["method"] == "importance":
         assert p.log_w is not None, "the importance method needs samples"

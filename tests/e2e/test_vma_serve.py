@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data.omniglot import load_omniglot
+from models.data.omniglot import load_omniglot, sample_episode
 from tests.conftest import SHARED_DATA, drawings, png_b64
 from tests.e2e.test_serve import SHIPPED, Serve
 
@@ -86,3 +87,52 @@ def test_held_out_omniglot_characters_rank_their_class_first(serve: Serve) -> No
         sid = _session(c, memory, [lab for lab in labels for _ in range(5)])
         # Chance is 20%; the card's 5-way 5-shot accuracy over 1000 episodes is what to quote.
         assert _accuracy(c, sid, queries, [lab for lab in labels for _ in range(5)]) > 0.5
+
+
+def _episodes_through_http(
+    c: httpx.Client, images: np.ndarray, ways: int, episodes: int, png: bool, seed: int
+) -> list[float]:
+    """Per-episode 1-shot accuracy through the API, episodes drawn as the evaluation draws them
+    (``sample_episode``): one session per episode, exemplars and queries as PNG or as pixels."""
+    rng = np.random.default_rng(seed)
+    accs = []
+    for _ in range(episodes):
+        ep = sample_episode(images, rng, ways, 1, 1)
+        labels = [f"c{int(i)}" for i in ep.memory_labels]
+        sid = c.post("/v1/sessions", json={"kind": "vma", "model": MODEL}).json()["id"]
+        as_image = (lambda d: {"image": png_b64(d, scale=4)}) if png else (lambda d: {"pixels": d.tolist()})
+        items = [
+            {**as_image(d.astype(np.uint8)), "label": lab} for d, lab in zip(ep.memory, labels, strict=True)
+        ]
+        assert c.post(f"/v1/sessions/{sid}/exemplars", json={"exemplars": items}).status_code == 201
+        body = {"images": [as_image(q.astype(np.uint8)) for q in ep.queries], "samples": 0}
+        r = c.post(f"/v1/sessions/{sid}/classify", json=body)
+        assert r.status_code == 200, r.text
+        got = [res["label"] for res in r.json()["results"]]
+        accs.append(float(np.mean([g == f"c{int(t)}" for g, t in zip(got, ep.query_labels, strict=True)])))
+        c.delete(f"/v1/sessions/{sid}")
+    return accs
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "omniglot" / "images_evaluation_28x28.npz").is_file(),
+    reason="Omniglot evaluation set not found (../shared/data/omniglot); CI has it",
+)
+@pytest.mark.parametrize(("task", "ways", "episodes"), [("5w1s", 5, 120), ("20w1s", 20, 40)])
+def test_few_shot_accuracy_through_http_agrees_with_the_card(
+    serve: Serve, task: str, ways: int, episodes: int
+):
+    """Held-out episodes of the evaluation alphabets, half sent as PNG and half as pixels: the
+    service's accuracy lies within the combined 95% interval of the card's offline figure."""
+    serve.wait_ready()
+    images, _ = load_omniglot("evaluation", SHARED_DATA)
+    card = json.loads((SHIPPED / f"{MODEL}.json").read_text())
+    offline = card["metrics"]["few_shot"][task]["posterior"]
+    with httpx.Client(base_url=serve.url, timeout=60) as c:
+        accs = _episodes_through_http(c, images, ways, episodes // 2, True, 7)
+        accs += _episodes_through_http(c, images, ways, episodes // 2, False, 8)
+    served = float(np.mean(accs))
+    se_served = float(np.std(accs, ddof=1) / np.sqrt(len(accs)))
+    se_offline = (offline["ci95"][1] - offline["ci95"][0]) / (2 * 1.96)
+    margin = 1.96 * float(np.hypot(se_served, se_offline))
+    assert abs(served - offline["mean"]) <= margin, f"{task}: served {served:.3f}, card {offline['mean']:.3f}"

@@ -68,10 +68,17 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
             assert 100 < row["nll"] < 2000 and row["kl_a"] >= -1e-5 and row["kl_z"] >= 0
             assert row["queries"] == 8
     assert np.isfinite(m["vae"]["nll"]) and m["vae"]["queries"] == 8
-    thr = card["serving"]["novelty_threshold_nats"]
+    rule = card["serving"]["novelty"]
     assert card["serving"]["keep"] == 1, "other serving settings survive"
-    assert thr == pytest.approx(m["novelty"]["threshold_nats"], abs=1e-3) and np.isfinite(thr)
-    assert 0.0 <= m["novelty"]["evaluation"]["auroc"] <= 1.0
+    assert rule["score"] == m["novelty"]["score"] in ("address", "bound")
+    assert rule["threshold"] == pytest.approx(m["novelty"]["threshold"], abs=1e-3) and np.isfinite(
+        rule["threshold"]
+    )
+    for name in ("address", "bound"):
+        assert 0.0 <= m["novelty"]["scores"][name]["evaluation"]["auroc"] <= 1.0
+    chosen = m["novelty"]["scores"][rule["score"]]["calibration"]["auroc"]
+    assert chosen == max(r["calibration"]["auroc"] for r in m["novelty"]["scores"].values())
+    assert 0.0 <= m["diversity"]["samples"] <= 1.0 and 0.0 < m["diversity"]["real"] <= 1.0
     assert m["settings"]["nll_k"] == 8 and m["settings"]["seed"] == 0
     assert (ckpt_dir / "vma-tiny-samples.png").stat().st_size > 1000
     table = format_table(m)

@@ -23,7 +23,7 @@ def _bits(*shape: int, generator: torch.Generator | None = None) -> torch.Tensor
 def _with_table(model: VMA, table: torch.Tensor) -> VMA:
     """Replace the z part by a fixed log p(x | m_a) table (A,), so log p(x|M) is exact."""
 
-    def terms(x, m, mask, a, beta=1.0):
+    def terms(x, m, mask, a, beta=1.0, hide=0.0):
         return table.expand(a.shape[0], -1).gather(1, a)
 
     model.log_likelihood_terms = terms  # instance attribute shadows the method
