@@ -24,8 +24,9 @@ Everything is seeded (``--seed``) and deterministic for a given checkpoint and t
   the one of ``VMA.log_likelihood_bound``, computed with the pyramids of each (query, slot)
   pair shared by all samples that pick that slot. The VAE baseline (``--vae``, no memory)
   gets the same bound and KL_z on the drawings of the C = 1 queries.
-* **Novelty**: two scores, both as the service computes them: ``address``, the largest
-  address logit max_a S(m_a, x) (how strongly x points at any one exemplar; no decoder), and
+* **Novelty**: three scores, each as the service computes it: ``address``, the largest
+  address logit max_a S(m_a, x) (how strongly x points at any one exemplar; no decoder),
+  ``cosine``, that logit over ||h_q(x)|| (the largest cosine of the two embeddings), and
   ``bound``, the best single-exemplar bound max_{a in top NOVELTY_TOP under q(a|x)} log p(x|m_a)
   (1 z sample, no log p(a)). On the held-out *background* characters
   (``split_characters(keys, 0.05, 0)[1]``) each is computed for queries whose character is in a
@@ -70,7 +71,7 @@ PAPER_ACC = {"5w1s": 0.91, "5w5s": 0.97, "20w1s": 0.77, "20w5s": 0.90}  # q(a|x)
 PAPER_NLL_C1 = {"1": 86.5, "2": 83.0, "5": 76.5, "10": 76.2, "19": 73.9}  # paper table 1, C_test = 1
 IMPORTANCE_TOP = 16
 NOVELTY_TOP = 1  # as serving by default (posterior, samples = 1): the top address, one z
-NOVELTY_SCORES = ("address", "bound")  # see novelty_scores
+NOVELTY_SCORES = ("address", "cosine", "bound")  # see novelty_scores
 
 
 def _x(a: np.ndarray) -> Tensor:
@@ -238,16 +239,20 @@ def novelty_scores(model: VMA, x: Tensor, m: Tensor, gen: torch.Generator) -> di
     """The two serving novelty scores (B,) each; higher = more like something in memory.
 
     ``address``: the largest address logit max_a S(m_a, x) of q(a|x), how strongly x points at
-    any one exemplar (no decoder; available with ``samples: 0``). ``bound``: the 1-sample
-    log p(x|m_a) of the top NOVELTY_TOP addresses, best of them. x (B, 1, S, S), m (B, A, 1, S, S).
+    any one exemplar; ``cosine``: the same divided by ||h_q(x)||, the largest cosine between the
+    query's and an exemplar's embedding (neither needs the decoder, so both come with
+    ``samples: 0``). ``bound``: the 1-sample log p(x|m_a) of the top NOVELTY_TOP addresses, best
+    of them. x (B, 1, S, S), m (B, A, 1, S, S).
     """
     b, n_slots = m.shape[:2]
     h_m = model.h_mem(m.flatten(0, 1)).view(b, n_slots, -1)  # (B A, D) -> (B, A, D)
-    logits = model.address_logits(h_m, x)  # (B, A)
+    e = model.h_query(x)  # (B, D)
+    logits = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1) / h_m.norm(dim=-1)  # (B, A): S(m_a, x)
     top = logits.topk(min(n_slots, NOVELTY_TOP), dim=-1).indices  # (B, T)
     m_a = m[torch.arange(b).unsqueeze(1), top]  # (B, T, 1, S, S)
     bound = model.candidate_log_weights(x, m_a, 1, gen).max(-1).values
-    return {"address": logits.max(-1).values, "bound": bound}
+    best = logits.max(-1).values
+    return {"address": best, "cosine": best / e.norm(dim=-1), "bound": bound}
 
 
 def novelty_pairs(

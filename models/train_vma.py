@@ -58,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-warmup", type=int, default=0, help="steps over which z's KL weight rises 0 -> 1")
     p.add_argument(
         "--hide-memory", type=float, default=0.0,
-        help="share of VIMCO samples whose decoder does not see m_a (skips and context), so that z "
+        help="share of queries whose decoder does not see m_a (skips and context), so that z "
         "must carry the drawing (0: the paper's objective)",
+    )  # fmt: skip
+    p.add_argument(
+        "--freeze-addressing", action="store_true",
+        help="keep h and h_q (and their batch-norm statistics) as --init has them: train the "
+        "generative parts and the prior p(a|M) only",
     )  # fmt: skip
     p.add_argument(
         "--class-weight", type=float, default=0.0,
@@ -149,7 +154,7 @@ def validate(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict[s
         scores, _ = model.classify(x, h_m, None, labels, 5)
         correct += int((scores.argmax(-1).cpu().numpy() == ep.query_labels).sum())
         total += len(ep.query_labels)
-    model.train()
+    train_mode(model, args)
     return {"nll": -float(np.mean(bounds)), "acc_5w1s": correct / total, "kl_z": float(np.mean(kls))}
 
 
@@ -157,6 +162,14 @@ def _address_options(args: argparse.Namespace) -> dict:
     names = {"address_net": args.address_net, "address_channels": args.address_channels,
              "frame_span": args.frame_span}  # fmt: skip
     return {k: v for k, v in names.items() if v is not None}
+
+
+def train_mode(model: VMA, args: argparse.Namespace) -> None:
+    """model.train(), but frozen addressing nets stay in eval mode (batch norm keeps its statistics)."""
+    model.train()
+    if args.freeze_addressing:
+        for net in (model.h_mem, model.h_query):
+            net.eval().requires_grad_(False)
 
 
 def make_model(args: argparse.Namespace) -> VMA:
@@ -258,7 +271,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
         "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
         "class_weight": args.class_weight, "vimco_weight": args.vimco_weight,
-        "hide_memory": args.hide_memory,
+        "hide_memory": args.hide_memory, "freeze_addressing": args.freeze_addressing,
         "init": args.init, "select": args.select,
         "history": meta["history"],
     }  # fmt: skip
@@ -282,7 +295,9 @@ def main(argv: list[str]) -> int:
         train_imgs = with_rotations(train_imgs)
     print(f"training on {len(train_imgs)} classes, validating on {len(val_imgs)} held-out characters")
     assert args.vimco_weight > 0 or args.class_weight > 0, "nothing to train: both weights are 0"
-    model = make_model(args).to(args.device).train()
+    assert not args.freeze_addressing or args.init is not None, "--freeze-addressing needs --init"
+    model = make_model(args).to(args.device)
+    train_mode(model, args)
     meta = train(args, model, train_imgs, val_imgs, argv)
     print(f"best held-out nll {meta['best_nll']:.2f} at step {meta['best_step']}: {args.out / args.name}.*")
     return 0

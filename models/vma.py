@@ -282,7 +282,8 @@ class VMA(nn.Module):
         """log p(x|z, m_a) + log p(z|m_a) - log q(z|m_a, x), one reparameterised z ~ q each.
 
         x (B, 1, S, S), m (B or 1, A, 1, S, S), a (B, K) addresses -> (B, K). ``hide`` (training
-        only) is the share of samples whose decoder gets no skips or context from m_a.
+        only) is the share of queries (all K samples of each) whose decoder gets no skips or
+        context from m_a.
         """
         self._check_memory(m)
         b, k = a.shape
@@ -298,8 +299,10 @@ class VMA(nn.Module):
         dec_feats = feats
         if hide > 0:
             # The decoder's skips let it copy m_a and ignore z (z collapses); without them for a
-            # share of samples it must draw x from z, so z learns how drawings vary.
-            keep = (torch.rand(b * k, 1, device=x.device) >= hide).to(x.dtype)  # (B K, 1)
+            # share of queries it must draw x from z, so z learns how drawings vary. Whole rows:
+            # a hidden sample among seen ones of the same query would get ~0 importance weight
+            # and so no gradient.
+            keep = (torch.rand(b, 1, device=x.device) >= hide).to(x.dtype).repeat_interleave(k, 0)  # (B K, 1)
             dec_feats = [f * keep.view(-1, 1, 1, 1) for f in feats]  # (B K, C, s, s) each
             c_m = c_m * keep
         logits = self.decoder(z, c_m, dec_feats)
@@ -337,7 +340,7 @@ class VMA(nn.Module):
         ``beta`` < 1 scales z's KL term inside log w (a KL warm-up for the first steps of
         training: with the decoder's skips from m_a, a full KL from step 0 lets z collapse);
         the result is then not a bound. beta = 1 is the objective. ``hide`` > 0 hides m_a
-        from the decoder for that share of samples (see ``log_likelihood_terms``).
+        from the decoder for that share of queries (see ``log_likelihood_terms``).
         """
         k = self.config.k_train if k is None else k
         assert k >= 2, "VIMCO needs at least two samples for its leave-one-out baseline"

@@ -70,11 +70,11 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
     assert np.isfinite(m["vae"]["nll"]) and m["vae"]["queries"] == 8
     rule = card["serving"]["novelty"]
     assert card["serving"]["keep"] == 1, "other serving settings survive"
-    assert rule["score"] == m["novelty"]["score"] in ("address", "bound")
+    assert rule["score"] == m["novelty"]["score"] in ("address", "cosine", "bound")
     assert rule["threshold"] == pytest.approx(m["novelty"]["threshold"], abs=1e-3) and np.isfinite(
         rule["threshold"]
     )
-    for name in ("address", "bound"):
+    for name in ("address", "cosine", "bound"):
         assert 0.0 <= m["novelty"]["scores"][name]["evaluation"]["auroc"] <= 1.0
     chosen = m["novelty"]["scores"][rule["score"]]["calibration"]["auroc"]
     assert chosen == max(r["calibration"]["auroc"] for r in m["novelty"]["scores"].values())

@@ -91,3 +91,23 @@ def test_staged_training_keeps_the_generative_part_of_its_init(tmp_path: Path):
     assert card["config"]["address_net"] == "conv4", "the init's addressing nets carry on"
     assert card["training"]["hide_memory"] == 0.5
     assert not torch.equal(s2.decoder.out.weight, s1.decoder.out.weight), "the joint stage trains the decoder"
+
+
+def test_frozen_addressing_keeps_h_and_its_statistics(tmp_path: Path):
+    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
+    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
+    common = ["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--eval-every", "2",
+              "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    s1 = ["--address-net", "conv4", "--address-channels", "8", "--vimco-weight", "0", "--class-weight", "1",
+          "--ways", "4", "--name", "s1"]  # fmt: skip
+    assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), *s1, *common]) == 0
+    frozen = ["--init", "s1", "--init-dir", str(tmp_path / "a"), "--freeze-addressing",
+              "--hide-memory", "0.5", "--name", "s2"]  # fmt: skip
+    assert main(["vma", "--steps", "3", "--out", str(tmp_path / "b"), *frozen, *common]) == 0
+    before, _ = load_checkpoint("s1", tmp_path / "a")
+    after, card = load_checkpoint("s2", tmp_path / "b")
+    assert card["training"]["freeze_addressing"] is True
+    for name, t in before.state_dict().items():
+        if name.startswith(("h_mem", "h_query")):
+            assert torch.equal(after.state_dict()[name], t), f"{name} moved though addressing is frozen"
+    assert not torch.equal(after.e_prior, before.e_prior), "the prior over addresses still trains"
