@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import registry
 from app.catalog import ModelInfo, ModelKey
 
 log = logging.getLogger("memserve.checkpoints")
-
-# Kinds the workers serve, the only ones with exported graphs.
-SERVED_KINDS = ("memnet", "vma")
 
 
 class Incomplete(Exception):
@@ -100,7 +98,7 @@ class CheckpointScanner:
                 raise Incomplete(f"weights file {weights.name} is missing", key)
             if files.get("sha256") and digest != files["sha256"]:
                 raise Incomplete(f"{weights.name} does not match the sha256 in its card", key)
-            if self.require_onnx and card["kind"] in SERVED_KINDS:
+            if self.require_onnx and _exported(str(card["kind"])):
                 self._check_graphs(card, card_path, key)
             cfg = card.get("config") or {}
             input_dim = int(card.get("input_dim") or cfg.get("input_dim", 1))
@@ -139,3 +137,9 @@ class CheckpointScanner:
                 h.update(block)
         self._hashes[path] = _Hashed(st.st_size, st.st_mtime_ns, h.hexdigest())
         return h.hexdigest()
+
+
+def _exported(kind: str) -> bool:
+    """Whether checkpoints of ``kind`` carry ONNX graphs: a served kind's, unless it says not."""
+    served = registry.get(kind)
+    return served is not None and served.exported

@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -32,6 +31,7 @@ from redis.exceptions import RedisClusterException
 from app.config import Settings, SettingsError
 from app.store.client import sync_client
 from app.store.keys import Keys
+from app.store.workers import WorkerRegistry
 
 # A health check must answer well inside the HEALTHCHECK timeout even when Redis hangs.
 TIMEOUT_S = 3.0
@@ -58,10 +58,7 @@ def check_worker(settings: Settings, host: str | None = None) -> str | None:
     except (redis.RedisError, RedisClusterException) as e:
         return f"redis unreachable: {e}"
     try:
-        # The registry scores each worker by when its heartbeat expires: one range query
-        # finds the live ones without a SCAN over all keys.
-        ids: list[bytes] = r.zrangebyscore(keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
-        beats: list[bytes | None] = r.mget([keys.worker(i.decode()) for i in ids]) if ids else []  # type: ignore[assignment]
+        beats = WorkerRegistry(r, keys).live_raw()
     except (redis.RedisError, RedisClusterException) as e:
         return f"redis unreachable: {e}"
     finally:

@@ -18,11 +18,11 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from app.api.routes.health import worker_beats
 from app.catalog import Catalog, loaded_versions
 from app.checkpoint_scan import CheckpointScanner
 from app.config import Settings
 from app.store.keys import Keys
+from app.store.workers import live_beats
 
 log = logging.getLogger("memserve.api")
 
@@ -42,7 +42,7 @@ class CatalogWatch:
     async def refresh(self) -> None:
         """Rescan the directory (in a thread: hashing new files takes a while) and the heartbeats."""
         models = await asyncio.to_thread(self.scanner.scan)
-        loaded = loaded_versions(await worker_beats(self.r, self.keys))
+        loaded = loaded_versions(await live_beats(self.r, self.keys, stats=False))
         before = {name: info.version for name, info in self.catalog.items()}
         new = self.catalog.update(models, loaded)
         if not self._started:  # the startup line lists the models

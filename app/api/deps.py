@@ -13,7 +13,7 @@ from app.api.metrics import ApiMetrics
 from app.api.session_index import SessionIndex
 from app.catalog import Catalog
 from app.config import Settings
-from app.jobs.queue import JobQueue
+from app.queue.submit import JobQueue
 from app.store.backup import BackupStore
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys

@@ -7,13 +7,12 @@ Two scopes, both served by ``GET /metrics``:
   memory. Each API replica counts its own; sum them over instances.
 - the service, read from Redis at scrape time: the job streams (depth, pending, age of the
   oldest job), live sessions, and the workers' counters and batch histograms from their
-  heartbeats (see app.jobs.stats for why heartbeats). Every replica reports the same
+  heartbeats (see app.store.worker_stats for why heartbeats). Every replica reports the same
   values; aggregate them with ``max without (instance)`` (or scrape one replica for them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -37,10 +36,12 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
+from app import registry
 from app.api.session_index import SessionIndex
-from app.jobs.stats import Buckets, KindStats, parse_stats
 from app.store import scripts
 from app.store.keys import GROUP, Keys
+from app.store.worker_stats import Buckets, KindStats, parse_stats
+from app.store.workers import read_beats
 
 log = logging.getLogger("memserve.api")
 
@@ -49,7 +50,6 @@ disable_created_metrics()
 
 # Request latency: 1 ms (a health check) to 30 s (beyond MEMSERVE_REQUEST_TIMEOUT_S's default).
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-KINDS = ("memnet", "vma")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
@@ -133,8 +133,8 @@ async def _streams_and_workers(r: aioredis.Redis, keys: Keys) -> tuple[list[Metr
     async with r.pipeline(transaction=False) as p:
         # Ages from the clock that stamps the entry ids: that of the streams' node (a cluster
         # pipeline refuses TIME, and each master has its own clock).
-        await clock(keys=[keys.stream(KINDS[0])], client=p)
-        for kind in KINDS:
+        await clock(keys=[keys.stream(registry.names()[0])], client=p)
+        for kind in registry.names():
             stream = keys.stream(kind)
             p.xlen(stream)
             p.xpending(stream, GROUP)
@@ -144,16 +144,7 @@ async def _streams_and_workers(r: aioredis.Redis, keys: Keys) -> tuple[list[Metr
     for item in res:
         if isinstance(item, Exception) and not _no_group(item):
             raise item
-    ids: list[bytes] = res[-1]
-    beats: list[dict[str, Any]] = []
-    if ids:
-        for raw in await r.mget([keys.worker(i.decode()) for i in ids]):
-            if not raw:  # expired between the two round trips
-                continue
-            try:
-                beats.append(json.loads(raw))
-            except ValueError:
-                log.warning("metrics: skipping an unreadable worker heartbeat")
+    beats = await read_beats(r, keys, res[-1])
     return _stream_families(keys, res[0], res[1:-1]), beats
 
 
@@ -173,7 +164,7 @@ def _stream_families(keys: Keys, redis_time: Any, per_stream: list[Any]) -> list
         "memserve_queue_oldest_job_age_seconds", "age of the oldest job in the stream (0 when empty)",
         labels=labels,
     )  # fmt: skip
-    for i, kind in enumerate(KINDS):
+    for i, kind in enumerate(registry.names()):
         xlen, summary, first = per_stream[3 * i : 3 * i + 3]
         n = 0 if isinstance(xlen, Exception) else int(xlen)
         held = int(summary["pending"]) if isinstance(summary, dict) else 0

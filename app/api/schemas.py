@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 INT64_MAX = 2**63 - 1  # what Redis, the job wire format and the stored state can hold
 INT32_MAX = 2**31 - 1  # a session's TTL and capacity, as stored
-F32_MAX = 3.4028234663852886e38  # a point's value must fit a float32 (app.jobs.points)
-MAX_LABEL_CHARS = 200
 
 
 def _valid_unicode(text: str) -> str:
@@ -25,19 +23,6 @@ def _valid_unicode(text: str) -> str:
 # the field, never a failure further in.
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
-
-# Points are checked with numpy in app.jobs.points (one clear message, and fast on long
-# chunks); the schema still documents their shape and range. How many points a request may
-# hold is a setting: the served document adds it (app.api.openapi).
-_POINT_VALUE = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
-_POINTS_SCHEMA = {
-    "anyOf": [
-        {"type": "array", "items": {"type": "array", "items": _POINT_VALUE, "minItems": 1}},
-        {"type": "array", "items": _POINT_VALUE},
-    ],
-    "minItems": 1,
-}
-Points = Annotated[list[Any], Field(min_length=1), WithJsonSchema(_POINTS_SCHEMA)]
 
 
 class CreateSession(BaseModel):
@@ -76,61 +61,6 @@ class SessionInfo(BaseModel):
     exemplars: int = Field(0, description="VMA: exemplars in memory")
 
 
-class PointsRequest(BaseModel):
-    """`POST /v1/sessions/{sid}/points`: a chunk of T points of dimension D."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"values": [50.0, 51.25, 52.47]}, {"values": [44.28], "horizon": 10, "level": [95]}]
-        },
-    )
-
-    values: Points = Field(description="T x D finite numbers; a flat list of T numbers when D = 1")
-    seq: Count | None = Field(None, description="index of the chunk's first point; omitted: append")
-    horizon: Count = Field(0, description="forecast this many steps after the last point")
-    level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
-        None, max_length=8,
-        description="prediction interval levels in percent, e.g. [80, 95]: adds `intervals` for "
-        "every prediction and `forecast_intervals` for every forecast step",
-    )  # fmt: skip
-
-
-class Interval(BaseModel):
-    """Lower and upper bounds at one level, the shape of the values they bound."""
-
-    lower: list[list[float]]
-    upper: list[list[float]]
-
-
-class Anomaly(BaseModel):
-    """A point outside the 99 % interval of the prediction the session made for it."""
-
-    index: int = Field(description="position in the chunk")
-    seq: int = Field(description="position in the session's stream")
-    dim: int = Field(description="the channel (0 for a univariate series)")
-    scales: float = Field(description="(value - prediction) / predicted std")
-
-
-class PointsResponse(BaseModel):
-    """Predictions of the next value after each point, and the optional forecast."""
-
-    seq: int = Field(description="index of the chunk's first point")
-    step: int = Field(description="points applied after this chunk (the next chunk's seq)")
-    predictions: list[list[float]] = Field(description="T x D: prediction of the next value")
-    forecast: list[list[float]] | None = Field(description="horizon x D, or null")
-    intervals: dict[str, Interval] | None = Field(
-        None, description="per requested level (key: the level, e.g. 95): bounds of each prediction, T x D"
-    )
-    forecast_intervals: dict[str, Interval] | None = Field(
-        None, description="per requested level: bounds of each forecast step (horizon x D) from sampled paths"
-    )
-    anomalies: list[Anomaly] | None = Field(
-        None, description="points outside their own 99 % one-step interval; null for a model without one"
-    )
-    repeat: bool = Field(description="true when this answers a retry of the last chunk")
-
-
 class ModelEntry(BaseModel):
     """One version of one model."""
 
@@ -162,172 +92,6 @@ class Ready(BaseModel):
     models: list[str]
     workers: list[dict[str, Any]]
     reasons: list[str]
-
-
-# ----------------------------------------------------------------------------- VMA
-# A 28 x 28 drawing of an "F", dark ink on white: the examples' drawing.
-EXAMPLE_PNG = (
-    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAALklEQVR42mP8z4AbMDEMMkkWOIsRIfifisYiGUc3r8B985/"
-    "axv4f7PHJOKRSHwCuKwY7wkTbzwAAAABJRU5ErkJggg=="
-)
-# Standard base64 with its padding (app.jobs.images decodes it strictly) of a PNG, JPEG or
-# WebP, bare or as a data URL (docs/drawings.md).
-_PNG_SCHEMA = {
-    "type": "string",
-    "pattern": "^(?:data:image/(?:[Pp][Nn][Gg]|[Jj][Pp][Ee]?[Gg]|[Ww][Ee][Bb][Pp]);base64,)?"
-    "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-}
-# Pixel arrays are checked with numpy in app.jobs.images (one clear message per item).
-_PIXELS_ROW = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 28}
-_PIXELS_SCHEMA = {"type": "array", "items": {**_PIXELS_ROW, "maxItems": 28}, "minItems": 28, "maxItems": 28}
-Pixels = Annotated[Any, WithJsonSchema(_PIXELS_SCHEMA)]
-# A label's length is checked in app.api.routes.exemplars (a 422 `invalid-image` naming the item).
-_LABEL_SCHEMA = {
-    "anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS}, {"type": "integer"}],
-    "description": f"class label, 1 to {MAX_LABEL_CHARS} characters (numbers are taken as strings)",
-}
-Label = Annotated[Text | Annotated[int, Strict()], WithJsonSchema(_LABEL_SCHEMA)]
-
-
-class ImageItem(BaseModel):
-    """One drawing: a base64 PNG, JPEG or WebP (any size, grey or colour; bare or as a data URL) or
-    28 x 28 numbers in [0, 1] (1 = ink); see docs/drawings.md."""
-
-    # Exactly one of the two (app.jobs.images refuses both and neither with a 422 naming the item).
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["pixels"]}]}
-    )
-
-    image: Annotated[Text | None, WithJsonSchema(_PNG_SCHEMA)] = Field(
-        None, description="base64 PNG, JPEG or WebP, bare or as a data: URL"
-    )
-    pixels: Pixels = Field(None, description="28 x 28 numbers in [0, 1], 1 = ink")
-
-
-class ExemplarItem(ImageItem):
-    label: Label
-
-
-def _all_given(*names: str) -> dict[str, Any]:
-    """JSON Schema: every one of `names` is given and not null."""
-    return {"required": list(names), "properties": {n: {"not": {"type": "null"}} for n in names}}
-
-
-_IMPORTANCE_WITHOUT_SAMPLES: dict[str, Any] = {
-    "required": ["method", "samples"],
-    "properties": {"method": {"const": "importance"}, "samples": {"const": 0}},
-}
-
-
-class AddExemplars(BaseModel):
-    """`POST /v1/sessions/{sid}/exemplars`."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"exemplars": [{"image": EXAMPLE_PNG, "label": "f"}]}]},
-    )
-
-    exemplars: list[ExemplarItem] = Field(min_length=1, description="at most 256 per request")
-
-
-class AddedExemplars(BaseModel):
-    ids: list[int] = Field(description="ids of the new exemplars, in the order given")
-    count: int = Field(description="exemplars in the session now")
-    version: int = Field(description="the session's memory version after the change")
-
-
-class ExemplarEntry(BaseModel):
-    id: int
-    label: str
-    image: str | None = Field(None, description="base64 PNG of the stored 28 x 28 drawing, when asked")
-
-
-class ExemplarPage(BaseModel):
-    exemplars: list[ExemplarEntry]
-    total: int
-    offset: int
-    limit: int
-
-
-class SampleRequest(BaseModel):
-    """`POST /v1/sessions/{sid}/samples`: a ~ p(a|M) (or among one label's / one exemplar), z, x."""
-
-    # A label or an exemplar, not both (app.api.routes.vma refuses both with a 422).
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "not": _all_given("label", "exemplar_id"),
-            "examples": [{"n": 8, "label": "a", "seed": 7}, {"n": 2, "format": "probs"}],
-        },
-    )
-
-    n: Annotated[int, Strict()] = Field(8, ge=1, le=64, description="number of samples")
-    label: Label | None = Field(None, description="sample from the exemplars of this label only")
-    exemplar_id: Count | None = Field(None, description="sample from this exemplar only")
-    seed: Count | None = Field(None, description="the same seed gives the same samples")
-    format: Literal["png", "probs"] = Field("png", description="base64 PNG or 28 x 28 ink probabilities")
-
-
-class Sample(BaseModel):
-    exemplar_id: int = Field(description="the memory entry the sample was drawn from")
-    label: str
-    image: str | None = Field(None, description="base64 PNG, dark ink on white (format png)")
-    probs: list[list[float]] | None = Field(None, description="28 x 28 ink probabilities (format probs)")
-
-
-class SampleResponse(BaseModel):
-    samples: list[Sample]
-    seed: int = Field(description="pass it again to get the same samples")
-
-
-class ClassifyRequest(BaseModel):
-    """`POST /v1/sessions/{sid}/classify`."""
-
-    # The importance method weighs decoder samples: `samples: 0` with it is a 422 (app.api.routes.vma).
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "not": _IMPORTANCE_WITHOUT_SAMPLES,
-            "examples": [{"images": [{"image": EXAMPLE_PNG}], "top_k": 3}],
-        },
-    )
-
-    images: list[ImageItem] = Field(min_length=1, description="at most 64 drawings")
-    method: Literal["posterior", "importance"] = Field(
-        "posterior", description="p(c|x) from q(a|x) alone, or importance-weighted with the decoder"
-    )
-    samples: Annotated[int, Strict()] | None = Field(
-        None,
-        ge=0,
-        le=256,
-        description="decoder evaluations per image for the likelihood bound and novelty flag (and the "
-        "importance scores); 0: addressing only. Default: 1 (posterior), 16 (importance)",
-    )
-    top_k: Annotated[int, Strict()] = Field(5, ge=1, le=64, description="top addresses to report")
-    seed: Count | None = Field(None, description="seed of the z samples")
-
-
-class AddressScore(BaseModel):
-    exemplar_id: int
-    label: str
-    p: float = Field(description="q(a|x); with the importance method, the importance-weighted p(a|x)")
-
-
-class Classification(BaseModel):
-    label: str = Field(description="the most probable label")
-    scores: dict[str, float] = Field(description="p(c|x) per label; sums to 1")
-    top: list[AddressScore]
-    kl_nats: float = Field(description="KL(q(a|x) || p(a)): what the memory lookup gained, in nats")
-    log_likelihood_nats: float | None = Field(description="a lower bound on log p(x|M) (null: samples 0)")
-    novel: bool | None = Field(
-        description="the drawing is unlike every exemplar (null: samples 0, or the model has no threshold)"
-    )
-
-
-class ClassifyResponse(BaseModel):
-    method: str
-    samples: int
-    results: list[Classification]
 
 
 class TenantInfo(BaseModel):

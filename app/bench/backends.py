@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from app.config import Settings
+from app.kinds.memnet.runner import ServedMemNet
+from app.kinds.vma.runner import ServedVMA
 from app.worker.backends import open_backend
-from app.worker.memnet_runner import ServedMemNet
-from app.worker.vma_runner import ServedVMA
 from models.checkpoint import load_checkpoint
 
 

@@ -16,7 +16,7 @@ closed here, so that the rest of the code runs unchanged on either kind of clien
 
 Elsewhere, `is_cluster` picks the cluster's way where the two differ: replies go by sharded
 pub/sub (SPUBLISH to the shard of the API's channel, rather than PUBLISH over the cluster bus
-to every node; app.jobs.reader, app.jobs.queue).
+to every node; app.queue.reader, app.queue.submit).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def async_client(settings: Settings, **overrides: Any) -> aioredis.Redis:
         return cast(aioredis.Redis, _AsyncCluster.from_url(url, **options))
     # A bounded pool that waits for a free connection (up to the pool timeout) instead of failing
     # at once: under many concurrent requests the API queues its own Redis calls, and admission
-    # (app.jobs.admission) keeps the wait in check.
+    # (app.queue.admission) keeps the wait in check.
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_s, **options
     )

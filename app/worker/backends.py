@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from app import registry
 from app.config import Settings, SettingsError
-from app.worker.memnet_runner import ServedMemNet, TorchMemNet
-from app.worker.vma_runner import ServedVMA, VmaCosts
 from models.export import StaleExport, graph_paths
-from models.memnet import MemNet
-from models.vma import VMA
 
 if TYPE_CHECKING:  # onnxruntime is imported only by workers that run the onnx backend
-    from app.worker.onnx_backend import Placement
+    from app.worker.onnx import Placement
 
 log = logging.getLogger("memserve.worker")
 
@@ -57,27 +54,25 @@ class Backend:
         where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else str(self.device)
         return {"backend": self.name, "device": where, "provider": p.provider, "fallback": p.fallback}
 
-    def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> ServedMemNet | ServedVMA:
-        """Wrap a loaded checkpoint for its runner, on this backend."""
-        if self.name == "torch":
-            if isinstance(model, VMA):
-                costs = VmaCosts.measure(model.eval())
-                return ServedVMA(model.to(self.device), card, self.device, costs)
-            return ServedMemNet(TorchMemNet(model, self.device), card, self.device)
-        from app.worker.onnx_backend import OnnxMemNet, OnnxVMA
+    def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> Any:
+        """Wrap a loaded checkpoint for its kind's runner, on this backend (its kind's `serve`)."""
+        kind = registry.get(str(card.get("kind")))
+        if kind is None:
+            raise SettingsError(
+                f"a checkpoint of kind {card.get('kind')!r}, which this service does not serve"
+            )
+        return kind.worker().serve(model, card, card_dir, self)
 
+    def graphs(self, card: dict[str, Any], card_dir: Path) -> tuple[dict[str, Path], Placement]:
+        """The checkpoint's exported graphs and where ONNX Runtime runs them (placed once)."""
         try:
             paths = graph_paths(card, card_dir)
         except StaleExport as e:
             raise SettingsError(f"MEMSERVE_BACKEND=onnx: {e} (or set MEMSERVE_BACKEND=torch)") from e
-        placement = self.placement or self._place(next(iter(paths.values())))
-        if isinstance(model, MemNet):
-            return ServedMemNet(OnnxMemNet(model, paths, placement, self.threads), card, self.device)
-        costs = VmaCosts.measure(model.eval())
-        return ServedVMA(OnnxVMA(model, paths, placement, self.threads), card, self.device, costs)
+        return paths, self.placement or self._place(next(iter(paths.values())))
 
     def _place(self, probe: Path) -> Placement:
-        from app.worker.onnx_backend import nvidia_gpu_present, place
+        from app.worker.onnx import nvidia_gpu_present, place
 
         self.placement = p = place(self.setting, probe, self.threads)
         where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else "cpu"

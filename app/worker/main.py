@@ -7,7 +7,6 @@ and on SIGTERM/SIGINT it finishes the batch in hand, acknowledges it and exits.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,25 +15,26 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import redis
 import torch
 from redis.exceptions import RedisClusterException
 
+from app import registry
 from app.config import Settings, SettingsError
-from app.jobs.messages import job_header
-from app.jobs.reader import BatchReader, Delivery
-from app.jobs.stats import WorkerStats
 from app.logs import log_context, setup_logging
+from app.queue.messages import job_header
+from app.queue.reader import BatchReader, Delivery
 from app.runtime import tune_gc
 from app.store.client import sync_client
 from app.store.keys import Keys
+from app.store.worker_stats import WorkerStats
+from app.store.workers import WorkerRegistry
 from app.worker.backends import open_backend
 from app.worker.budget import WorkBudget
-from app.worker.memnet_runner import MemNetRunner
 from app.worker.model_set import ModelSet
-from app.worker.runner import Outcome
-from app.worker.vma_runner import MAX_SAMPLES, PIX_FLOATS, VmaRunner
+from app.worker.runner import Outcome, Runner
 
 log = logging.getLogger("memserve.worker")
 
@@ -62,6 +62,7 @@ class Worker:
         self.keys = Keys(settings.key_prefix)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.r = sync_client(settings)
+        self.registry = WorkerRegistry(self.r, self.keys)
         self.backend = open_backend(settings)
         self.device = self.backend.device
         self.counters = Counters()
@@ -71,19 +72,15 @@ class Worker:
         self._load_models()
         ms = self.model_set
         self.budget = WorkBudget.for_worker(settings, self.device)
-        for (name, version), served in ms.vmas.items():
-            what = f"one drawing at samples {MAX_SAMPLES} with {name} {version}"
-            self.budget.require(MAX_SAMPLES * (served.costs.decoder_eval + PIX_FLOATS * 4), what)
-        self.runner = MemNetRunner(
-            self.r, self.keys, ms.memnets, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.state_cache_mb << 20, latest=ms.latest, budget=self.budget,
-        )  # fmt: skip
-        self.vma_runner = VmaRunner(
-            self.r, self.keys, ms.vmas, settings.reply_ttl_s, settings.max_deliveries,
-            cache_bytes=settings.memory_cache_mb << 20, latest=ms.latest, budget=self.budget,
-        )  # fmt: skip
-        self.runner.on_missing = self.vma_runner.on_missing = ms.ensure
-        self.runners: dict[str, MemNetRunner | VmaRunner] = {}
+        # One runner per served kind, built by the kind's own worker half (app.registry).
+        self.by_kind: dict[str, Runner[Any]] = {}
+        for kind in registry.kinds():
+            runner = kind.worker().runner(
+                self.r, self.keys, ms.models[kind.name], settings, ms.latest, self.budget
+            )
+            runner.on_missing = ms.ensure
+            self.by_kind[kind.name] = runner
+        self.runners: dict[str, Runner[Any]] = {}  # by stream: the kinds this worker has a model of
         self._add_streams()
         self.reader = BatchReader(
             self.r, self.keys, list(self.runners), self.id, settings.max_batch, settings.max_wait_ms
@@ -105,9 +102,9 @@ class Worker:
         """Read a kind's stream once this worker has a model of the kind (one loaded later too);
         the streams added."""
         added = []
-        for runner, models in ((self.runner, self.model_set.memnets), (self.vma_runner, self.model_set.vmas)):
-            stream = self.keys.stream(runner.kind)
-            if models and stream not in self.runners:
+        for kind, runner in self.by_kind.items():
+            stream = self.keys.stream(kind)
+            if self.model_set.models[kind] and stream not in self.runners:
                 self.runners[stream] = runner
                 added.append(stream)
         return added
@@ -127,17 +124,10 @@ class Worker:
             **self.backend.describe(), **self.model_set.beat,
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
-            "cache_hits": self.runner.cache.hits, "cache_misses": self.runner.cache.misses,
-            "memory_cache_hits": self.vma_runner.cache.hits,
-            "memory_cache_misses": self.vma_runner.cache.misses, "stats": self.stats.snapshot(),
+            **{k: v for runner in self.by_kind.values() for k, v in runner.beat().items()},
+            "stats": self.stats.snapshot(),
         }  # fmt: skip
-        ttl = self.settings.heartbeat_ttl_s
-        with self.r.pipeline(transaction=False) as p:
-            p.set(self.keys.worker(self.id), json.dumps(beat), px=int(ttl * 1000))
-            p.zadd(self.keys.worker_registry(), {self.id: time.time() + ttl})
-            # Forget workers that have been silent for an hour.
-            p.zremrangebyscore(self.keys.worker_registry(), "-inf", time.time() - 3600)
-            p.execute()
+        self.registry.beat(self.id, beat, self.settings.heartbeat_ttl_s)
 
     def _register(self) -> bool:
         """Join the consumer group and heartbeat; False while Redis is unreachable (a worker that
@@ -159,8 +149,7 @@ class Worker:
 
     def live_workers(self) -> set[str]:
         """Ids of the workers whose heartbeat has not expired (one range query, no SCAN)."""
-        ids = self.r.zrangebyscore(self.keys.worker_registry(), time.time(), "+inf")
-        return {i.decode() for i in ids}  # type: ignore[union-attr]
+        return self.registry.live_ids()
 
     def run(self) -> None:
         """Serve until asked to stop."""
@@ -193,10 +182,7 @@ class Worker:
                 self._one_batch()
             except REDIS_DOWN as e:
                 log.warning("could not finish the jobs in hand (%s); another worker will", e)
-        with self.r.pipeline(transaction=False) as p:
-            p.delete(self.keys.worker(self.id))
-            p.zrem(self.keys.worker_registry(), self.id)
-            p.execute()
+        self.registry.leave(self.id)
         log.info("worker %s stopped", self.id)
 
     def _one_batch(self) -> None:

@@ -21,12 +21,11 @@ import logging
 import time
 from typing import Any
 
+from app import registry
 from app.catalog import ModelInfo, ModelKey, newest
-from app.checkpoint_scan import SERVED_KINDS, CheckpointScanner
+from app.checkpoint_scan import CheckpointScanner
 from app.config import Settings
 from app.worker.backends import Backend
-from app.worker.memnet_runner import ServedMemNet
-from app.worker.vma_runner import ServedVMA
 from models.checkpoint import load_checkpoint
 
 log = logging.getLogger("memserve.worker")
@@ -41,8 +40,8 @@ class ModelSet:
         self.backend = backend
         self.interval = settings.reload_interval_s
         self.scanner = CheckpointScanner(settings.checkpoint_dir, require_onnx=backend.name == "onnx")
-        self.memnets: dict[ModelKey, ServedMemNet] = {}
-        self.vmas: dict[ModelKey, ServedVMA] = {}
+        # Per kind, its loaded versions (each kind's `Served`): the kind's runner shares the dict.
+        self.models: dict[str, dict[ModelKey, Any]] = {kind: {} for kind in registry.names()}
         self.latest: dict[str, ModelKey] = {}  # the newest loaded version of each name
         self.infos: dict[ModelKey, ModelInfo] = {}
         self._failed: dict[ModelKey, str] = {}  # versions whose load failed -> `_fingerprint` of them
@@ -56,7 +55,7 @@ class ModelSet:
         """Scan the directory and load every complete version not loaded yet; the new ones."""
         added = []
         for info in self.scanner.scan():
-            if info.kind not in SERVED_KINDS or self._known(info):
+            if info.kind not in self.models or self._known(info):
                 continue
             try:
                 self._load(info)
@@ -105,11 +104,7 @@ class ModelSet:
     def _load(self, info: ModelInfo) -> None:
         assert info.path is not None
         model, card = load_checkpoint(info.path)
-        served = self.backend.serve(model, card, info.path.parent)
-        if isinstance(served, ServedVMA):
-            self.vmas[info.key] = served
-        else:
-            self.memnets[info.key] = served
+        self.models[info.kind][info.key] = self.backend.serve(model, card, info.path.parent)
         self.infos[info.key] = info
         self._failed.pop(info.key, None)
         latest = newest(m for m in self.infos.values() if m.name == info.name)

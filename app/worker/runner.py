@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 
 from app.catalog import ModelKey
 from app.errors import JobFailed, MemserveError, ModelUnavailable
-from app.jobs.messages import frame_replies
-from app.jobs.reader import Delivery
+from app.queue.messages import frame_replies
+from app.queue.reader import Delivery
 from app.store.keys import Keys
 
 Served = TypeVar("Served")
@@ -62,6 +62,16 @@ class Runner(Generic[Served]):
         # Called with a job's model and version when they are not loaded, before the job is
         # refused: the worker rescans its checkpoint directory (`ModelSet.ensure`).
         self.on_missing: Callable[[str, str | None], object] | None = None
+
+    kind = ""  # the model kind whose stream this runner serves
+
+    def process(self, deliveries: list[Delivery]) -> Outcome:
+        """Run a batch of this kind's jobs: commit their results, and say what to acknowledge."""
+        raise NotImplementedError
+
+    def beat(self) -> dict[str, Any]:
+        """What this kind adds to the worker's heartbeat (its cache's hits and misses, say)."""
+        return {}
 
     def key_of(self, name: str, version: str | None) -> ModelKey | None:
         """The loaded version a job runs on: the one it names, or, for a job that names none

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.worker.memnet_runner import TorchMemNet
-from app.worker.onnx_backend import CUDA_EP, OnnxMemNet, OnnxVMA, place
+from app.kinds.memnet.onnx import OnnxMemNet
+from app.kinds.memnet.runner import TorchMemNet
+from app.kinds.vma.onnx import OnnxVMA
+from app.worker.onnx import CUDA_EP, place
 from models.checkpoint import load_checkpoint
 from models.data.timeseries import mackey_glass
 from models.export import graph_paths

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from app.jobs.images import MAX_REQUEST_PIXELS
+from app.kinds.vma.images import MAX_REQUEST_PIXELS
 
 SIDE = 4000  # two of these fit the request budget, three do not
 

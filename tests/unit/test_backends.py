@@ -18,10 +18,12 @@ import pytest
 import torch
 
 from app.config import Settings, SettingsError
-from app.worker import onnx_backend
+from app.kinds.memnet.onnx import OnnxMemNet
+from app.kinds.memnet.runner import TorchMemNet
+from app.kinds.vma.onnx import OnnxVMA
+from app.worker import onnx as onnx_backend
 from app.worker.backends import Backend, open_backend
-from app.worker.memnet_runner import TorchMemNet
-from app.worker.onnx_backend import CPU_EP, NO_GPU, OnnxMemNet, OnnxVMA, nvidia_gpu_present, place
+from app.worker.onnx import CPU_EP, NO_GPU, nvidia_gpu_present, place
 from models.checkpoint import load_checkpoint
 from models.data.timeseries import load_series, mackey_glass
 from models.export import graph_paths

@@ -15,8 +15,8 @@ import torch
 from app.catalog import Catalog, ModelInfo, loaded_versions, newest, numeric_version
 from app.checkpoint_scan import CheckpointScanner
 from app.errors import ModelVersionMismatch
-from app.jobs.messages import PointsJob
-from app.jobs.vma import VmaJob
+from app.kinds.memnet.wire import PointsJob
+from app.kinds.vma.wire import VmaJob
 from app.store.backup import Header, SessionDoc
 from app.store.backup_check import check_importable
 from models.checkpoint import read_card, save_checkpoint, write_card

@@ -1,4 +1,4 @@
-"""Drawing preprocessing (app.jobs.images): formats, ink, framing, thin strokes, blanks, size limits."""
+"""Drawing preprocessing (app.kinds.vma.images): formats, ink, framing, thin strokes, blanks, size limits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.errors import InvalidImage, PayloadTooLarge
-from app.jobs.images import (
+from app.kinds.vma.images import (
     MAX_IMAGE_PIXELS,
     MAX_REQUEST_PIXELS,
     _decode_all,

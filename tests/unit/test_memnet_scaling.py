@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.worker import memnet_dist as dist
+from app.kinds.memnet import dist
 from models.memnet import MemNet, MemNetConfig
 
 WINDOW = 32

@@ -9,9 +9,8 @@ import orjson
 import pytest
 
 from app.errors import SeqConflict, SessionNotFound
-from app.jobs.messages import (
-    PointsJob,
-    digest,
+from app.kinds.memnet.wire import PointsJob, digest
+from app.queue.messages import (
     error_reply,
     frame_replies,
     ok_reply,

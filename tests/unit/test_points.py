@@ -1,4 +1,4 @@
-"""Validation of a chunk of points before it is queued (app.jobs.points)."""
+"""Validation of a chunk of points before it is queued (app.kinds.memnet.requests)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from app.errors import InvalidInput, PayloadTooLarge
-from app.jobs.points import chunk_array, points_job
+from app.kinds.memnet.requests import chunk_array
+from app.kinds.memnet.wire import points_job
 
 F32_MAX = float(np.finfo(np.float32).max)
 

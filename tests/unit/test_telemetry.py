@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.metrics import Families, worker_families
 from app.api.telemetry import request_id_from
-from app.jobs.stats import BATCH_JOBS_BUCKETS, Buckets, WorkerStats, parse_stats
+from app.store.worker_stats import BATCH_JOBS_BUCKETS, Buckets, WorkerStats, parse_stats
 
 
 def test_buckets_count_each_value_under_the_first_bound_not_below_it() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from app.kinds.vma.memory import MemoryCache, to_device
 from app.store.exemplars import Memory, pack_pixels
-from app.worker.vma_memory import MemoryCache, to_device
 from models.vma import VMA
 from tests.conftest import VMA_TEST_CONFIG, drawings
 

@@ -12,9 +12,9 @@ import redis
 from PIL import Image
 
 from app.errors import InvalidImage
-from app.jobs.images import decode_item, decode_png, encode_png
-from app.jobs.messages import parse_reply
-from app.jobs.vma import VmaJob
+from app.kinds.vma.images import decode_item, decode_png, encode_png
+from app.kinds.vma.wire import VmaJob
+from app.queue.messages import parse_reply
 from app.store import scripts
 from app.store.exemplars import PIX_BYTES, Memory, pack_pixels, unpack_pixels
 from app.store.keys import Keys, new_session_id

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import redis
 
+from app.kinds.memnet.state import SessionState, StateCache, commit_args, ring_runs
 from app.store import scripts
 from app.store.keys import Keys
-from app.worker.state import SessionState, StateCache, commit_args, ring_runs
 
 
 @pytest.mark.parametrize(

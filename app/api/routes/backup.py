@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import ServicesDep, TenantDep
-from app.api.routes.sessions import admitted_session, session_info
+from app.api.new_sessions import admitted_session, session_info
 from app.api.schemas import SessionInfo
 from app.store.backup import MEDIA_TYPE, decode
 from app.store.backup_check import check_importable

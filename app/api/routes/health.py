@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Response
 from redis.exceptions import RedisError
 
-from app.api.deps import Services, ServicesDep
+from app.api.deps import ServicesDep
 from app.api.schemas import Live, Ready
-from app.store.keys import Keys
+from app.store.workers import live_beats
 
 router = APIRouter(prefix="/health", tags=["health"])
-
-
-async def live_workers(svc: Services) -> list[dict[str, Any]]:
-    """Heartbeats of the workers alive now (registered, and their heartbeat key not expired),
-    without their batch histograms (``stats``: /metrics exposes them)."""
-    return await worker_beats(svc.redis, svc.keys)
-
-
-async def worker_beats(r: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """`live_workers`, from a Redis client and key schema (before the services exist)."""
-    ids: list[bytes] = await r.zrangebyscore(keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
-    if not ids:
-        return []
-    beats = await r.mget([keys.worker(i.decode()) for i in ids])
-    out = [json.loads(b) for b in beats if b]
-    for beat in out:
-        beat.pop("stats", None)
-    return out
 
 
 @router.get("/live", response_model=Live)
@@ -49,7 +28,7 @@ async def ready(svc: ServicesDep, response: Response) -> Ready:
     redis_ok = True
     try:
         await svc.redis.ping()
-        workers = await live_workers(svc)
+        workers = await live_beats(svc.redis, svc.keys, stats=False)
     except RedisError as e:
         redis_ok = False
         reasons.append(f"redis unreachable: {e}")

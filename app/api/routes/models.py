@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServicesDep
-from app.api.routes.health import live_workers
 from app.api.schemas import ModelEntry, ModelList
 from app.catalog import loaded_versions
+from app.store.workers import live_beats
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -17,7 +17,7 @@ async def list_models(svc: ServicesDep) -> ModelList:
     """Every version of every checkpoint in the directory (oldest first), whether new sessions get it,
     and the live workers that have it loaded; then the versions live workers still serve whose files
     have been removed (their sessions keep working on those workers)."""
-    loaded = loaded_versions(await live_workers(svc))
+    loaded = loaded_versions(await live_beats(svc.redis, svc.keys, stats=False))
     catalog = svc.catalog
     entries = []
     for m in catalog.all():

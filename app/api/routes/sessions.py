@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import Services, ServicesDep, TenantDep
+from app.api.new_sessions import admitted_session, session_info
 from app.api.schemas import CreateSession, SessionInfo, SessionList, SessionSummary
 from app.catalog import ModelInfo
-from app.errors import InvalidRequest, ModelNotFound, SessionLimit
-from app.store.keys import new_session_id
-from app.store.tenants import Tenant
+from app.errors import InvalidRequest, ModelNotFound
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -44,37 +41,6 @@ def _capacity(svc: Services, kind: str, info: ModelInfo, asked: int | None) -> i
     if asked is not None and asked != fixed:
         raise InvalidRequest(f"a MemNet session's capacity is fixed by its model ({fixed})")
     return fixed
-
-
-def session_info(sid: str, data: dict[str, Any]) -> SessionInfo:
-    """The response body for a session, from ``SessionStore.info``."""
-    m = data["meta"]
-    return SessionInfo(
-        id=sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
-        ttl_s=m.ttl_s, expires_in_s=data["expires_in_s"], capacity=m.capacity,
-        input_dim=m.input_dim, step=data["step"], version=data["version"],
-        memory_bytes=data["memory_bytes"], exemplars=data["exemplars"],
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def admitted_session(svc: Services, tenant: Tenant, ttl_s: int) -> AsyncIterator[str]:
-    """A new session id, counted against the tenant's live-session limit (429 past it); the
-    place is given back if the session is not made after all."""
-    sid = new_session_id()
-    admission = await svc.tenants.admit(tenant, sid, ttl_s)
-    if not admission.admitted:
-        retry = admission.retry_after_s
-        raise SessionLimit(
-            f"{tenant.max_sessions} sessions are live, the most this key may hold: delete one, "
-            f"or retry when one expires (the soonest in about {retry} s)",
-            headers={"Retry-After": str(retry)}, max_sessions=tenant.max_sessions,
-        )  # fmt: skip
-    try:
-        yield sid
-    except BaseException:
-        await svc.tenants.release(tenant, sid)
-        raise
 
 
 @router.post("", response_model=SessionInfo, status_code=status.HTTP_201_CREATED)

@@ -23,16 +23,17 @@ from torch import Tensor
 
 from app.catalog import ModelKey
 from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveError, SessionNotFound
-from app.jobs.images import encode_png
-from app.jobs.messages import error_reply, ok_reply
-from app.jobs.reader import Delivery
-from app.jobs.vma import VmaJob
+from app.kinds.vma.images import encode_png
+from app.kinds.vma.memory import DeviceMemory, MemoryCache, VMAEngine, to_device
+from app.kinds.vma.replies import AddressScore, Classification, ClassifyResponse, Sample, SampleResponse
+from app.kinds.vma.wire import VmaJob
+from app.queue.messages import error_reply, ok_reply
+from app.queue.reader import Delivery
 from app.store import scripts
 from app.store.exemplars import MEMORY_FIELDS, Memory
 from app.store.keys import Keys
 from app.worker.budget import UNBOUNDED, WorkBudget, tensor_bytes
 from app.worker.runner import Outcome, Runner
-from app.worker.vma_memory import DeviceMemory, MemoryCache, VMAEngine, to_device
 from models.vma import VMA, address_kl, label_scores
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 Item = tuple[Delivery, VmaJob, DeviceMemory]
 
 
-# The most z samples a classify request may ask per drawing (the API's schema says the same).
-MAX_SAMPLES = 256
 PIX_FLOATS = 28 * 28  # one drawing as floats on the device
 
 
@@ -69,12 +68,17 @@ class VmaCosts:
         )  # fmt: skip
 
 
+NOVELTY_SCORES = ("address", "cosine", "bound")
+
+
 @dataclass(frozen=True)
 class NoveltyRule:
     """Which score flags a drawing as novel and below what threshold (from the card's evaluation).
 
-    ``address``: the largest address logit max_a S(m_a, x), available with every request;
-    ``bound``: the best single-exemplar log p(x|m_a) in nats, only when the request has samples.
+    ``address``: the largest address logit max_a S(m_a, x); ``cosine``: that logit over
+    ||h_q(x)||, the largest cosine between the drawing's and an exemplar's embedding (both with
+    every request); ``bound``: the best single-exemplar log p(x|m_a) in nats, only when the
+    request has samples.
     """
 
     score: str
@@ -87,7 +91,8 @@ def novelty_rule(card: dict[str, Any]) -> NoveltyRule | None:
     serving = card.get("serving") or {}
     rule = serving.get("novelty")
     if rule is not None:
-        assert rule.get("score") in ("address", "bound"), "serving.novelty.score must be address or bound"
+        score = rule.get("score")
+        assert score in NOVELTY_SCORES, f"serving.novelty.score must be one of {NOVELTY_SCORES}"
         return NoveltyRule(str(rule["score"]), float(rule["threshold"]))
     legacy = serving.get("novelty_threshold_nats")
     return None if legacy is None else NoveltyRule("bound", float(legacy))
@@ -126,6 +131,10 @@ class VmaRunner(Runner[ServedVMA]):
         self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
         self._touch = r.register_script(scripts.TOUCH)
         self._read_memory = r.register_script(scripts.READ_MEMORY)
+
+    def beat(self) -> dict[str, Any]:
+        """The cache's hits and misses, for the heartbeat."""
+        return {"memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses}
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
         """Run one batch; returns what to acknowledge and the replies to send."""
@@ -309,6 +318,7 @@ class _Addressing:
     x: Tensor  # (n, 1, S, S)
     log_q: Tensor  # (n, A)
     best_logit: Tensor  # (n,) max_a S(m_a, x): the address novelty score
+    best_cosine: Tensor  # (n,) best_logit / ||h_q(x)||: the cosine novelty score
     kl: Tensor  # (n,)
     cand: Tensor  # (n, T) top addresses under q(a|x)
     samples: int  # z samples per candidate
@@ -322,7 +332,8 @@ def _address(model: VMAEngine, mem: DeviceMemory, x: Tensor, e: Tensor, job: Vma
     budget = int(job.params["samples"])
     t = min(mem.size, budget)  # 0: addressing only, no likelihood bound
     cand, samples = log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1))
-    return _Addressing(job, mem, x, log_q, logits.max(-1).values, kl, cand, samples)
+    best = logits.max(-1).values
+    return _Addressing(job, mem, x, log_q, best, best / e.norm(dim=-1), kl, cand, samples)
 
 
 def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
@@ -355,8 +366,9 @@ def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval
 
 def _novel(p: _Addressing, rule: NoveltyRule | None) -> list[bool | None]:
     """Per drawing: below the card's threshold on its novelty score; None where it has none."""
-    if rule is not None and rule.score == "address":
-        return [b < rule.threshold for b in p.best_logit.tolist()]
+    if rule is not None and rule.score in ("address", "cosine"):
+        score = p.best_logit if rule.score == "address" else p.best_cosine
+        return [b < rule.threshold for b in score.tolist()]
     if rule is None or p.log_w is None:  # no threshold, or samples = 0 with the bound score
         return [None] * p.x.shape[0]
     best_single = p.log_w.max(dim=-1).values.tolist()  # the best one-exemplar bound log p(x|m_a)
@@ -387,18 +399,20 @@ def _classify_body(p: _Addressing, rule: NoveltyRule | None) -> dict[str, Any]:
     top_q_np, top_a_np = top_p.cpu().numpy(), top_a.cpu().numpy()
     results = []
     for i in range(len(scores_np)):
-        results.append({
-            "label": mem.label_names[int(scores_np[i].argmax())],
-            "scores": {name: float(s) for name, s in zip(mem.label_names, scores_np[i], strict=True)},
-            "top": [
-                {"exemplar_id": int(mem.ids[a]), "label": mem.labels[a], "p": float(q)}
+        results.append(Classification(
+            label=mem.label_names[int(scores_np[i].argmax())],
+            scores={name: float(s) for name, s in zip(mem.label_names, scores_np[i], strict=True)},
+            top=[
+                AddressScore(exemplar_id=int(mem.ids[a]), label=mem.labels[a], p=float(q))
                 for a, q in zip(top_a_np[i].tolist(), top_q_np[i], strict=True)
             ],
-            "kl_nats": float(kl[i]),
-            "log_likelihood_nats": bound[i],
-            "novel": novel[i],
-        })  # fmt: skip
-    return {"method": job.params["method"], "samples": int(job.params["samples"]), "results": results}
+            kl_nats=float(kl[i]),
+            log_likelihood_nats=bound[i],
+            novel=novel[i],
+        ))  # fmt: skip
+    # The route's response_model, built here: the reply the client gets is checked against it.
+    reply = ClassifyResponse(method=job.params["method"], samples=int(job.params["samples"]), results=results)
+    return reply.model_dump()
 
 
 def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | MemserveError:
@@ -430,5 +444,6 @@ def _sample_body(mem: DeviceMemory, job: VmaJob, slots: np.ndarray, probs: np.nd
             s["image"] = encode_png(p)
         else:
             s["probs"] = np.round(p, 5).tolist()
-        samples.append(s)
-    return {"samples": samples, "seed": int(job.params["seed"])}
+        samples.append(Sample.model_validate(s))
+    # Only the members set: a png sample has no probs member, a probs sample no image.
+    return SampleResponse(samples=samples, seed=int(job.params["seed"])).model_dump(exclude_unset=True)

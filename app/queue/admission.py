@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from app.jobs.stats import parse_stats
 from app.store.keys import Keys
+from app.store.worker_stats import parse_stats
+from app.store.workers import live_beats
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,9 @@ class Admission:
 
     async def refresh(self) -> None:
         """Read the live workers' heartbeats and update each kind's rate."""
-        ids: list[bytes] = await self.r.zrangebyscore(self.keys.worker_registry(), time.time(), "+inf")  # type: ignore[assignment]
-        beats = await self.r.mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
         rates: dict[str, float] = {}
         live = set()
-        for raw in beats:
-            if not raw:
-                continue
-            beat = json.loads(raw)
+        for beat in await live_beats(self.r, self.keys):
             for kind, stats in parse_stats(beat).items():
                 key = (str(beat.get("id")), kind)
                 live.add(key)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.jobs.messages import job_model_version
+from app.queue.messages import job_model_version
 from app.store.exemplars import PIX_BYTES, pack_pixels, unpack_pixels
 from app.store.keys import new_job_id
 

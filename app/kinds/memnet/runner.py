@@ -19,15 +19,16 @@ from torch import Tensor
 
 from app.catalog import ModelKey
 from app.errors import CorruptState, InvalidInput, InvalidRequest, MemserveError, SeqConflict, SessionNotFound
-from app.jobs.messages import PointsJob, error_reply, ok_reply
-from app.jobs.reader import Delivery
+from app.kinds.memnet import dist
+from app.kinds.memnet.state import SessionState, StateCache, commit_args
+from app.kinds.memnet.wire import PointsJob
+from app.queue.messages import error_reply, ok_reply
+from app.queue.reader import Delivery
 from app.store import scripts
 from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
-from app.worker import memnet_dist as dist
 from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
-from app.worker.state import SessionState, StateCache, commit_args
 from models.memnet import MemNet, MemNetConfig, MemNetState
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class TorchMemNet:
 
 
 class MemNetEngine(Protocol):
-    """What the runner asks of a backend (`TorchMemNet`, `app.worker.onnx_backend.OnnxMemNet`)."""
+    """What the runner asks of a backend (`TorchMemNet`, `app.kinds.memnet.onnx.OnnxMemNet`)."""
 
     config: MemNetConfig
 
@@ -294,6 +295,10 @@ class MemNetRunner(Runner[ServedMemNet]):
         self.cache = StateCache(cache_bytes)
         self.budget = budget
         self._commit = r.register_script(scripts.COMMIT_STATE)
+
+    def beat(self) -> dict[str, Any]:
+        """The cache's hits and misses, for the heartbeat."""
+        return {"cache_hits": self.cache.hits, "cache_misses": self.cache.misses}
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
         """Run one batch; returns what to acknowledge, what to retry and the replies to send."""

@@ -1,71 +1,18 @@
-"""Job and reply messages on the wire.
+"""What every job and reply on the queue shares: a job's header, the reply framing.
 
-A job carries everything needed to run it again (the points themselves, not a reference
-to them), so a job re-delivered after a worker died is re-run idempotently.
+A job carries everything needed to run it again (its inputs themselves, not a reference to
+them), so a job re-delivered after a worker died is re-run idempotently; each kind's job
+format is its own (`app.kinds.<kind>.wire`). A reply is the same for every kind.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from app.errors import MemserveError
-
-
-def digest(data: bytes) -> str:
-    """Short content hash of a chunk, to tell a client's retry from a different chunk."""
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
-
-
-@dataclass(frozen=True)
-class PointsJob:
-    """A chunk of T points of dimension D for one MemNet session."""
-
-    job_id: str
-    sid: str
-    model: str
-    seq: int | None
-    values: bytes  # T*D float32 little-endian, client units
-    length: int
-    dim: int
-    horizon: int
-    reply_to: str
-    request_id: str = ""
-    model_version: str | None = None  # the session's; None from an API that predates versions
-    levels: tuple[float, ...] = ()  # interval levels in percent; () for none
-
-    def to_fields(self) -> dict[str, bytes]:
-        """Two stream fields: a JSON header and the raw values (few arguments to pack)."""
-        head = {
-            "op": "points", "job": self.job_id, "sid": self.sid, "model": self.model,
-            "mv": self.model_version, "seq": self.seq, "t": self.length, "d": self.dim,
-            "horizon": self.horizon, "reply_to": self.reply_to, "rid": self.request_id,
-            "lv": list(self.levels),
-        }  # fmt: skip
-        return {"h": orjson.dumps(head), "v": self.values}
-
-    @classmethod
-    def from_fields(cls, f: dict[bytes, bytes]) -> PointsJob:
-        """The job stored in a stream entry; KeyError or ValueError when it is malformed."""
-        h = orjson.loads(f[b"h"])
-        values = f[b"v"]
-        job = cls(
-            job_id=str(h["job"]), sid=str(h["sid"]), model=str(h["model"]),
-            seq=None if h["seq"] is None else int(h["seq"]), values=values,
-            length=int(h["t"]), dim=int(h["d"]), horizon=int(h["horizon"]),
-            reply_to=str(h["reply_to"]), request_id=str(h.get("rid", "")),
-            model_version=job_model_version(h), levels=tuple(float(v) for v in h.get("lv") or ()),
-        )  # fmt: skip
-        if len(values) != 4 * job.length * job.dim:
-            raise ValueError(f"{len(values)} value bytes for {job.length} x {job.dim} points")
-        return job
-
-    @property
-    def digest(self) -> str:
-        return digest(self.values)
 
 
 def job_model_version(head: dict[str, Any]) -> str | None:

@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.errors import QueueFull, ReplyTimeout
-from app.jobs.admission import Admission
-from app.jobs.messages import Reply, parse_reply, unframe_replies
+from app.queue.admission import Admission
+from app.queue.messages import Reply, parse_reply, unframe_replies
 from app.store import scripts
 from app.store.client import is_cluster
 from app.store.keys import GROUP, Keys
@@ -105,7 +105,7 @@ class JobQueue:
                 self._deliver(msg["data"])
 
     async def _listen_sharded(self, pubsub: Any) -> None:
-        """On a cluster, workers SPUBLISH (app.jobs.reader): subscribe on the channel's shard."""
+        """On a cluster, workers SPUBLISH (app.queue.reader): subscribe on the channel's shard."""
         await pubsub.ssubscribe(self.channel)
         while True:
             # Without a subscription (its shard unknown, or dropped as its slot moved) the read

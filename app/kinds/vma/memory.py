@@ -21,7 +21,7 @@ from models.vma import VMAConfig
 
 
 class VMAEngine(Protocol):
-    """What serving asks of a VMA backend: `models.vma.VMA` itself, or `onnx_backend.OnnxVMA`."""
+    """What serving asks of a VMA backend: `models.vma.VMA` itself, or `app.kinds.vma.onnx.OnnxVMA`."""
 
     config: VMAConfig
 

@@ -1,14 +1,49 @@
-"""Turning a client's chunk of points into a job (validation happens here, before queueing)."""
+"""A chunk of points: the body of `POST /v1/sessions/{sid}/points` and its checks before queueing."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from app.api.schemas import Count
 from app.errors import InvalidInput, PayloadTooLarge
-from app.jobs.messages import PointsJob
-from app.store.keys import new_job_id
+
+# The pydantic body; the points themselves are checked with numpy below (one clear message,
+# and fast on long chunks), the schema still documents their shape and range. How many points
+# a request may hold is a setting: the served document adds it (app.api.openapi).
+F32_MAX = 3.4028234663852886e38
+_POINT_VALUE = {"type": "number", "minimum": -F32_MAX, "maximum": F32_MAX}
+_POINTS_SCHEMA = {
+    "anyOf": [
+        {"type": "array", "items": {"type": "array", "items": _POINT_VALUE, "minItems": 1}},
+        {"type": "array", "items": _POINT_VALUE},
+    ],
+    "minItems": 1,
+}
+Points = Annotated[list[Any], Field(min_length=1), WithJsonSchema(_POINTS_SCHEMA)]
+
+
+class PointsRequest(BaseModel):
+    """`POST /v1/sessions/{sid}/points`: a chunk of T points of dimension D."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"values": [50.0, 51.25, 52.47]}, {"values": [44.28], "horizon": 10, "level": [95]}]
+        },
+    )
+
+    values: Points = Field(description="T x D finite numbers; a flat list of T numbers when D = 1")
+    seq: Count | None = Field(None, description="index of the chunk's first point; omitted: append")
+    horizon: Count = Field(0, description="forecast this many steps after the last point")
+    level: list[Annotated[float, Field(gt=0, lt=100)]] | None = Field(
+        None, max_length=8,
+        description="prediction interval levels in percent, e.g. [80, 95]: adds `intervals` for "
+        "every prediction and `forecast_intervals` for every forecast step",
+    )  # fmt: skip
+
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -55,23 +90,3 @@ def chunk_array(values: list[Any], dim: int, max_points: int) -> np.ndarray:
             index=[t, d],
         )
     return arr.astype(np.float32)
-
-
-def points_job(
-    sid: str,
-    model: str,
-    chunk: np.ndarray,
-    seq: int | None,
-    horizon: int,
-    reply_to: str,
-    request_id: str = "",
-    model_version: str | None = None,
-    levels: tuple[float, ...] = (),
-) -> PointsJob:
-    """A job that carries its points, so it can be re-run by any worker."""
-    return PointsJob(
-        job_id=new_job_id(), sid=sid, model=model, seq=seq,
-        values=np.ascontiguousarray(chunk, dtype="<f4").tobytes(),
-        length=int(chunk.shape[0]), dim=int(chunk.shape[1]), horizon=horizon,
-        reply_to=reply_to, request_id=request_id, model_version=model_version, levels=levels,
-    )  # fmt: skip

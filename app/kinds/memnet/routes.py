@@ -5,12 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import ServicesDep, TenantDep
-from app.api.schemas import PointsRequest, PointsResponse
 from app.errors import InvalidRequest, from_slug
-from app.jobs.points import chunk_array, points_job
+from app.kinds.memnet.replies import PointsResponse
+from app.kinds.memnet.requests import PointsRequest, chunk_array
+from app.kinds.memnet.wire import points_job
 from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["memnet"])
+routers = [router]  # what the API includes for this kind (app.registry)
 
 
 @router.post("/{sid}/points", response_model=PointsResponse)

@@ -1,0 +1,68 @@
+"""VMA on ONNX Runtime: the exported graphs.
+
+The arithmetic around the graphs (similarities, softmaxes, importance weights, label scores) is
+the same PyTorch code the torch backend runs (`models.vma`), on the CPU: it is small next to
+the graphs, and sharing it is what keeps the two backends equal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from app.worker.onnx import Graph, Placement
+from models.export import feat_names
+from models.vma import VMA, VMAConfig, decode_samples, importance_log_weights, similarity
+
+
+class OnnxVMA:
+    """VMA's serving operations on the exported graphs; the arithmetic between them is `models.vma`'s."""
+
+    def __init__(self, model: VMA, paths: dict[str, Path], placement: Placement, threads: int) -> None:
+        self.config: VMAConfig = model.config
+        self.placement = placement
+        self.graphs = {name: Graph(path, placement, threads) for name, path in paths.items()}
+        self._e_prior = model.prior_query().detach().cpu().clone()
+        self._feats = feat_names(model)
+
+    def memory_embedding(self, m: Tensor) -> Tensor:
+        """h(m_a) (N, match_dim) for exemplars m (N, 1, S, S)."""
+        return self.graphs["memory_embedding"](m=m)[0]
+
+    def query_embedding(self, x: Tensor) -> Tensor:
+        """h_q(x) (N, match_dim) for queries x (N, 1, S, S)."""
+        return self.graphs["query_embedding"](x=x)[0]
+
+    def similarity(self, h_m: Tensor, e: Tensor) -> Tensor:
+        return similarity(h_m, e)
+
+    def prior_query(self) -> Tensor:
+        return self._e_prior
+
+    def z_prior(self, m_a: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        mu, log_std, c_m, *feats = self.graphs["z_prior"](m_a=m_a)
+        return mu, log_std, c_m, feats
+
+    def z_posterior(self, x: Tensor, m_a: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_std = self.graphs["z_posterior"](x=x, m_a=m_a)
+        return mu, log_std
+
+    def decode(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
+        return self.graphs["decoder"](z=z, c_m=c_m, **dict(zip(self._feats, feats, strict=True)))[0]
+
+    def candidate_log_weights(
+        self, x: Tensor, m_a: Tensor, samples: int, generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """As `VMA.candidate_log_weights`."""
+        if eps is None:
+            shape = (*m_a.shape[:2], samples, self.config.z_dim)
+            eps = torch.randn(shape, generator=generator)
+        assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+        return importance_log_weights(self, x, m_a, eps)
+
+    def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
+        """As `VMA.sample_from`."""
+        return decode_samples(self, m_a, noise)

@@ -1,0 +1,43 @@
+"""VMA's worker half: a loaded checkpoint served on the worker's backend, and its runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.catalog import ModelKey
+from app.config import Settings
+from app.kinds.vma.requests import MAX_SAMPLES
+from app.kinds.vma.runner import PIX_FLOATS, ServedVMA, VmaCosts, VmaRunner
+from app.store.keys import Keys
+from app.worker.backends import Backend
+from app.worker.budget import WorkBudget
+from models.vma import VMA
+
+
+def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) -> ServedVMA:
+    """Wrap a loaded checkpoint for the runner, on the torch module or on its exported graphs."""
+    costs = VmaCosts.measure(model.eval())
+    if backend.name == "torch":
+        return ServedVMA(model.to(backend.device), card, backend.device, costs)
+    from app.kinds.vma.onnx import OnnxVMA  # onnxruntime only for workers that run it
+
+    paths, placement = backend.graphs(card, card_dir)
+    return ServedVMA(OnnxVMA(model, paths, placement, backend.threads), card, backend.device, costs)
+
+
+def runner(
+    r: redis.Redis, keys: Keys, models: dict[ModelKey, ServedVMA], settings: Settings,
+    latest: dict[str, ModelKey], budget: WorkBudget,
+) -> VmaRunner:  # fmt: skip
+    """The runner of every loaded VMA version, with its memory cache; the budget must hold one
+    drawing classified at the most samples a request may ask, with each model loaded at start."""
+    for (name, version), served in models.items():
+        what = f"one drawing at samples {MAX_SAMPLES} with {name} {version}"
+        budget.require(MAX_SAMPLES * (served.costs.decoder_eval + PIX_FLOATS * 4), what)
+    return VmaRunner(
+        r, keys, models, settings.reply_ttl_s, settings.max_deliveries,
+        cache_bytes=settings.memory_cache_mb << 20, latest=latest, budget=budget,
+    )  # fmt: skip
