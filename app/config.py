@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         "memnet-universal", description="model of new MemNet sessions (any series, per-session scaling)"
     )
     default_vma_model: str = Field("vma-omniglot", description="model of new VMA sessions")
+    extra_kinds: str = Field(
+        "",
+        description="model kinds served besides the built-in ones, comma-separated `name=package` "
+        "(a kind's folder, see docs/architecture.md); the API and every worker must name the same",
+    )
     reload_interval_s: float = Field(
         5.0, ge=0, description="how often workers and the API look for new checkpoint versions (0: never)"
     )

@@ -1,20 +1,55 @@
 """The model kinds the service serves: one line per kind, one folder per kind (`app/kinds/<kind>/`).
 
 A kind's folder holds all that the kind is. Its torch-free half (``requests``, ``wire``,
-``replies``, ``routes``) is what API processes load; its worker half (``worker``: the runner and
-its engines per backend) is what workers load. Both are named here by module path and imported
-only when asked for, so the API never loads a worker half, a worker never loads the routes, and
-the service's own layers (api/, worker/) import no kind: a kind plugs into them.
+``replies``, ``sessions``, ``routes``) is what API processes load; its worker half (``worker``:
+the runner and its engines per backend) is what workers load. Both are named here by module path
+and imported only when asked for, so the API never loads a worker half, a worker never loads the
+routes, and the service's own layers (api/, worker/) import no kind: a kind plugs into them.
 
-Adding a kind: a folder with ``routes.py`` (``routers``: the kind's FastAPI routers) and
-``worker.py`` (``load``, ``runner``), then one `Kind` line below (or `register` it).
+Adding a kind: a folder with ``sessions.py`` (``rules``: its `SessionRules`), ``routes.py``
+(``routers``: the kind's FastAPI routers) and ``worker.py`` (``serve``, ``runner``), then one
+`Kind` line below, or ``MEMSERVE_EXTRA_KINDS`` naming it (`register_extra`) for a kind that lives
+outside the service (tests/kinds/movavg is one).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
+
+from app.config import SettingsError
+
+if TYPE_CHECKING:
+    from app.catalog import ModelInfo
+    from app.config import Settings
+
+
+@dataclass(frozen=True)
+class CapacityDoc:
+    """What the served OpenAPI document says of a kind's session capacity."""
+
+    schema: dict[str, Any] = field(hash=False)  # the capacities a session of the kind may ask for
+    most: int  # the largest of them
+    text: str  # a sentence for the field's description
+
+
+@dataclass(frozen=True)
+class SessionRules:
+    """How the API makes a session of a kind: the kind's ``sessions.rules`` (torch-free).
+
+    ``default_model`` names the model a session gets when it names none (None, or a model not in
+    the catalog: any model of the kind); ``capacity`` is the session's capacity from its model and
+    the capacity asked for (InvalidRequest when it may not have it); ``capacity_doc`` documents
+    that rule for the kind's models; ``progress`` is the session count a listing reports.
+    """
+
+    default_model: Callable[[Settings], str | None]
+    capacity: Callable[[Settings, ModelInfo, int | None], int]
+    capacity_doc: Callable[[Settings, Sequence[ModelInfo]], CapacityDoc]
+    progress: Literal["step", "exemplars"] = "step"
 
 
 @dataclass(frozen=True)
@@ -29,8 +64,16 @@ class Kind:
         """The torch-free half the API serves: ``routers``."""
         return importlib.import_module(f"{self.package}.routes")
 
+    def sessions(self) -> SessionRules:
+        """How the API makes sessions of this kind (torch-free)."""
+        rules: SessionRules = importlib.import_module(f"{self.package}.sessions").rules
+        return rules
+
     def worker(self) -> ModuleType:
-        """The worker half: ``load(info, backend)`` and ``runner(...)``."""
+        """The worker half: ``serve(model, card, card_dir, backend)`` and ``runner(...)``.
+
+        Importing it is what makes a worker able to load the kind's checkpoints: a kind whose
+        model class `models.checkpoint` does not list registers it there on import."""
         return importlib.import_module(f"{self.package}.worker")
 
 
@@ -59,3 +102,22 @@ def get(name: str) -> Kind | None:
 def register(kind: Kind) -> None:
     """Serve one more kind in this process (API and worker processes must both register it)."""
     _KINDS[kind.name] = kind
+
+
+def unregister(name: str) -> None:
+    """Stop listing a kind in this process (one that served it for a while: a test's)."""
+    _KINDS.pop(name, None)
+
+
+def register_extra(spec: str) -> list[Kind]:
+    """Register the kinds ``MEMSERVE_EXTRA_KINDS`` names: comma-separated ``name=package``, each
+    package a kind's folder importable by the process (no ONNX graphs expected); the kinds."""
+    added = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, package = (s.strip() for s in item.partition("="))
+        if not sep or not name or not package:
+            raise SettingsError(f"MEMSERVE_EXTRA_KINDS: {item!r} is not name=package")
+        kind = Kind(name, package, exported=False)
+        register(kind)
+        added.append(kind)
+    return added

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from models.baselines import forecast_origins, score_series
 from models.data.corpus import heldout_series
 from models.data.timeseries import MACKEY_GLASS_TRAIN, load_series, mackey_glass
-from models.evaluate import stream
 from models.memnet import MemNet, MemNetState
+from models.stream import stream
 
 HORIZON = 10
 Z80, Z95, Z99 = 1.2816, 1.9600, 2.5758

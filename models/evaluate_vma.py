@@ -62,7 +62,7 @@ from tqdm import tqdm
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
 from models.vae import VAE
-from models.vma import VMA, _gauss_logpdf, gauss_kl, label_scores
+from models.vma import VMA, gauss_kl, gauss_logpdf, label_scores
 
 TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots)
 SHOTS = (1, 2, 5, 10, 19)
@@ -173,7 +173,7 @@ def memory_bound(
         logits = model.decoder(z, c_m[s_i], [f[s_i] for f in feats])
         bce = F.binary_cross_entropy_with_logits(logits, x_s[i : i + chunk], reduction="none")
         log_px = -bce.sum((1, 2, 3))
-        log_w.append(log_px + _gauss_logpdf(z, mu_p[s_i], ls_p[s_i]) - _gauss_logpdf(z, mu_q[p_i], ls_q[p_i]))
+        log_w.append(log_px + gauss_logpdf(z, mu_p[s_i], ls_p[s_i]) - gauss_logpdf(z, mu_q[p_i], ls_q[p_i]))
     log_w = torch.cat(log_w).view(b, k) + log_p.gather(1, a) - log_q.gather(1, a)  # (B K,) -> (B, K)
     kl_a = (
         torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1).clamp_min(0.0)

@@ -32,7 +32,6 @@ uses a generator seeded with (seed, epoch), so a resumed run sees the same batch
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -43,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -51,6 +49,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.timeseries import Splits, load_series, make_splits
 from models.export import export_checkpoint
 from models.memnet import MemNet, MemNetConfig, MemNetState
+from models.train_state import load_train_state, save_train_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,41 +263,6 @@ def validate(model: MemNet, data: Splits | Corpus, args: argparse.Namespace) -> 
     return loss
 
 
-# ------------------------------------------------------------------ resumable state
-def save_train_state(
-    run_dir: Path, model: MemNet, best: dict, opt: torch.optim.Optimizer, meta: dict
-) -> None:
-    """Weights, best weights and Adam moments as tensors; counters as JSON. No pickle."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v for k, v in state_tensors(model).items()}
-    tensors.update({f"best/{k}": v.contiguous() for k, v in best.items()})
-    osd = opt.state_dict()
-    for i, st in osd["state"].items():
-        for key, val in st.items():
-            t = val if torch.is_tensor(val) else torch.tensor(val)
-            tensors[f"opt/{i}/{key}"] = t.detach().cpu().contiguous()
-    save_file(tensors, str(run_dir / "last.safetensors"))
-    meta = {**meta, "param_groups": osd["param_groups"]}
-    tmp = run_dir / "last.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(run_dir / "last.json")
-
-
-def load_train_state(run_dir: Path, model: MemNet, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Inverse of ``save_train_state``; returns (best weights, meta)."""
-    tensors = load_file(str(run_dir / "last.safetensors"))
-    meta = json.loads((run_dir / "last.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
-    state: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt/"):
-            _, i, key = k.split("/")
-            state.setdefault(int(i), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return best, meta
-
-
 # ---------------------------------------------------------------------------- main
 def make_model(args: argparse.Namespace, input_dim: int) -> MemNet:
     if args.init:
@@ -477,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_vma(argv)
     if argv[:1] == ["vae"]:
-        from models.vae import train_main as train_vae
+        from models.train_vae import main as train_vae
 
         return train_vae(argv)
     args = build_parser().parse_args(argv)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.omniglot import load_omniglot, sample_episode, split_characters, with_rotations
 from models.export import export_checkpoint
-from models.train import load_train_state, save_train_state
+from models.train_state import load_train_state, save_train_state
 from models.vma import VMA, VMAConfig
 
 
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hide-memory", type=float, default=0.0,
         help="share of queries whose decoder does not see m_a (skips and context), so that z "
         "must carry the drawing (0: the paper's objective)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fresh", nargs="*", default=[], choices=["post", "gen", "gen_context", "decoder", "e_prior"],
+        help="with --init: parts that start from fresh weights instead (e.g. post, when the init's "
+        "q(z|m_a, x) net has gone dead and no longer depends on its input)",
     )  # fmt: skip
     p.add_argument(
         "--freeze-addressing", action="store_true",
@@ -184,7 +189,10 @@ def make_model(args: argparse.Namespace) -> VMA:
     assert isinstance(init, VMA), f"{args.init} is not a VMA checkpoint"
     model = VMA(dataclasses.replace(init.config, **_address_options(args)))
     own = model.state_dict()
-    same = {k: v for k, v in init.state_dict().items() if k in own and own[k].shape == v.shape}
+    same = {
+        k: v for k, v in init.state_dict().items()
+        if k in own and own[k].shape == v.shape and k.split(".")[0] not in args.fresh
+    }  # fmt: skip
     model.load_state_dict(same, strict=False)
     fresh = sorted({k.split(".")[0] for k in own if k not in same})
     print(f"from {args.init}: {len(same)} tensors; fresh: {', '.join(fresh) or 'none'}")
@@ -271,7 +279,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
         "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
         "class_weight": args.class_weight, "vimco_weight": args.vimco_weight,
-        "hide_memory": args.hide_memory, "freeze_addressing": args.freeze_addressing,
+        "hide_memory": args.hide_memory, "freeze_addressing": args.freeze_addressing, "fresh": args.fresh,
         "init": args.init, "select": args.select,
         "history": meta["history"],
     }  # fmt: skip

@@ -87,7 +87,7 @@ class VMAConfig:
     frame_span: int = 0  # conv4 only: re-frame drawings so the ink spans this many px (0: off)
 
 
-def _scales(c: VMAConfig) -> list[int]:
+def pyramid_sizes(c: VMAConfig) -> list[int]:
     """Spatial size at each pyramid level, finest first, top last: 28 -> [28, 14, 7, 4]."""
     sizes = [c.image_size]
     for _ in range(c.n_levels):
@@ -125,7 +125,7 @@ class Embedder(nn.Module):
 
     def __init__(self, c: VMAConfig, in_channels: int, out_dim: int) -> None:
         super().__init__()
-        top = _scales(c)[-1]
+        top = pyramid_sizes(c)[-1]
         self.pyramid = ConvPyramid(c, in_channels)
         self.mlp = nn.Sequential(
             nn.Linear(c.channels * top * top, c.hidden_dim), nn.ReLU(), nn.Linear(c.hidden_dim, out_dim)
@@ -144,7 +144,7 @@ class Decoder(nn.Module):
     def __init__(self, c: VMAConfig) -> None:
         super().__init__()
         self.c = c
-        self.sizes = _scales(c)
+        self.sizes = pyramid_sizes(c)
         top = self.sizes[-1]
         ch = c.channels
         self.fc = nn.Linear(2 * c.z_dim, ch * top * top)
@@ -167,7 +167,7 @@ class Decoder(nn.Module):
         return self.out(torch.cat([y, skips[-1]], dim=1))  # (N, 2C, S, S) -> (N, 1, S, S)
 
 
-def _gauss_logpdf(z: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
+def gauss_logpdf(z: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
     """Diagonal Gaussian log density summed over the last dim."""
     return (-0.5 * ((z - mu) / log_std.exp()).square() - log_std - 0.5 * _LOG_2PI).sum(-1)
 
@@ -221,7 +221,8 @@ class VMA(nn.Module):
         self.h_query = address_embedder(c)  # h_q(x)
         self.e_prior = nn.Parameter(torch.randn(c.match_dim) / math.sqrt(c.match_dim))  # e_p
         self.gen = Embedder(c, 1, 2 * c.z_dim)  # pyramid(m_a) -> p(z|m_a) mean, log std
-        self.gen_context = nn.Linear(c.channels * _scales(c)[-1] ** 2, c.z_dim)  # c(m_a) for the decoder
+        top = pyramid_sizes(c)[-1]
+        self.gen_context = nn.Linear(c.channels * top * top, c.z_dim)  # c(m_a) for the decoder
         self.post = Embedder(c, 2, 2 * c.z_dim)  # [x, m_a] -> q(z|m_a, x) mean, log std
         self.decoder = Decoder(c)
         # h_q starts as a copy of h (trained apart afterwards): by Cauchy-Schwarz a query equal to
@@ -308,7 +309,7 @@ class VMA(nn.Module):
         logits = self.decoder(z, c_m, dec_feats)
         log_px = -F.binary_cross_entropy_with_logits(logits, x_k, reduction="none").sum((1, 2, 3))
         # beta < 1 (training's KL warm-up only) discounts z's KL term; beta = 1 is the bound.
-        terms = log_px + beta * (_gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q))
+        terms = log_px + beta * (gauss_logpdf(z, mu_p, log_std_p) - gauss_logpdf(z, mu_q, log_std_q))
         return terms.view(b, k)  # (B K,) -> (B, K)
 
     # ------------------------------------------------------------ bounds
@@ -545,6 +546,6 @@ def importance_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor)
     z = mu_q + log_std_q.exp() * eps.reshape(mu_q.shape)  # (N, T, K, z) -> (N T K, z)
     logits = parts.decode(z, c_m, feats)
     log_px = -F.binary_cross_entropy_with_logits(logits, x_r, reduction="none").sum((1, 2, 3))
-    log_w = log_px + _gauss_logpdf(z, mu_p, log_std_p) - _gauss_logpdf(z, mu_q, log_std_q)
+    log_w = log_px + gauss_logpdf(z, mu_p, log_std_p) - gauss_logpdf(z, mu_q, log_std_q)
     log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
     return torch.logsumexp(log_w, dim=-1) - math.log(samples)

@@ -121,6 +121,7 @@ async def _connect(settings: Settings) -> aioredis.Redis:
 def create_app(settings: Settings) -> FastAPI:
     """One API process: stateless; any number of them may share one Redis."""
     settings.check_checkpoints()
+    registry.register_extra(settings.extra_kinds)
     keyring = KeyRing(settings)  # fails fast on bad or missing keys
     api_metrics = ApiMetrics()
 

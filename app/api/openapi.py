@@ -24,10 +24,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app import registry
 from app.api.schemas import INT32_MAX, INT64_MAX, Problem
 from app.catalog import Catalog
 from app.config import Settings
 from app.errors import BY_SLUG, PROBLEM_BASE
+from app.registry import CapacityDoc
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 BEARER = "bearerAuth"
@@ -253,8 +255,7 @@ class Limits:
     settings and the models it serves (which change with hot reload)."""
 
     max_ttl_s: int
-    max_vma_capacity: int
-    memnet_capacities: tuple[int, ...]  # each MemNet model's fixed memory size
+    capacities: tuple[tuple[str, CapacityDoc], ...]  # per kind, the capacities its sessions take
     models: tuple[tuple[str, str], ...]  # (name, kind) of every model new sessions may name
     max_horizon: int
     max_points_per_request: int
@@ -263,13 +264,13 @@ class Limits:
 
     @classmethod
     def of(cls, settings: Settings, catalog: Catalog) -> Limits:
-        capacities = {
-            int(m.config.get("capacity", 0)) for m in catalog.values() if m.kind == "memnet"
-        }  # fmt: skip
+        capacities = tuple(
+            (k.name, k.sessions().capacity_doc(settings, [m for m in catalog.values() if m.kind == k.name]))
+            for k in registry.kinds()
+        )
         return cls(
             max_ttl_s=min(settings.max_ttl_s, INT32_MAX),
-            max_vma_capacity=min(settings.max_vma_capacity, INT32_MAX),
-            memnet_capacities=tuple(sorted(c for c in capacities if c > 0)),
+            capacities=capacities,
             models=tuple(sorted((m.name, m.kind) for m in catalog.values())),
             max_horizon=min(settings.max_horizon, INT64_MAX),
             max_points_per_request=settings.max_points_per_request,
@@ -295,21 +296,13 @@ def document_limits(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
     create = models["CreateSession"]
     _at_most(_integer(create["properties"]["ttl_s"]), limits.max_ttl_s)
     capacity = create["properties"]["capacity"]
-    _at_most(_integer(capacity), max(limits.max_vma_capacity, *limits.memnet_capacities, 1))
-    fixed = ", ".join(map(str, limits.memnet_capacities)) or "none loaded"
-    capacity["description"] = (
-        f"VMA: exemplars at most, 1 to {limits.max_vma_capacity}. MemNet: fixed by the model (omit it, or "
-        f"give the model's own; the MemNet models here have {fixed})"
-    )
-    # Per kind: the capacities it takes (a MemNet one must also be its own model's: a 422 says so),
-    # and no model of the other kind (a 422; a name no model has is a 404).
-    vma_capacity = {"type": "integer", "minimum": 1, "maximum": limits.max_vma_capacity}
-    memnet_capacity: dict[str, Any] = (
-        {"enum": list(limits.memnet_capacities)} if limits.memnet_capacities else {"not": {}}
-    )
+    _at_most(_integer(capacity), max([doc.most for _, doc in limits.capacities] + [1]))
+    capacity["description"] = ". ".join(doc.text for _, doc in limits.capacities)
+    # Per kind: the capacities it takes (its own rule, `SessionRules.capacity_doc`), and no model
+    # of another kind (a 422; a name no model has is a 404).
     rules = []
-    for kind, allowed in (("vma", vma_capacity), ("memnet", memnet_capacity)):
-        then: dict[str, Any] = {"capacity": {"anyOf": [allowed, {"type": "null"}]}}
+    for kind, doc in limits.capacities:
+        then: dict[str, Any] = {"capacity": {"anyOf": [doc.schema, {"type": "null"}]}}
         others = [name for name, of in limits.models if of != kind]
         if others:
             then["model"] = {"not": {"enum": others}}

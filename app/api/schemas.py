@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
+)
+from pydantic_core import PydanticCustomError, core_schema
+
+from app import registry
 
 INT64_MAX = 2**63 - 1  # what Redis, the job wire format and the stored state can hold
 INT32_MAX = 2**31 - 1  # a session's TTL and capacity, as stored
@@ -25,6 +36,32 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 Count = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
 
 
+def _served_kind(value: Any) -> str:
+    if isinstance(value, str) and registry.get(value) is not None:
+        return value
+    served = [repr(name) for name in registry.names()]
+    expected = " or ".join([", ".join(served[:-1]), served[-1]] if len(served) > 1 else served)
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+class _ServedKind:
+    """A kind the registry lists, as a `Literal` of them would be checked and documented; read
+    when asked, so that a kind registered after this module was imported is one too."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(_served_kind)
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"enum": list(registry.names()), "type": "string"}
+
+
+KindName = Annotated[str, _ServedKind()]
+
+
 class CreateSession(BaseModel):
     """`POST /v1/sessions`."""
 
@@ -32,7 +69,7 @@ class CreateSession(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"kind": "memnet", "ttl_s": 3600}, {"kind": "vma"}]}
     )
 
-    kind: Literal["memnet", "vma"]
+    kind: KindName
     model: Text | None = Field(None, description="checkpoint name; default: the kind's default")
     # The served document narrows both to this process' settings and models (app.api.openapi).
     ttl_s: Annotated[int, Strict()] | None = Field(
@@ -109,7 +146,7 @@ class SessionSummary(BaseModel):
     """One session in `GET /v1/sessions`."""
 
     id: str
-    kind: Literal["memnet", "vma"]
+    kind: KindName
     model: str
     model_version: str
     created: str = Field(description="when the session was made (ISO 8601, UTC)")

@@ -59,6 +59,10 @@ class Worker:
 
     def __init__(self, settings: Settings, worker_id: str | None = None) -> None:
         self.settings = settings
+        registry.register_extra(settings.extra_kinds)
+        # Each kind's worker half, before any checkpoint is loaded: importing it registers a
+        # model class `models.checkpoint` does not list (app.registry, Kind.worker).
+        halves = {kind.name: kind.worker() for kind in registry.kinds()}
         self.keys = Keys(settings.key_prefix)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.r = sync_client(settings)
@@ -74,12 +78,10 @@ class Worker:
         self.budget = WorkBudget.for_worker(settings, self.device)
         # One runner per served kind, built by the kind's own worker half (app.registry).
         self.by_kind: dict[str, Runner[Any]] = {}
-        for kind in registry.kinds():
-            runner = kind.worker().runner(
-                self.r, self.keys, ms.models[kind.name], settings, ms.latest, self.budget
-            )
+        for name, half in halves.items():
+            runner = half.runner(self.r, self.keys, ms.models[name], settings, ms.latest, self.budget)
             runner.on_missing = ms.ensure
-            self.by_kind[kind.name] = runner
+            self.by_kind[name] = runner
         self.runners: dict[str, Runner[Any]] = {}  # by stream: the kinds this worker has a model of
         self._add_streams()
         self.reader = BatchReader(

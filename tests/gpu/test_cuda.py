@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from app.kinds.memnet.engine import TorchMemNet
 from app.kinds.memnet.onnx import OnnxMemNet
-from app.kinds.memnet.runner import TorchMemNet
 from app.kinds.vma.onnx import OnnxVMA
 from app.worker.onnx import CUDA_EP, place
 from models.checkpoint import load_checkpoint

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from app.config import Settings, SettingsError
+from app.kinds.memnet.engine import TorchMemNet
 from app.kinds.memnet.onnx import OnnxMemNet
-from app.kinds.memnet.runner import TorchMemNet
 from app.kinds.vma.onnx import OnnxVMA
 from app.worker import onnx as onnx_backend
 from app.worker.backends import Backend, open_backend

@@ -37,7 +37,7 @@ def test_the_api_loads_only_the_torch_free_half_of_each_kind() -> None:
     assert not worker_halves
 
 
-WORKER_HALF = {"worker", "runner", "onnx", "memory", "state", "dist"}
+WORKER_HALF = {"worker", "runner", "engine", "onnx", "memory", "state", "dist"}
 
 
 def _app_imports(path: Path) -> set[str]:

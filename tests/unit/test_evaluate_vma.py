@@ -21,7 +21,7 @@ from models.evaluate_vma import (
     memory_bound,
 )
 from models.vae import VAE, VAEConfig
-from models.vma import VMA, VMAConfig, _gauss_logpdf, gauss_kl
+from models.vma import VMA, VMAConfig, gauss_kl, gauss_logpdf
 from tests.conftest import write_fake_omniglot
 
 TINY_VMA = VMAConfig(channels=4, hidden_dim=16, match_dim=16, z_dim=4)
@@ -136,7 +136,7 @@ def test_gauss_kl_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
     mu_q, ls_q, mu_p, ls_p = (0.5 * torch.randn(3, 5, generator=g) for _ in range(4))
     z = mu_q + ls_q.exp() * torch.randn(20000, 3, 5, generator=g)  # (N, 3, 5)
-    mc = (_gauss_logpdf(z, mu_q, ls_q) - _gauss_logpdf(z, mu_p, ls_p)).mean(0)  # (N, 3) -> (3,)
+    mc = (gauss_logpdf(z, mu_q, ls_q) - gauss_logpdf(z, mu_p, ls_p)).mean(0)  # (N, 3) -> (3,)
     assert torch.allclose(gauss_kl(mu_q, ls_q, mu_p, ls_p), mc, atol=0.1)
 
 
@@ -161,7 +161,7 @@ def test_vae_iwae_bound_grows_with_k_and_kl_matches_samples():
     mu, log_std = model.posterior(x)
     z = mu + log_std.exp() * torch.randn(4000, *mu.shape)  # (N, B, z)
     zeros = torch.zeros_like(mu)
-    mc = (_gauss_logpdf(z, mu, log_std) - _gauss_logpdf(z, zeros, zeros)).mean(0)  # (N, B) -> (B,)
+    mc = (gauss_logpdf(z, mu, log_std) - gauss_logpdf(z, zeros, zeros)).mean(0)  # (N, B) -> (B,)
     assert torch.allclose(mc, model.kl_z(x), atol=0.05 * model.kl_z(x).mean().item() + 0.02)
     assert model.sample(3, torch.Generator().manual_seed(0)).shape == (3, 28, 28)
 

@@ -102,11 +102,11 @@ def test_frozen_addressing_keeps_h_and_its_statistics(tmp_path: Path):
           "--ways", "4", "--name", "s1"]  # fmt: skip
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), *s1, *common]) == 0
     frozen = ["--init", "s1", "--init-dir", str(tmp_path / "a"), "--freeze-addressing",
-              "--hide-memory", "0.5", "--name", "s2"]  # fmt: skip
+              "--hide-memory", "0.5", "--fresh", "post", "--name", "s2"]  # fmt: skip
     assert main(["vma", "--steps", "3", "--out", str(tmp_path / "b"), *frozen, *common]) == 0
     before, _ = load_checkpoint("s1", tmp_path / "a")
     after, card = load_checkpoint("s2", tmp_path / "b")
-    assert card["training"]["freeze_addressing"] is True
+    assert card["training"]["freeze_addressing"] is True and card["training"]["fresh"] == ["post"]
     for name, t in before.state_dict().items():
         if name.startswith(("h_mem", "h_query")):
             assert torch.equal(after.state_dict()[name], t), f"{name} moved though addressing is frozen"

@@ -6,19 +6,27 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from app import registry
 from app.api.deps import Services, ServicesDep, TenantDep
 from app.api.new_sessions import admitted_session, session_info
 from app.api.schemas import CreateSession, SessionInfo, SessionList, SessionSummary
 from app.catalog import ModelInfo
 from app.errors import InvalidRequest, ModelNotFound
+from app.registry import SessionRules
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 
+def _rules(kind: str) -> SessionRules:
+    served = registry.get(kind)
+    assert served is not None, f"{kind} passed CreateSession's check of the kinds served"
+    return served.sessions()
+
+
 def _pick_model(svc: Services, kind: str, name: str | None) -> ModelInfo:
     if name is None:
-        name = svc.settings.default_memnet_model if kind == "memnet" else svc.settings.default_vma_model
-        if name not in svc.catalog:  # the default is absent: any model of the kind
+        name = _rules(kind).default_model(svc.settings)
+        if name is None or name not in svc.catalog:  # no default, or it is absent: any model of the kind
             name = next((m.name for m in svc.catalog.values() if m.kind == kind), None)
             if name is None:
                 raise ModelNotFound(f"no {kind} model is loaded", kind=kind)
@@ -31,16 +39,10 @@ def _pick_model(svc: Services, kind: str, name: str | None) -> ModelInfo:
     return info
 
 
-def _capacity(svc: Services, kind: str, info: ModelInfo, asked: int | None) -> int:
-    if kind != "memnet":
-        most = svc.settings.max_vma_capacity
-        if asked is not None and asked > most:
-            raise InvalidRequest(f"capacity is at most {most}", max_capacity=most)
-        return asked or svc.settings.vma_capacity
-    fixed = int(info.config.get("capacity", 0))
-    if asked is not None and asked != fixed:
-        raise InvalidRequest(f"a MemNet session's capacity is fixed by its model ({fixed})")
-    return fixed
+def _progress(kind: str) -> str | None:
+    """The count a listing reports of a session of ``kind`` (`SessionRules.progress`)."""
+    served = registry.get(kind)
+    return None if served is None else served.sessions().progress
 
 
 @router.post("", response_model=SessionInfo, status_code=status.HTTP_201_CREATED)
@@ -52,7 +54,7 @@ async def create_session(
     ttl = body.ttl_s or svc.settings.default_ttl_s
     if ttl > svc.settings.max_ttl_s:
         raise InvalidRequest(f"ttl_s is at most {svc.settings.max_ttl_s}", max_ttl_s=svc.settings.max_ttl_s)
-    capacity = _capacity(svc, body.kind, info, body.capacity)
+    capacity = _rules(body.kind).capacity(svc.settings, info, body.capacity)
     async with admitted_session(svc, tenant, ttl) as sid:
         meta = await svc.sessions.create(
             body.kind, info.name, info.version, ttl, info.input_dim, capacity, tenant.name, sid
@@ -80,11 +82,12 @@ async def list_sessions(
     page = []
     for row in rows:
         m = row["meta"]
+        progress = _progress(m.kind)
         item = SessionSummary(
             id=m.sid, kind=m.kind, model=m.model, model_version=m.model_version, created=m.created,
             ttl_s=m.ttl_s, expires_in_s=row["expires_in_s"], capacity=m.capacity, input_dim=m.input_dim,
-            step=row["step"] if m.kind == "memnet" else None,
-            exemplars=row["exemplars"] if m.kind == "vma" else None,
+            step=row["step"] if progress == "step" else None,
+            exemplars=row["exemplars"] if progress == "exemplars" else None,
         )  # fmt: skip
         page.append(item)
     return SessionList(sessions=page, total=total, offset=offset, limit=limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import redis
@@ -20,6 +20,7 @@ from torch import Tensor
 from app.catalog import ModelKey
 from app.errors import CorruptState, InvalidInput, InvalidRequest, MemserveError, SeqConflict, SessionNotFound
 from app.kinds.memnet import dist
+from app.kinds.memnet.engine import MemNetEngine
 from app.kinds.memnet.state import SessionState, StateCache, commit_args
 from app.kinds.memnet.wire import PointsJob
 from app.queue.messages import error_reply, ok_reply
@@ -29,7 +30,7 @@ from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
 from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
-from models.memnet import MemNet, MemNetConfig, MemNetState
+from models.memnet import MemNetState
 
 log = logging.getLogger(__name__)
 
@@ -64,52 +65,6 @@ class Loaded:
     @property
     def has_state(self) -> bool:
         return self.head[0] is not None
-
-
-class TorchMemNet:
-    """MemNet's serving operations in PyTorch, on the model's device (the torch backend)."""
-
-    def __init__(self, model: MemNet, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.config = model.config
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemNetState:
-        return self.model.initial_state(batch_size, device)
-
-    @torch.inference_mode()
-    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]:
-        """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; ``state`` in place.
-
-        Returns the predictions' means and stds, each (B, T_max, D).
-        """
-        b, t_max, dim = x.shape
-        preds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=x.device)
-        stds = torch.zeros((b, t_max, dim), dtype=torch.float32, device=x.device)
-        shortest = int(lengths.min())
-        for t in range(t_max):
-            active = None if t < shortest else lengths > t  # no masking while every row is live
-            preds[:, t], stds[:, t] = self.model.step_(x[:, t], state, active)  # in place
-        return preds, stds
-
-    def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor:
-        return self.model.forecast(y_last, state, horizon)
-
-    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor:
-        return self.model.sample_paths(y_last, std_last, state, noise.to(y_last.device)).cpu()
-
-
-class MemNetEngine(Protocol):
-    """What the runner asks of a backend (`TorchMemNet`, `app.kinds.memnet.onnx.OnnxMemNet`)."""
-
-    config: MemNetConfig
-
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> MemNetState: ...
-
-    def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]: ...
-
-    def forecast(self, y_last: Tensor, state: MemNetState, horizon: int) -> Tensor: ...
-
-    def sample_paths(self, y_last: Tensor, std_last: Tensor, state: MemNetState, noise: Tensor) -> Tensor: ...
 
 
 class ServedMemNet:

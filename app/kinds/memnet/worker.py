@@ -9,7 +9,8 @@ import redis
 
 from app.catalog import ModelKey
 from app.config import Settings
-from app.kinds.memnet.runner import MemNetRunner, ServedMemNet, TorchMemNet
+from app.kinds.memnet.engine import TorchMemNet
+from app.kinds.memnet.runner import MemNetRunner, ServedMemNet
 from app.store.keys import Keys
 from app.worker.backends import Backend
 from app.worker.budget import WorkBudget
