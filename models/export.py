@@ -115,7 +115,10 @@ def vma_graphs(model: VMA) -> list[GraphSpec]:
             {"m_a": img},
             ("mu", "log_std", "c_m", *feat_names(model)),
         ),
-        GraphSpec("z_posterior", _Call(model, "z_posterior"), {"x": img, "m_a": img}, ("mu", "log_std")),
+        # Two distinct tensors: the exporter traces one tensor passed twice as a single input.
+        GraphSpec(
+            "z_posterior", _Call(model, "z_posterior"), {"x": img, "m_a": 1.0 - img}, ("mu", "log_std")
+        ),
         GraphSpec("decoder", _Call(model, "decode"), {"z": mu, "c_m": c_m, **feats_in}, ("logits",)),
     ]
 

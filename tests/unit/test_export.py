@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from app.cli import main as cli_main
-from models.checkpoint import read_card
-from models.export import StaleExport, graph_paths
+from models.checkpoint import load_checkpoint, read_card
+from models.export import StaleExport, feat_names, graph_paths
 from models.memnet import STATS_ROWS
 from tests.conftest import REPO
 
@@ -108,3 +108,33 @@ def test_export_needs_a_model_or_all(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         cli_main(["export"])
     assert "--model" in capsys.readouterr().err
+
+
+def test_shipped_vma_graphs_compute_what_torch_computes() -> None:
+    """Every graph against the network on inputs that differ per argument (a graph traced with
+    one tensor passed as two inputs would read only one of them)."""
+    model, card = load_checkpoint("vma-omniglot", SHIPPED)
+    paths = graph_paths(card, SHIPPED)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(5, 1, 28, 28, generator=gen) > 0.8).float()
+    m_a = (torch.rand(5, 1, 28, 28, generator=gen) > 0.8).float()
+
+    def run(graph: str, **inputs: torch.Tensor) -> list[np.ndarray]:
+        sess = ort.InferenceSession(str(paths[graph]), providers=["CPUExecutionProvider"])
+        return sess.run(None, {k: v.numpy() for k, v in inputs.items()})
+
+    with torch.no_grad():
+        mu, log_std = model.z_posterior(x, m_a)
+        mu_p, _, c_m, feats = model.z_prior(m_a)
+        logits = model.decode(mu, c_m, feats)
+        expected = {
+            "z_posterior": ([mu, log_std], run("z_posterior", x=x, m_a=m_a)),
+            "query_embedding": ([model.h_query(x)], run("query_embedding", x=x)),
+            "memory_embedding": ([model.h_mem(m_a)], run("memory_embedding", m=m_a)),
+            "z_prior": ([mu_p], run("z_prior", m_a=m_a)[:1]),
+        }
+    for graph, (want, got) in expected.items():
+        for w, g in zip(want, got, strict=True):
+            assert np.abs(w.numpy() - g).max() < 1e-4, f"{graph} differs from the network"
+    dec = run("decoder", z=mu, c_m=c_m, **dict(zip(feat_names(model), feats, strict=True)))
+    assert np.abs(logits.numpy() - dec[0]).max() < 1e-3
