@@ -118,7 +118,13 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A random-init VMA: h_q starts as a copy of h, so an exact copy of an exemplar already
     # scores highest on it, which the service tests rely on.
     vma_card = {"data": {"source": "random init for tests"}, "serving": {"novelty_threshold_nats": -300.0}}
-    save_checkpoint(VMA(VMA_TEST_CONFIG), vma_card, d, VMA_TEST_MODEL)
+    vma = VMA(VMA_TEST_CONFIG)
+    # The default init maps every drawing to nearly one embedding (the biases dominate), which
+    # leaves the best address to float noise; He init without biases keeps drawings apart.
+    for p in vma.h_mem.parameters():
+        torch.nn.init.kaiming_normal_(p) if p.dim() > 1 else torch.nn.init.zeros_(p)
+    vma.h_query.load_state_dict(vma.h_mem.state_dict())
+    save_checkpoint(vma, vma_card, d, VMA_TEST_MODEL)
     # Their ONNX graphs too, so that the service tests run on either backend
     # (MEMSERVE_BACKEND=onnx in the environment switches the workers they start).
     for name in (TEST_MODEL, SCALED_TEST_MODEL, VMA_TEST_MODEL):

@@ -19,6 +19,7 @@ from app.api.catalog_watch import CatalogWatch
 from app.api.deps import Services, get_tenant
 from app.api.docs import install_docs
 from app.api.errors import bare_500, install_error_handlers, problem_of
+from app.api.fastlane import FastLane
 from app.api.metrics import ApiMetrics
 from app.api.openapi import install_openapi
 from app.api.routes import backup, health, metrics, models, sessions, tenant, ui
@@ -174,6 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
     _add_routes(app)
     install_docs(app)
     install_openapi(app)
+    app.add_middleware(FastLane, fastapi=app)  # innermost: the hot routes skip the router only
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # Outermost (added last): it sees every response, the body limit's 413s included.
@@ -195,9 +197,7 @@ def _add_routes(app: FastAPI) -> None:
         app.include_router(router)
     routers = (*v1, health.router, metrics.router, ui.router)
     # What a 405's Allow header lists: every method of every route on the path.
-    app.state.route_methods = [
-        (route.path_regex, route.methods)
-        for router in routers
-        for route in router.routes
-        if isinstance(route, APIRoute)
+    app.state.api_routes = [
+        route for router in routers for route in router.routes if isinstance(route, APIRoute)
     ]
+    app.state.route_methods = [(route.path_regex, route.methods) for route in app.state.api_routes]

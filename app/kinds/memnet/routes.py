@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import ServicesDep, TenantDep
+from app.api.fastlane import hot
 from app.errors import InvalidRequest, from_slug
 from app.kinds.memnet.replies import PointsResponse
 from app.kinds.memnet.requests import PointsRequest, chunk_array
@@ -16,6 +17,7 @@ routers = [router]  # what the API includes for this kind (app.registry)
 
 
 @router.post("/{sid}/points", response_model=PointsResponse)
+@hot
 async def post_points(sid: str, body: PointsRequest, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Apply a chunk of points to the session in order and return a prediction per point.
 

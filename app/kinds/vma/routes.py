@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.deps import ServicesDep, TenantDep
+from app.api.fastlane import hot
 from app.api.schemas import INT64_MAX
 from app.errors import CapacityReached, InvalidRequest, PayloadTooLarge, from_slug
 from app.kinds.vma.images import decode_items, encode_png
@@ -27,6 +28,7 @@ routers = [router]  # what the API includes for this kind (app.registry)
 
 
 @router.post("/{sid}/exemplars", response_model=AddedExemplars, status_code=status.HTTP_201_CREATED)
+@hot
 async def add_exemplars(sid: str, body: AddExemplars, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Add labelled drawings to the session's memory; a worker embeds each once. All or none are added."""
     meta = await svc.sessions.meta_of_kind(sid, tenant.name, "vma", "/exemplars")
@@ -91,6 +93,7 @@ DEFAULT_SAMPLES = {"posterior": 1, "importance": 16}
 
 
 @router.post("/{sid}/samples", response_model=SampleResponse)
+@hot
 async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Draw new drawings from the memory: a ~ p(a|M) (or among one label's or one exemplar), z ~ p(z|m_a),
     x ~ p(x|z, m_a). Each sample names the exemplar it came from; the same seed gives the same samples."""
@@ -109,6 +112,7 @@ async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, tenant: 
 
 
 @router.post("/{sid}/classify", response_model=ClassifyResponse)
+@hot
 async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, tenant: TenantDep) -> Response:
     """Per drawing: p(c|x) per label, the top addresses, KL(q(a|x)||p(a)), a log-likelihood bound and
     whether the drawing is unlike everything in memory."""
