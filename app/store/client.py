@@ -14,6 +14,11 @@ closed here, so that the rest of the code runs unchanged on either kind of clien
   NOSCRIPT as usual.
 - MGET over keys of several slots (the workers' heartbeats) is one MGET per slot.
 
+On a plain Redis, a pipeline that holds a script asks ``SCRIPT EXISTS`` before it runs, in
+redis-py: one more round trip for each batch a worker commits and each group of jobs the API
+submits. Here that check is made once per script (`_Pipeline`); should Redis lose its script
+cache later (a restart), the pipeline's scripts answer NOSCRIPT, and it loads them and runs again.
+
 Elsewhere, `is_cluster` picks the cluster's way where the two differ: replies go by sharded
 pub/sub (SPUBLISH to the shard of the API's channel, rather than PUBLISH over the cluster bus
 to every node; app.queue.reader, app.queue.submit).
@@ -26,10 +31,13 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeysT, KeyT
 
 from app.config import Settings, SettingsError
@@ -97,6 +105,89 @@ class _AsyncCluster(AsyncRedisCluster):
         return await self.mget_nonatomic(keys, *args)
 
 
+def _no_script(result: Any) -> bool:
+    return isinstance(result, list) and any(isinstance(r, NoScriptError) for r in result)
+
+
+class _Pipeline(Pipeline):
+    """A pipeline that checks its scripts once per client rather than before each run.
+
+    Run again after a NOSCRIPT, a pipeline must hold only commands that may run twice: reads and
+    the idempotent scripts of app.store.scripts (what every pipeline here holds). Transactions
+    keep redis-py's check before each run.
+    """
+
+    known: set[str]  # SHAs this client has seen loaded
+
+    def load_scripts(self) -> None:
+        multi = bool(self.__dict__["transaction"]) or self.explicit_transaction  # the flag, not the method
+        if multi or any(s.sha not in self.known for s in self.scripts):
+            super().load_scripts()
+            self.known.update(s.sha for s in self.scripts)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, scripts = list(self.command_stack), set(self.scripts)
+        try:
+            result = super().execute(raise_on_error)
+        except NoScriptError:
+            result = None
+        if result is not None and not _no_script(result):
+            return result
+        self.known.clear()  # Redis lost its script cache: check (and load) them all again
+        self.command_stack, self.scripts = stack, scripts
+        return super().execute(raise_on_error)
+
+
+class _AsyncPipeline(AsyncPipeline):
+    """The asyncio twin of `_Pipeline`."""
+
+    known: set[str]
+
+    async def load_scripts(self) -> None:
+        multi = self.is_transaction or self.explicit_transaction
+        if multi or any(s.sha not in self.known for s in self.scripts):
+            await super().load_scripts()
+            self.known.update(s.sha for s in self.scripts)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, scripts = list(self.command_stack), set(self.scripts)
+        try:
+            result = await super().execute(raise_on_error)
+        except NoScriptError:
+            result = None
+        if result is not None and not _no_script(result):
+            return result
+        self.known.clear()
+        self.command_stack, self.scripts = stack, scripts
+        return await super().execute(raise_on_error)
+
+
+class _Plain(redis.Redis):
+    """redis-py's client with pipelines that check their scripts once (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known_scripts: set[str] = set()
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        p = _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        p.known = self.known_scripts
+        return p
+
+
+class _AsyncPlain(aioredis.Redis):
+    """The asyncio twin of `_Plain`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.known_scripts: set[str] = set()
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> AsyncPipeline:
+        p = _AsyncPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        p.known = self.known_scripts
+        return p
+
+
 def is_cluster(r: object) -> bool:
     """Whether `r` (a client of either kind) talks to a Redis Cluster."""
     return isinstance(r, RedisCluster | AsyncRedisCluster)
@@ -127,7 +218,7 @@ def async_client(settings: Settings, **overrides: Any) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=settings.redis_max_connections, timeout=settings.redis_pool_timeout_s, **options
     )
-    return aioredis.Redis(connection_pool=pool)
+    return _AsyncPlain(connection_pool=pool)
 
 
 def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:
@@ -136,4 +227,4 @@ def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:
     options = {**WORKER_TIMEOUTS, **overrides}
     if settings.redis_cluster:
         return cast(redis.Redis, _Cluster.from_url(url, **options))
-    return redis.Redis.from_url(url, **options)
+    return _Plain.from_url(url, **options)
