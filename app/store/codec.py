@@ -6,11 +6,11 @@ layout (dtype and shape of each field) is stored once per session as a short JSO
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 
 _DTYPES: dict[str, np.dtype[Any]] = {"f4": np.dtype("<f4"), "u1": np.dtype("u1"), "i8": np.dtype("<i8")}
 
@@ -48,7 +48,7 @@ def _code(a: np.ndarray) -> str:
 def layout_field(arrays: Mapping[str, np.ndarray]) -> bytes:
     """The `layout` field describing `arrays` (dtype and shape of each), without their bytes."""
     layout = {name: [_code(a), list(a.shape)] for name, a in arrays.items()}
-    return json.dumps(layout, separators=(",", ":")).encode()
+    return orjson.dumps(layout)  # compact: the same bytes json.dumps(separators=(",", ":")) wrote
 
 
 def encode_fields(arrays: Mapping[str, np.ndarray]) -> dict[str, bytes]:
@@ -63,5 +63,5 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> dict[str, np.ndarray]:
     raw_layout = fields.get(b"layout")
     if raw_layout is None:
         return {}
-    layout = json.loads(raw_layout)
+    layout = orjson.loads(raw_layout)
     return {name: decode_array(fields[name.encode()], entry) for name, entry in layout.items()}

@@ -357,15 +357,22 @@ def _decode_all(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:
     return np.stack(out)
 
 
+# Requests of at most this many pixel arrays (no encoded images) decode on the event loop.
+INLINE_ITEMS = 4
+
+
 async def decode_items(items: list[tuple[str | None, Any]], prefix: str) -> np.ndarray:
     """Decode a request's drawings -> (N, 28, 28) uint8, off the event loop.
 
     A large image takes seconds to decode; done on the event loop it stalls every other request
     of the API process, health checks included. So decoding runs in a small thread pool
     (Pillow and numpy release the GIL while they work), after the request's total pixel count
-    has been checked from the image headers alone (413 above ``MAX_REQUEST_PIXELS``).
+    has been checked from the image headers alone (413 above ``MAX_REQUEST_PIXELS``). A request of
+    a few pixel arrays, bounded by the body limit, decodes in place.
     """
     global _pool
+    if len(items) <= INLINE_ITEMS and all(image is None for image, _ in items):
+        return _decode_all(items, prefix)  # a few 28 x 28 arrays: less work than the thread hop
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
     return await asyncio.get_running_loop().run_in_executor(_pool, _decode_all, items, prefix)
