@@ -9,7 +9,8 @@ routes, and the service's own layers (api/, worker/) import no kind: a kind plug
 Adding a kind: a folder with ``sessions.py`` (``rules``: its `SessionRules`), ``routes.py``
 (``routers``: the kind's FastAPI routers) and ``worker.py`` (``serve``, ``runner``), then one
 `Kind` line below, or ``MEMSERVE_EXTRA_KINDS`` naming it (`register_extra`) for a kind that lives
-outside the service (tests/kinds/movavg is one).
+outside the service (tests/kinds/movavg is one). A ``backup.py`` (``rules``: its `BackupRules`)
+is optional: without it the kind's sessions cannot be exported or imported.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.config import SettingsError
 if TYPE_CHECKING:
     from app.catalog import ModelInfo
     from app.config import Settings
+    from app.store.backup import SessionDoc
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ class SessionRules:
 
 
 @dataclass(frozen=True)
+class BackupRules:
+    """What a kind's sessions put in a backup document, and how an imported one is checked: the
+    kind's ``backup.rules`` (torch-free; app.store.backup has the format).
+
+    ``sections`` names the session keys of the kind a document carries (``Keys.session_keys``'s
+    names, in that order: "state", "ex"); the ``meta`` section is the service's and comes first
+    for every kind. ``check(doc, info, max_capacity)`` raises a 4xx MemserveError unless `doc`,
+    whose model, kind, version, TTL and input_dim are already checked, fits model `info` as it is
+    loaded here; ``max_capacity`` is the largest capacity a session may ask for
+    (``MEMSERVE_MAX_VMA_CAPACITY``; a kind whose models fix the capacity ignores it).
+    """
+
+    sections: tuple[str, ...]
+    check: Callable[[SessionDoc, ModelInfo, int], None]
+
+
+@dataclass(frozen=True)
 class Kind:
     """A model kind: its name (in cards, sessions, stream keys and metrics) and its package."""
 
@@ -67,6 +86,18 @@ class Kind:
     def sessions(self) -> SessionRules:
         """How the API makes sessions of this kind (torch-free)."""
         rules: SessionRules = importlib.import_module(f"{self.package}.sessions").rules
+        return rules
+
+    def backup(self) -> BackupRules | None:
+        """What of this kind's sessions a backup holds (torch-free); None when the kind has no
+        ``backup`` module, so that its sessions cannot be exported or imported."""
+        module = f"{self.package}.backup"
+        try:
+            rules: BackupRules = importlib.import_module(module).rules
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but imports something missing: a real error
+                raise
+            return None
         return rules
 
     def worker(self) -> ModuleType:

@@ -81,10 +81,11 @@ ROUTES: dict[tuple[str, str], Slugs] = {
         409: ("wrong-session-kind", "empty-memory"),
         422: ("invalid-image",),
     },
-    ("get", "/v1/sessions/{sid}/export"): _SESSION,
+    # wrong-session-kind: a kind that declares no backup (app.registry.BackupRules)
+    ("get", "/v1/sessions/{sid}/export"): {**_SESSION, 409: ("wrong-session-kind",)},
     ("post", "/v1/sessions/import"): {
         404: ("model-not-found",),
-        409: ("model-version-mismatch", "backup-kind-mismatch"),
+        409: ("model-version-mismatch", "backup-kind-mismatch", "wrong-session-kind"),
         422: ("invalid-backup", "unsupported-backup-version"),
         429: ("session-limit",),
     },

@@ -12,7 +12,7 @@ unsigned little-endian, never pickle::
     8       2     format version (u16): 1
     10      2     flags (u16): 0; anything else is a format this reader does not know
     12            header:
-                    kind           str  "memnet" or "vma"
+                    kind           str  a kind of app.registry with backup rules: "memnet", "vma"
                     model          str  checkpoint name
                     model_version  str  version of the checkpoint that wrote the state
                     created        str  when the session was first created (ISO 8601)
@@ -35,8 +35,11 @@ Sections appear in the order of ``Keys.session_keys``, absent keys are left out,
 fields of a section are sorted by name, so a session always exports to the same bytes:
 export -> import -> export is byte-identical. The ``meta`` section holds only the meta
 fields the header does not (none today; a field added later travels without a format
-change); the owner is never exported, import and fork set it from the caller. A MemNet
-session carries at most ``meta`` and ``state``, a VMA session ``meta`` and ``ex``.
+change); the owner is never exported, import and fork set it from the caller. Which other
+sections a session carries its kind declares (``backup.rules`` in its folder, a
+`registry.BackupRules`): a MemNet session at most ``state``, a VMA session ``ex``. A kind that
+declares none cannot be exported or imported (WrongSessionKind); forks copy every key and need
+no declaration.
 
 Reads take every key of the session in one MULTI (they share a hash tag, so this holds
 on Redis Cluster too), so a document is a consistent snapshot even while workers commit;
@@ -55,14 +58,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from app.errors import InvalidBackup, SessionNotFound, UnsupportedBackupVersion
+from app import registry
+from app.errors import InvalidBackup, SessionNotFound, UnsupportedBackupVersion, WrongSessionKind
+from app.registry import BackupRules
 from app.store import scripts
 from app.store.keys import SESSION_ID_RE, Keys, new_session_id
 
 MEDIA_TYPE = "application/vnd.memserve.session"
 MAGIC = b"\x89MSSESS\n"
 FORMAT_VERSION = 1
-SECTIONS_OF_KIND: dict[str, tuple[str, ...]] = {"memnet": ("meta", "state"), "vma": ("meta", "ex")}
 MAX_SECTIONS = 16
 
 # Meta hash fields the header carries; "owner" belongs to whoever restores the document.
@@ -120,6 +124,22 @@ class SessionDoc:
         return replace(self, header=replace(self.header, ttl_s=ttl_s))
 
 
+def backup_rules(kind: str) -> BackupRules:
+    """The backup rules kind `kind` declares; WrongSessionKind (409) if it declares none or is not
+    served here: its sessions cannot be exported or imported."""
+    served = registry.get(kind)
+    rules = served.backup() if served is not None else None
+    if rules is None:
+        why = "its kind declares no backup" if served is not None else "its kind is not served here"
+        raise WrongSessionKind(f"a {kind} session cannot be exported or imported: {why}", kind=kind)
+    return rules
+
+
+def sections_of(kind: str) -> tuple[str, ...]:
+    """The sections a document of kind `kind` may hold, in the order it writes them."""
+    return ("meta", *backup_rules(kind).sections)
+
+
 # ----------------------------------------------------------------------------- encode
 
 
@@ -129,12 +149,13 @@ def _str(text: str) -> bytes:
 
 
 def encode(doc: SessionDoc) -> bytes:
-    """The document's bytes (canonical: the same session always gives the same bytes)."""
+    """The document's bytes (canonical: the same session always gives the same bytes);
+    WrongSessionKind if the session's kind declares no backup."""
     h = doc.header
     out = [MAGIC, _U16.pack(FORMAT_VERSION), _U16.pack(0)]
     out += [_str(h.kind), _str(h.model), _str(h.model_version), _str(h.created)]
     out += [_U32.pack(h.ttl_s), _U64.pack(h.version), _U32.pack(h.input_dim), _U32.pack(h.capacity)]
-    names = [n for n in SECTIONS_OF_KIND[h.kind] if doc.sections.get(n)]
+    names = [n for n in sections_of(h.kind) if doc.sections.get(n)]
     out.append(_U16.pack(len(names)))
     for name in names:
         fields = doc.sections[name]
@@ -204,8 +225,9 @@ def _read_header(rd: _Reader) -> Header:
         created=rd.text("created"), ttl_s=rd.uint(_U32, "ttl_s"), version=rd.uint(_U64, "the version"),
         input_dim=rd.uint(_U32, "input_dim"), capacity=rd.uint(_U32, "capacity"),
     )  # fmt: skip
-    if h.kind not in SECTIONS_OF_KIND:
-        raise InvalidBackup(f"unknown session kind {h.kind!r}; known: {', '.join(SECTIONS_OF_KIND)}")
+    if registry.get(h.kind) is None:
+        raise InvalidBackup(f"unknown session kind {h.kind!r}; known: {', '.join(registry.names())}")
+    backup_rules(h.kind)  # a kind that declares no backup: refused before anything else is read
     if not h.model:
         raise InvalidBackup("the document names no model")
     if h.ttl_s < 1 or h.input_dim < 1:
@@ -227,7 +249,7 @@ def _read_section(rd: _Reader, name: str) -> Fields:
 
 
 def _read_sections(rd: _Reader, kind: str) -> dict[str, Fields]:
-    allowed = SECTIONS_OF_KIND[kind]
+    allowed = sections_of(kind)
     count = rd.uint(_U16, "the section count")
     if count > MAX_SECTIONS:
         raise InvalidBackup(f"{count} sections; a session has at most {len(allowed)}")
@@ -247,7 +269,8 @@ def _read_sections(rd: _Reader, kind: str) -> dict[str, Fields]:
 
 def decode(data: bytes) -> SessionDoc:
     """A document's header and sections; InvalidBackup or UnsupportedBackupVersion if it is not
-    exactly one well-formed document of a format version this server reads."""
+    exactly one well-formed document of a format version this server reads, WrongSessionKind if
+    its kind declares no backup."""
     _check_magic(data)
     rd = _Reader(data)
     rd.pos = len(MAGIC)

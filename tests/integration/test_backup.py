@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import redis
 
+from app import registry
 from app.config import Settings
 from app.errors import PROBLEM_BASE
-from app.store.backup import MEDIA_TYPE, SessionDoc, decode, encode
+from app.store.backup import MAGIC, MEDIA_TYPE, SessionDoc, decode, encode
 from app.store.keys import Keys
-from tests.conftest import TEST_MODEL, drawings, run_offline
+from models.checkpoint import register, save_checkpoint
+from tests.conftest import TEST_MODEL, ApiServer, drawings, run_offline
 from tests.integration.test_stream import post, series
 from tests.integration.test_vma import add, classify
+from tests.kinds.movavg.model import MovAvg, MovAvgConfig
 
 PROBLEM = "application/problem+json"
 
@@ -212,3 +220,43 @@ def test_the_backup_routes_are_in_the_openapi_spec(client: httpx.Client) -> None
     assert {"/v1/sessions/import", "/v1/sessions/{sid}/export", "/v1/sessions/{sid}/fork"} <= set(paths)
     assert MEDIA_TYPE in paths["/v1/sessions/import"]["post"]["requestBody"]["content"]
     assert MEDIA_TYPE in paths["/v1/sessions/{sid}/export"]["get"]["responses"]["200"]["content"]
+
+
+@pytest.fixture
+def movavg_client(settings: Settings, tmp_path: Path) -> Iterator[httpx.Client]:
+    """The real API serving tests/kinds/movavg, a kind whose folder declares no backup."""
+    register("movavg", MovAvgConfig, MovAvg)
+    directory = tmp_path / "checkpoints"
+    save_checkpoint(MovAvg(MovAvgConfig(window=3)), {"data": {"source": "none"}}, directory, "movavg-3")
+    update = {"checkpoint_dir": directory, "extra_kinds": "movavg=tests.kinds.movavg"}
+    api = ApiServer(settings.model_copy(update=update)).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            yield c
+    finally:
+        api.stop()
+        registry.unregister("movavg")  # the other tests' apps serve the built-in kinds only
+
+
+def _document_of(kind: str, model: str) -> bytes:
+    """A well-formed document of any kind, written by hand as app.store.backup documents it."""
+
+    def s16(text: str) -> bytes:
+        return struct.pack("<H", len(text.encode())) + text.encode()
+
+    data = MAGIC + struct.pack("<HH", 1, 0) + s16(kind) + s16(model) + s16("1") + s16("")
+    data += struct.pack("<IQIIH", 60, 0, 1, 3, 0)
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def test_a_kind_that_declares_no_backup_is_refused_export_and_import_but_forks(
+    movavg_client: httpx.Client, rdb: redis.Redis, settings: Settings
+) -> None:
+    sid = new_session(movavg_client, "movavg")
+    says = "a movavg session cannot be exported or imported: its kind declares no backup"
+    problem(movavg_client.get(f"/v1/sessions/{sid}/export"), 409, "wrong-session-kind", says)
+    before = key_count(rdb, settings)
+    problem(import_doc(movavg_client, _document_of("movavg", "movavg-3")), 409, "wrong-session-kind", says)
+    assert key_count(rdb, settings) == before
+    # A fork copies the session's keys whatever its kind: it needs no declaration.
+    created(movavg_client.post(f"/v1/sessions/{sid}/fork"), like=sid, client=movavg_client)

@@ -8,9 +8,12 @@ agreeing with each other.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import struct
+import textwrap
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from app import registry
 from app.catalog import Catalog, ModelInfo
 from app.errors import (
     BackupKindMismatch,
@@ -29,6 +33,7 @@ from app.errors import (
     ModelVersionMismatch,
     SessionNotFound,
     UnsupportedBackupVersion,
+    WrongSessionKind,
 )
 from app.store.backup import MAGIC, BackupStore, Header, SessionDoc, decode, encode
 from app.store.backup_check import check_importable
@@ -340,6 +345,90 @@ def test_documents_that_do_not_fit_the_loaded_models_are_refused(case: str) -> N
     with pytest.raises(error, match=message) as e:
         check(doc)
     assert type(e.value) is error and 400 <= e.value.status < 500
+
+
+# --- what each kind declares ---------------------------------------------------------------------
+
+
+def test_the_built_in_kinds_declare_their_sections_through_the_registry() -> None:
+    declared = {k.name: rules.sections for k in registry.kinds() if (rules := k.backup()) is not None}
+    assert declared == {"memnet": ("state",), "vma": ("ex",)}
+
+
+def _kind_package(root: Path, name: str, backup: str | None) -> str:
+    """A kind's folder under `root` (importable once `root` is on sys.path), with `backup` as its
+    backup.py if given; its package name."""
+    (root / name).mkdir()
+    (root / name / "__init__.py").write_text("")
+    if backup is not None:
+        (root / name / "backup.py").write_text(textwrap.dedent(backup))
+    return name
+
+
+@pytest.fixture
+def kinds_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder for the test's own kinds; they leave the registry afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(registry.names())
+    yield tmp_path
+    for name in set(registry.names()) - before:
+        registry.unregister(name)
+
+
+TALLY_BACKUP = """
+    from app.errors import InvalidBackup
+    from app.registry import BackupRules
+    from app.store.backup_check import int_field
+
+    CHECKED = []
+
+    def _check(doc, info, max_capacity):
+        CHECKED.append((doc.header.model, info.name, max_capacity))
+        state = doc.sections.get("state")
+        if state is not None and int_field(state, "n", "the tally") > doc.header.capacity:
+            raise InvalidBackup("the tally is over capacity")
+
+    rules = BackupRules(sections=("state",), check=_check)
+"""
+
+
+def test_a_third_kind_is_backed_up_by_what_its_folder_declares(kinds_dir: Path) -> None:
+    package = _kind_package(kinds_dir, "memserve_test_tally", TALLY_BACKUP)
+    registry.register(registry.Kind("tally", package, exported=False))
+    doc = SessionDoc(Header("tally", "t", "1", "", 60, 1, 1, 5), {"state": {b"n": b"3"}})
+    data = encode(doc)
+    assert data == seal(body(doc.header, [("state", [(b"n", b"3")])]))
+    assert decode(data) == doc
+    with pytest.raises(InvalidBackup, match="a tally session has no section 'ex'; it has meta, state"):
+        decode(seal(body(doc.header, [("ex", [(b"n", b"0")])])))
+    catalog = Catalog([ModelInfo("t", "tally", "1", 1, {"config": {}})])
+    assert check_importable(doc, catalog, 3600, 7).name == "t"
+    assert importlib.import_module(f"{package}.backup").CHECKED == [("t", "t", 7)]
+    over = SessionDoc(doc.header, {"state": {b"n": b"6"}})
+    with pytest.raises(InvalidBackup, match="over capacity"):
+        check_importable(over, catalog, 3600, 7)
+
+
+def test_a_kind_that_declares_no_backup_is_refused_clearly(kinds_dir: Path) -> None:
+    registry.register(registry.Kind("plain", _kind_package(kinds_dir, "memserve_test_plain", None)))
+    doc = SessionDoc(Header("plain", "p", "1", "", 60, 1, 1, 5), {"state": {b"n": b"3"}})
+    refusal = "a plain session cannot be exported or imported: its kind declares no backup"
+    with pytest.raises(WrongSessionKind, match=refusal) as e:
+        encode(doc)  # what exporting one of its sessions does
+    assert e.value.status == 409 and e.value.extra == {"kind": "plain"}
+    with pytest.raises(WrongSessionKind, match=refusal):
+        decode(seal(body(doc.header, [("state", [(b"n", b"3")])])))
+    catalog = Catalog([ModelInfo("p", "plain", "1", 1, {"config": {}})])
+    with pytest.raises(WrongSessionKind, match=refusal):
+        check_importable(doc, catalog, 3600, 10)
+    with pytest.raises(WrongSessionKind, match="its kind is not served here"):
+        encode(SessionDoc(Header("lstm", "l", "1", "", 60, 1, 1, 5)))
+
+
+def test_a_backup_module_that_fails_to_import_is_not_taken_for_none(kinds_dir: Path) -> None:
+    package = _kind_package(kinds_dir, "memserve_test_broken", "import memserve_no_such_module\n")
+    with pytest.raises(ModuleNotFoundError, match="memserve_no_such_module"):
+        registry.Kind("broken", package).backup()
 
 
 # --- the store, on a real Redis ---------------------------------------------------------------

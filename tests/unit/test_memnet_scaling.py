@@ -108,7 +108,7 @@ def test_deviations_and_anomaly_flags() -> None:
 
 
 def test_the_store_knows_the_shape_of_the_statistics() -> None:
-    from app.store.backup_check import STATS_ROWS as STORE_ROWS
+    from app.kinds.memnet.backup import STATS_ROWS as STORE_ROWS
     from models.memnet import STATS_ROWS
 
     assert STORE_ROWS == STATS_ROWS
