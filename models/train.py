@@ -26,7 +26,8 @@ starting weights are validated first and kept unless an epoch beats them on vali
 The validation split (the end of the training part) gives the early-stopping loss on fixed
 windows. ``--resume`` continues from ``runs/<name>/last.safetensors`` + ``last.json``
 (weights, best weights, Adam moments as plain tensors, counters; no pickle). Window sampling
-uses a generator seeded with (seed, epoch), so a resumed run sees the same batches.
+uses a generator seeded with (seed, epoch), so a resumed run sees the same batches. The windows,
+batches and the corpus are ``models/train_memnet_data.py``'s.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,16 @@ from models.checkpoint import load_checkpoint, save_checkpoint, state_tensors
 from models.data.timeseries import Splits, load_series, make_splits
 from models.export import export_checkpoint
 from models.memnet import MemNet, MemNetConfig, MemNetState
+from models.train_memnet_data import (
+    Corpus,
+    corpus_info,
+    draw_batch,
+    fit_windows,
+    load_corpus,
+    make_batch,
+    val_starts,
+    window_len,
+)
 from models.train_state import load_train_state, save_train_state
 
 
@@ -117,17 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------- batches
-def window_len(args: argparse.Namespace) -> int:
-    return args.burn_in + args.seq_len + args.free_steps
-
-
-def make_batch(z: np.ndarray, starts: np.ndarray, length: int, device: str) -> Tensor:
-    """Windows z[s : s + length + 1] -> (B, length + 1, D); the extra point is the target."""
-    idx = starts[:, None] + np.arange(length + 1)[None, :]  # (B, L + 1)
-    return torch.from_numpy(z[idx]).to(device)  # (B, L + 1, D)
-
-
+# ---------------------------------------------------------------------------- losses
 HUBER_AT = 3.0  # standardised errors beyond this many predicted stds weigh linearly
 
 
@@ -211,44 +211,6 @@ def window_loss(model: MemNet, batch: Tensor, args: argparse.Namespace, free: in
         scale = model.frame_scale(state).unsqueeze(1)  # (B, D) -> (B, 1, D)
         loss = loss + args.free_weight * ((out - target) / scale).square().mean()
     return loss
-
-
-@dataclass
-class Corpus:
-    """Generated series for a universal model: fresh ones per batch, a fixed validation set."""
-
-    val: np.ndarray  # (V, L + 1, 1) float32
-    length: int  # steps per series (the loss runs over them)
-
-
-def load_corpus(args: argparse.Namespace) -> Corpus:
-    from models.data.corpus import sample_corpus
-
-    rng = np.random.default_rng([args.seed, 1_000_003])  # never a training batch's seed
-    val = sample_corpus(rng, 256, args.corpus_length + 1, split="train")  # (V, L + 1)
-    return Corpus(val=val[:, :, None].astype(np.float32), length=args.corpus_length)  # (V, L + 1, 1)
-
-
-def draw_batch(data: Splits | Corpus, args: argparse.Namespace, rng: np.random.Generator) -> Tensor:
-    """One training batch (B, L + 1, D): fresh corpus series, or random windows of the series."""
-    if isinstance(data, Corpus):
-        from models.data.corpus import sample_corpus
-
-        xs = sample_corpus(rng, args.batch_size, data.length + 1, split="train")  # (B, L + 1)
-        return torch.from_numpy(xs[:, :, None].astype(np.float32)).to(args.device)  # (B, L + 1, 1)
-    hi = data.n_fit - window_len(args) - 1
-    assert hi > 0, "training split too short for the window; lower --seq-len/--burn-in"
-    starts = rng.integers(0, hi + 1, size=args.batch_size)
-    return make_batch(data.series, starts, window_len(args), args.device)
-
-
-def val_starts(splits: Splits, args: argparse.Namespace, n: int = 64) -> np.ndarray:
-    """Fixed windows whose loss part lies in the validation split (burn-in may precede it)."""
-    length = window_len(args)
-    lo = max(0, splits.n_fit - args.burn_in)
-    hi = splits.n_train - length - 1
-    assert hi > lo, "validation split too short for the window; lower --seq-len/--free-steps"
-    return np.unique(np.linspace(lo, hi, n).round().astype(np.int64))
 
 
 @torch.no_grad()
@@ -389,16 +351,6 @@ def run_training(args: argparse.Namespace, model: MemNet, splits: Splits | Corpu
     return meta
 
 
-def corpus_info(args: argparse.Namespace) -> dict[str, Any]:
-    """The card's ``data`` for a corpus-trained model: every generator and its ranges."""
-    from models.data.corpus import describe
-
-    return {"source": "corpus", "spec": "corpus", "series_length": args.corpus_length,
-            "series_per_batch": args.batch_size, "loss_from_step": args.loss_from,
-            "validation": "256 series from the training families, a seed no batch uses",
-            "generators": describe()}  # fmt: skip
-
-
 def make_card(args, argv: list[str], model: MemNet, splits: Splits | Corpus, info: dict, meta: dict) -> dict:
     if isinstance(splits, Corpus):
         data = corpus_info(args)
@@ -469,6 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(data, Splits):
         fit_windows(args, data)
     meta = run_training(args, model, data, args.runs / name)
+    return save_and_evaluate(args, argv, model, data, info, meta, name)
+
+
+def save_and_evaluate(
+    args: argparse.Namespace,
+    argv: list[str],
+    model: MemNet,
+    data: Splits | Corpus,
+    info: dict,
+    meta: dict,
+    name: str,
+) -> int:
+    """After training: calibrate the std, write the checkpoint, its card and its ONNX graphs, then
+    evaluate it into the card (unless ``--no-eval``); the exit status."""
     if model.config.predict_scale and not model.config.adaptive_std:
         model.config.adaptive_std = args.adaptive_std  # serving-side: on after training, not during it
     calibration = calibrate_std(model, data, args) if model.config.predict_scale else None
@@ -519,18 +485,6 @@ def calibrate_std(model: MemNet, data: Splits | Corpus, args: argparse.Namespace
         "coverage_after": after,
         "points": len(r),
     }
-
-
-def fit_windows(args: argparse.Namespace, splits: Splits) -> None:
-    """Shrink the training windows to a short series: the validation windows' loss part must
-    fit in the validation split, and training windows in the fitting part. Says what it did."""
-    val = splits.n_train - splits.n_fit
-    seq = min(args.seq_len, max(4, val - args.free_steps - 2))
-    burn = min(args.burn_in, max(0, splits.n_fit // 2 - seq - args.free_steps - 1))
-    if (seq, burn) != (args.seq_len, args.burn_in):
-        print(f"short series ({splits.n_fit} fitting, {val} validation points): "
-              f"--seq-len {seq} --burn-in {burn}")  # fmt: skip
-        args.seq_len, args.burn_in = seq, burn
 
 
 if __name__ == "__main__":
