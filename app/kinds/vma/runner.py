@@ -268,11 +268,7 @@ class VmaRunner(Runner[ServedVMA]):
         x = torch.from_numpy(np.concatenate([job.images() for _, job, _ in items])).unsqueeze(1).to(dev)
         # (N, D): every drawing of every session, in as few passes as the budget allows
         e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
-        parts, start = [], 0
-        for _, job, mem in items:
-            n = job.count
-            parts.append(_address(model, mem, x[start : start + n], e[start : start + n], job))
-            start += n
+        parts = _address(model, items, x, e)
         _bounds(model, parts, self.budget, served.costs.decoder_eval)
         return [_classify_body(p, served.novelty) for p in parts]
 
@@ -325,15 +321,35 @@ class _Addressing:
     log_w: Tensor | None = None  # (n, T) log E_z[...] per candidate
 
 
-def _address(model: VMAEngine, mem: DeviceMemory, x: Tensor, e: Tensor, job: VmaJob) -> _Addressing:
-    logits = model.similarity(mem.h, e)  # (n, A)
+def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> list[_Addressing]:
+    """Each classify job's addressing: its drawings' logits against its own memory, then the
+    softmaxes, KLs, best logits and top candidates of all jobs in one pass over a padded
+    (N, A_max) block (padded slots have logit and prior -inf, so q = 0 there)."""
+    a_max = max(mem.size for _, _, mem in items)
+    logits = torch.full((e.shape[0], a_max), float("-inf"), device=e.device)  # (N, A_max)
+    log_prior = torch.full_like(logits, float("-inf"))
+    rows, start = [], 0
+    for _, job, mem in items:
+        at = slice(start, start + job.count)
+        logits[at, : mem.size] = model.similarity(mem.h, e[at])  # (n, A)
+        log_prior[at, : mem.size] = mem.log_prior
+        rows.append(at)
+        start = at.stop
     log_q = logits.log_softmax(-1)
-    kl = address_kl(log_q, mem.log_prior)
-    budget = int(job.params["samples"])
-    t = min(mem.size, budget)  # 0: addressing only, no likelihood bound
-    cand, samples = log_q.topk(t, dim=-1).indices, max(1, budget // max(t, 1))
-    best = logits.max(-1).values
-    return _Addressing(job, mem, x, log_q, best, best / e.norm(dim=-1), kl, cand, samples)
+    kl = address_kl(log_q, log_prior)  # (N,)
+    best = logits.max(-1).values  # (N,)
+    cosine = best / e.norm(dim=-1)
+    # Candidates of the bound: the top min(A, samples) addresses, so `samples` decoder
+    # evaluations split over them (0 samples: addressing only, no bound).
+    t_of = [min(mem.size, int(job.params["samples"])) for _, job, mem in items]
+    top = log_q.topk(max(t_of), dim=-1).indices  # (N, T_max); padded slots sort last
+    parts = []
+    for (_, job, mem), at, t in zip(items, rows, t_of, strict=True):
+        samples = max(1, int(job.params["samples"]) // max(t, 1))
+        parts.append(_Addressing(
+            job, mem, x[at], log_q[at, : mem.size], best[at], cosine[at], kl[at], top[at, :t], samples
+        ))  # fmt: skip
+    return parts
 
 
 def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
