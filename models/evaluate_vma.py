@@ -62,7 +62,7 @@ from tqdm import tqdm
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
 from models.vae import VAE
-from models.vma import VMA, gauss_kl, gauss_logpdf, label_scores
+from models.vma import VMA, gauss_kl, gauss_logpdf, label_scores, similarity
 
 TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots)
 SHOTS = (1, 2, 5, 10, 19)
@@ -247,7 +247,7 @@ def novelty_scores(model: VMA, x: Tensor, m: Tensor, gen: torch.Generator) -> di
     b, n_slots = m.shape[:2]
     h_m = model.h_mem(m.flatten(0, 1)).view(b, n_slots, -1)  # (B A, D) -> (B, A, D)
     e = model.h_query(x)  # (B, D)
-    logits = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1) / h_m.norm(dim=-1)  # (B, A): S(m_a, x)
+    logits = similarity(h_m, e)  # (B, A): S(m_a, x)
     top = logits.topk(min(n_slots, NOVELTY_TOP), dim=-1).indices  # (B, T)
     m_a = m[torch.arange(b).unsqueeze(1), top]  # (B, T, 1, S, S)
     bound = model.candidate_log_weights(x, m_a, 1, gen).max(-1).values

@@ -260,9 +260,7 @@ class VMA(nn.Module):
         else:
             assert x.dim() == 4 and x.shape[1] == 1, "x must be (B, 1, S, S)"
             e = self.h_query(x)  # (B, D)
-        # <h(m_a), e> / ||h(m_a)||: unit memory directions, the query's norm sets the sharpness.
-        dots = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1)  # (B|1, A, D) @ (B|1, D, 1) -> (B, A)
-        logits = dots / h_m.norm(dim=-1)  # (B, A)
+        logits = similarity(h_m, e)  # (B, A)
         if mask is not None:
             assert mask.dim() == 2 and mask.shape[-1] == h_m.shape[1], "mask must be (B, A)"
             logits = logits.expand(max(logits.shape[0], mask.shape[0]), -1)  # shared memory: (1, A) -> (B, A)
@@ -514,9 +512,15 @@ class VMAParts(Protocol):
 
 
 def similarity(h_m: Tensor, e: Tensor) -> Tensor:
-    """S = <h(m_a), e> / ||h(m_a)||: h_m (A, D), e (N, D) query embeddings (or e_p) -> logits (N, A)."""
-    assert h_m.dim() == 2 and e.dim() == 2 and h_m.shape[1] == e.shape[1], "h_m (A, D) and e (N, D)"
-    return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+    """S = <h(m_a), e> / ||h(m_a)||, the address logits: unit memory directions, the query's norm
+    sets the sharpness. One memory h_m (A, D) for N query embeddings (or e_p) e (N, D) -> (N, A);
+    or a memory per row, h_m (B|1, A, D) with e (B|1, D) -> (B, A)."""
+    assert e.dim() == 2 and h_m.shape[-1] == e.shape[-1], "e must be (N, D), h_m (A, D) or (B, A, D)"
+    if h_m.dim() == 2:
+        return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+    assert h_m.dim() == 3, "h_m must be (A, D) or (B, A, D)"
+    dots = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1)  # (B|1, A, D) @ (B|1, D, 1) -> (B, A)
+    return dots / h_m.norm(dim=-1)
 
 
 def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor) -> Tensor:

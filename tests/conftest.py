@@ -261,6 +261,38 @@ def client(api: ApiServer) -> Iterator[httpx.Client]:
         yield c
 
 
+MOVAVG_WINDOW = 3
+MOVAVG_KINDS = {"extra_kinds": "movavg=tests.kinds.movavg"}  # the example kind, by its setting
+
+
+@pytest.fixture
+def movavg_dir(tmp_path: Path) -> Path:
+    """A checkpoint directory with one moving-average model (tests/kinds/movavg) and no other."""
+    from models.checkpoint import register
+    from tests.kinds.movavg.model import MovAvg, MovAvgConfig
+
+    register("movavg", MovAvgConfig, MovAvg)
+    directory = tmp_path / "checkpoints"
+    model = MovAvg(MovAvgConfig(window=MOVAVG_WINDOW))
+    save_checkpoint(model, {"data": {"source": "none"}}, directory, "movavg-3")
+    return directory
+
+
+@pytest.fixture
+def movavg_client(settings: Settings, movavg_dir: Path) -> Iterator[httpx.Client]:
+    """The real API told of the example kind (`start_worker(checkpoint_dir=movavg_dir,
+    **MOVAVG_KINDS)` adds a worker that runs it)."""
+    from app import registry
+
+    api = ApiServer(settings.model_copy(update={"checkpoint_dir": movavg_dir, **MOVAVG_KINDS})).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            yield c
+    finally:
+        api.stop()
+        registry.unregister("movavg")  # the other tests' apps serve the built-in kinds only
+
+
 @pytest.fixture
 def rdb(settings: Settings) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(settings.require_redis_url())

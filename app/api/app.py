@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
-from redis.exceptions import RedisClusterException, RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import registry
@@ -23,18 +20,18 @@ from app.api.fastlane import FastLane
 from app.api.metrics import ApiMetrics
 from app.api.openapi import install_openapi
 from app.api.routes import backup, health, metrics, models, sessions, tenant, ui
-from app.api.session_index import SessionIndex
 from app.api.telemetry import RequestTelemetry
-from app.config import Settings, SettingsError
+from app.config import Settings
 from app.errors import PayloadTooLarge
 from app.logs import use_log_format
 from app.queue.admission import Admission
 from app.queue.submit import JobQueue, ensure_group
 from app.runtime import tune_gc
 from app.store.backup import BackupStore
-from app.store.client import async_client
+from app.store.client import connect
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
+from app.store.session_index import SessionIndex
 from app.store.sessions import SessionStore
 from app.store.tenants import TenantStore
 
@@ -105,20 +102,6 @@ class CatchAll:
             await bare_500()(scope, receive, send)
 
 
-async def _connect(settings: Settings) -> aioredis.Redis:
-    url = settings.require_redis_url()
-    r = async_client(settings)
-    for attempt in range(20):
-        try:
-            await r.ping()
-            return r
-        except (RedisError, RedisClusterException) as e:  # the latter: no cluster node reachable
-            if attempt == 19:
-                raise SettingsError(f"cannot reach Redis at {url} ({e}): check MEMSERVE_REDIS_URL") from e
-            await asyncio.sleep(0.25)
-    raise AssertionError("unreachable")
-
-
 def create_app(settings: Settings) -> FastAPI:
     """One API process: stateless; any number of them may share one Redis."""
     settings.check_checkpoints()
@@ -130,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Here, not in create_app: uvicorn configures its loggers after the app is built.
         use_log_format(settings.log_format)
-        r = await _connect(settings)
+        r = await connect(settings)
         keys = Keys(settings.key_prefix)
         for kind in registry.names():
             await ensure_group(r, keys.stream(kind))

@@ -10,13 +10,13 @@ from fastapi import Depends, Request
 
 from app.api.auth import KeyRing, check_rate
 from app.api.metrics import ApiMetrics
-from app.api.session_index import SessionIndex
 from app.catalog import Catalog
 from app.config import Settings
 from app.queue.submit import JobQueue
 from app.store.backup import BackupStore
 from app.store.exemplars import ExemplarStore
 from app.store.keys import Keys
+from app.store.session_index import SessionIndex
 from app.store.sessions import SessionStore
 from app.store.tenants import Tenant, TenantStore
 

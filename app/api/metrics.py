@@ -14,7 +14,6 @@ Two scopes, both served by ``GET /metrics``:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,11 +36,10 @@ from prometheus_client.utils import floatToGoString
 from redis.exceptions import RedisError
 
 from app import registry
-from app.api.session_index import SessionIndex
-from app.store import scripts
-from app.store.keys import GROUP, Keys
+from app.store.keys import Keys
+from app.store.queue_view import QueueView, read_queue
+from app.store.session_index import SessionIndex
 from app.store.worker_stats import Buckets, KindStats, parse_stats
-from app.store.workers import read_beats
 
 log = logging.getLogger("memserve.api")
 
@@ -111,7 +109,7 @@ async def cluster_metrics(r: aioredis.Redis, keys: Keys, index: SessionIndex) ->
     cannot be reached (the process' own metrics are still served)."""
     up = GaugeMetricFamily("memserve_redis_up", "1 when this scrape could read Redis, else 0")
     try:
-        streams, beats = await _streams_and_workers(r, keys)
+        queue = await read_queue(r, keys, [keys.stream(kind) for kind in registry.names()])
         live = await index.count()
     except RedisError as e:
         log.warning("metrics: Redis unreachable: %s", e)
@@ -123,35 +121,11 @@ async def cluster_metrics(r: aioredis.Redis, keys: Keys, index: SessionIndex) ->
     )
     for kind, n in live.items():
         sessions.add_metric([kind], n)
-    return [up, sessions, *streams, *worker_families(beats)]
+    return [up, sessions, *_stream_families(queue), *worker_families(queue.beats)]
 
 
-async def _streams_and_workers(r: aioredis.Redis, keys: Keys) -> tuple[list[Metric], list[dict[str, Any]]]:
-    """The streams' families and the live workers' heartbeats (two round trips; on a plain
-    Redis, redis-py adds a SCRIPT EXISTS for the clock script)."""
-    clock = r.register_script(scripts.CLOCK)
-    async with r.pipeline(transaction=False) as p:
-        # Ages from the clock that stamps the entry ids: that of the streams' node (a cluster
-        # pipeline refuses TIME, and each master has its own clock).
-        await clock(keys=[keys.stream(registry.names()[0])], client=p)
-        for kind in registry.names():
-            stream = keys.stream(kind)
-            p.xlen(stream)
-            p.xpending(stream, GROUP)
-            p.xrange(stream, "-", "+", count=1)
-        p.zrangebyscore(keys.worker_registry(), time.time(), "+inf")
-        res: list[Any] = await p.execute(raise_on_error=False)
-    for item in res:
-        if isinstance(item, Exception) and not _no_group(item):
-            raise item
-    beats = await read_beats(r, keys, res[-1])
-    return _stream_families(keys, res[0], res[1:-1]), beats
-
-
-def _stream_families(keys: Keys, redis_time: Any, per_stream: list[Any]) -> list[Metric]:
-    """Per stream: depth, pending, waiting and the oldest job's age, from XLEN, XPENDING, XRANGE."""
-    seconds, micros = redis_time
-    now_ms = int(seconds) * 1000 + int(micros) / 1000
+def _stream_families(queue: QueueView) -> list[Metric]:
+    """Per stream: depth, pending, waiting and the oldest job's age."""
     labels = ["stream"]
     depth = GaugeMetricFamily(
         "memserve_queue_depth", "jobs in the stream: waiting plus pending", labels=labels
@@ -164,38 +138,12 @@ def _stream_families(keys: Keys, redis_time: Any, per_stream: list[Any]) -> list
         "memserve_queue_oldest_job_age_seconds", "age of the oldest job in the stream (0 when empty)",
         labels=labels,
     )  # fmt: skip
-    for i, kind in enumerate(registry.names()):
-        xlen, summary, first = per_stream[3 * i : 3 * i + 3]
-        n = 0 if isinstance(xlen, Exception) else int(xlen)
-        held = int(summary["pending"]) if isinstance(summary, dict) else 0
-        oldest = _oldest_ms(summary, first)
-        stream = [keys.stream(kind)]
-        depth.add_metric(stream, n)
-        pending.add_metric(stream, held)
-        waiting.add_metric(stream, max(n - held, 0))  # acknowledged jobs are deleted from the stream
-        age.add_metric(stream, max(now_ms - oldest, 0) / 1000 if oldest is not None else 0)
+    for key, view in queue.streams.items():
+        depth.add_metric([key], view.length)
+        pending.add_metric([key], view.pending)
+        waiting.add_metric([key], max(view.length - view.pending, 0))
+        age.add_metric([key], view.oldest_age_s)
     return [depth, pending, waiting, age]
-
-
-def _no_group(e: Exception) -> bool:
-    # A stream that does not exist yet (deleted by hand, or a fresh prefix): nothing queued.
-    return "NOGROUP" in str(e) or "no such key" in str(e)
-
-
-def _entry_ms(entry_id: Any) -> float:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    return float(raw.split("-", 1)[0])
-
-
-def _oldest_ms(summary: Any, first: Any) -> float | None:
-    """The oldest job: the first pending one (a reclaimed job may predate the stream's head) or the
-    stream's first entry."""
-    stamps = []
-    if isinstance(summary, dict) and summary.get("min"):
-        stamps.append(_entry_ms(summary["min"]))
-    if isinstance(first, list) and first:
-        stamps.append(_entry_ms(first[0][0]))
-    return min(stamps) if stamps else None
 
 
 def worker_families(beats: list[dict[str, Any]]) -> list[Metric]:

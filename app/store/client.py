@@ -26,6 +26,7 @@ to every node; app.queue.reader, app.queue.submit).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
@@ -37,7 +38,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT, KeysT, KeyT
 
 from app.config import Settings, SettingsError
@@ -228,3 +229,19 @@ def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:
     if settings.redis_cluster:
         return cast(redis.Redis, _Cluster.from_url(url, **options))
     return _Plain.from_url(url, **options)
+
+
+async def connect(settings: Settings, attempts: int = 20) -> aioredis.Redis:
+    """An asyncio client that has answered a PING: Redis may still be starting (a few seconds);
+    then a `SettingsError` that names the setting to check."""
+    url = settings.require_redis_url()
+    r = async_client(settings)
+    for attempt in range(attempts):
+        try:
+            await r.ping()
+            return r
+        except (RedisError, RedisClusterException) as e:  # the latter: no cluster node reachable
+            if attempt == attempts - 1:
+                raise SettingsError(f"cannot reach Redis at {url} ({e}): check MEMSERVE_REDIS_URL") from e
+            await asyncio.sleep(0.25)
+    raise AssertionError("unreachable")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import redis
 import redis.asyncio as aioredis
 
 from app.errors import ExemplarNotFound, SessionNotFound
@@ -115,3 +116,74 @@ class ExemplarStore:
         if res == b"missing":
             raise ExemplarNotFound(f"session {sid} has no exemplar {eid}", exemplar_id=eid)
         return int(res)
+
+
+@dataclass(frozen=True)
+class AddCommit:
+    """One add job's embedded exemplars for `scripts.COMMIT_EXEMPLARS`."""
+
+    sid: str
+    job_id: str
+    ttl_s: int
+    capacity: int
+    labels: list[str]
+    pixels: bytes  # count * PIX_BYTES
+    h: np.ndarray  # (count, dim) float32 embeddings
+
+
+@dataclass(frozen=True)
+class StoredMemory:
+    """A session's memory with the version and etag it was read at (version None: ended)."""
+
+    version: int | None
+    etag: bytes | None
+    memory: Memory | None  # None when only the head was read
+
+
+class WorkerExemplars:
+    """The worker's side of exemplar memories: append embedded exemplars, read memories."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, reply_ttl_s: int) -> None:
+        self.r = r
+        self.keys = keys
+        self.reply_ttl_s = reply_ttl_s
+        self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
+        self._touch = r.register_script(scripts.TOUCH)
+        self._read = r.register_script(scripts.READ_MEMORY)
+
+    def commit(self, adds: list[AddCommit]) -> list[bytes]:
+        """Append each job's exemplars (once per job id); per job the reply, or b"gone"."""
+        with self.r.pipeline(transaction=False) as p:
+            for a in adds:
+                args = [
+                    a.ttl_s, self.reply_ttl_s, a.capacity, a.job_id, orjson.dumps(a.labels), len(a.h),
+                    a.pixels, a.h.astype("<f4").tobytes(), a.h.shape[1], secrets.token_hex(8),
+                ]  # fmt: skip
+                keys = [self.keys.meta(a.sid), self.keys.exemplars(a.sid), self.keys.reply(a.sid, a.job_id)]
+                self._commit(keys=keys, args=args, client=p)
+            return list(p.execute())
+
+    def heads(self, sids: list[str]) -> list[StoredMemory]:
+        """Each session's version and etag (no memory), its TTL slid as a read of it."""
+        with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hmget(self.keys.meta(sid), ["version", "etag"])
+                self._touch(keys=[self.keys.meta(sid), self.keys.exemplars(sid)], client=p)
+            res = p.execute()
+        return [StoredMemory(_int(v), etag, None) for v, etag in res[::2]]
+
+    def read(self, sids: list[str]) -> list[StoredMemory]:
+        """Each session's memory with the version and etag it was read at, in one round trip."""
+        with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                keys = [self.keys.meta(sid), self.keys.exemplars(sid)]
+                self._read(keys=keys, args=MEMORY_FIELDS, client=p)
+            res = p.execute()
+        return [
+            StoredMemory(_int(v), etag, None if v is None else Memory.from_fields(fields))
+            for v, etag, *fields in res
+        ]
+
+
+def _int(raw: bytes | None) -> int | None:
+    return None if raw is None else int(raw)

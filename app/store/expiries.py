@@ -4,7 +4,7 @@ A session's expiry slides with every write, in places that do not know which of 
 list it (the workers' commit scripts, touches, backups). So the sets are not kept exact;
 whoever reads one first looks at its members whose score has passed (`settle`): gone
 sessions leave, living ones get their true expiry as their new score. Used by the live
-session index (app.api.session_index) and the per-tenant session limits (app.store.tenants).
+session index (app.store.session_index) and the per-tenant session limits (app.store.tenants).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from app.errors import JobFailed, MemserveError, ModelUnavailable
 from app.queue.messages import frame_replies
 from app.queue.reader import Delivery
 from app.store.keys import Keys
+from app.store.worker_sessions import WorkerSessions
 
 Served = TypeVar("Served")
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Runner(Generic[Served]):
         self.latest = latest if latest is not None else {}
         self.reply_ttl_s = reply_ttl_s
         self.max_deliveries = max_deliveries
+        self.sessions = WorkerSessions(r, keys, reply_ttl_s)  # a kind's reads and commits of its state
         # Called with a job's model and version when they are not loaded, before the job is
         # refused: the worker rescans its checkpoint directory (`ModelSet.ensure`).
         self.on_missing: Callable[[str, str | None], object] | None = None

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import redis
 
-from app import registry
 from app.config import Settings
 from app.errors import PROBLEM_BASE
 from app.store.backup import MAGIC, MEDIA_TYPE, SessionDoc, decode, encode
 from app.store.keys import Keys
-from models.checkpoint import register, save_checkpoint
-from tests.conftest import TEST_MODEL, ApiServer, drawings, run_offline
+from tests.conftest import TEST_MODEL, drawings, run_offline
 from tests.integration.test_stream import post, series
 from tests.integration.test_vma import add, classify
-from tests.kinds.movavg.model import MovAvg, MovAvgConfig
 
 PROBLEM = "application/problem+json"
 
@@ -220,22 +214,6 @@ def test_the_backup_routes_are_in_the_openapi_spec(client: httpx.Client) -> None
     assert {"/v1/sessions/import", "/v1/sessions/{sid}/export", "/v1/sessions/{sid}/fork"} <= set(paths)
     assert MEDIA_TYPE in paths["/v1/sessions/import"]["post"]["requestBody"]["content"]
     assert MEDIA_TYPE in paths["/v1/sessions/{sid}/export"]["get"]["responses"]["200"]["content"]
-
-
-@pytest.fixture
-def movavg_client(settings: Settings, tmp_path: Path) -> Iterator[httpx.Client]:
-    """The real API serving tests/kinds/movavg, a kind whose folder declares no backup."""
-    register("movavg", MovAvgConfig, MovAvg)
-    directory = tmp_path / "checkpoints"
-    save_checkpoint(MovAvg(MovAvgConfig(window=3)), {"data": {"source": "none"}}, directory, "movavg-3")
-    update = {"checkpoint_dir": directory, "extra_kinds": "movavg=tests.kinds.movavg"}
-    api = ApiServer(settings.model_copy(update=update)).start()
-    try:
-        with httpx.Client(base_url=api.url, timeout=30) as c:
-            yield c
-    finally:
-        api.stop()
-        registry.unregister("movavg")  # the other tests' apps serve the built-in kinds only
 
 
 def _document_of(kind: str, model: str) -> bytes:

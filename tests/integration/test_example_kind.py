@@ -3,43 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from app import registry
-from app.config import Settings
-from models.checkpoint import register, save_checkpoint
-from tests.conftest import ApiServer
-from tests.kinds.movavg.model import MovAvg, MovAvgConfig
+from tests.conftest import MOVAVG_KINDS, MOVAVG_WINDOW
 
-WINDOW = 3
-EXTRA = {"extra_kinds": "movavg=tests.kinds.movavg"}
+WINDOW = MOVAVG_WINDOW
 
 
 @pytest.fixture
-def movavg_dir(tmp_path: Path) -> Path:
-    """A checkpoint directory with one moving-average model (and no other)."""
-    register("movavg", MovAvgConfig, MovAvg)
-    directory = tmp_path / "checkpoints"
-    save_checkpoint(MovAvg(MovAvgConfig(window=WINDOW)), {"data": {"source": "none"}}, directory, "movavg-3")
-    return directory
-
-
-@pytest.fixture
-def served(settings: Settings, movavg_dir: Path, start_worker) -> Iterator[httpx.Client]:
+def served(movavg_client: httpx.Client, movavg_dir: Path, start_worker) -> httpx.Client:
     """The real API (this process) and a real worker (its own), both told of the kind."""
-    start_worker(checkpoint_dir=movavg_dir, **EXTRA)
-    api = ApiServer(settings.model_copy(update={"checkpoint_dir": movavg_dir, **EXTRA})).start()
-    try:
-        with httpx.Client(base_url=api.url, timeout=30) as c:
-            yield c
-    finally:
-        api.stop()
-        registry.unregister("movavg")  # the other tests' apps serve the built-in kinds only
+    start_worker(checkpoint_dir=movavg_dir, **MOVAVG_KINDS)
+    return movavg_client
 
 
 def moving_average(series: list[float], window: int) -> list[float]:

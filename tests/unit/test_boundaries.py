@@ -1,5 +1,6 @@
-"""The layering DESIGN.md fixes: the API never imports torch; models never import the app; a kind's
-torch-free half is all the API loads of it; routes stand alone."""
+"""The layering docs/architecture.md describes: the API never imports torch; models never import
+the app; a kind's torch-free half is all the API loads of it; routes stand alone; only the store
+and the queue talk to Redis."""
 
 from __future__ import annotations
 
@@ -59,3 +60,34 @@ def test_the_service_layers_find_kinds_only_through_the_registry() -> None:
         for path in (REPO / "app" / layer).rglob("*.py"):
             kinds = {m for m in _app_imports(path) if m.startswith("app.kinds")}
             assert not kinds, f"{path.relative_to(REPO)} imports {kinds}"
+
+
+REDIS_HOMES = ("store", "queue")  # the store, and the queue's transport
+
+
+def _redis_calls(path: Path) -> list[str]:
+    """Calls that reach Redis directly: pipelines, scripts, and commands on a client named ``r``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        on_client = (isinstance(owner, ast.Name) and owner.id == "r") or (
+            isinstance(owner, ast.Attribute) and owner.attr == "r"
+        )
+        if node.func.attr in ("pipeline", "register_script") or (
+            on_client and node.func.attr not in ("close", "aclose")
+        ):
+            found.append(f"line {node.lineno}: .{node.func.attr}(")
+    return found
+
+
+def test_only_the_store_and_the_queue_talk_to_redis() -> None:
+    for path in (REPO / "app").rglob("*.py"):
+        part = path.relative_to(REPO / "app").parts[0]
+        if part in REDIS_HOMES or part == "bench":  # bench/ reads result rows named r
+            continue
+        calls = _redis_calls(path)
+        assert not calls, f"{path.relative_to(REPO)} calls Redis directly: {calls}"
+    for path in (REPO / "tests/kinds").rglob("*.py"):  # the example kind too
+        assert not _redis_calls(path), f"{path.relative_to(REPO)} calls Redis directly"

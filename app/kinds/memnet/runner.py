@@ -25,22 +25,14 @@ from app.kinds.memnet.state import SessionState, StateCache, commit_args
 from app.kinds.memnet.wire import PointsJob
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
-from app.store import scripts
 from app.store.codec import CodecError, decode_fields
 from app.store.keys import Keys
+from app.store.point_states import Commit, PointStates
 from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
 from models.memnet import MemNetState
 
 log = logging.getLogger(__name__)
-
-
-# The small fields of a session's state read with every job (the buffers only on a cache miss).
-# `etag` is a random token written with every commit: the state cache is keyed on it, not on
-# the version counter, because a Redis that lost acknowledged writes (a restore from an older
-# snapshot, a failover to a lagging replica) counts versions again and reuses them for other
-# contents, while a random token never names two states.
-HEAD_FIELDS = ("step", "last_seq", "last_digest", "etag")
 
 
 @dataclass
@@ -50,7 +42,7 @@ class Loaded:
     delivery: Delivery
     job: PointsJob
     meta: dict[bytes, bytes]
-    head: list[bytes | None]  # HEAD_FIELDS
+    head: list[bytes | None]  # point_states.HEAD_FIELDS
     stored_reply: bytes | None
     state: SessionState | None = None  # filled for jobs that run
 
@@ -249,7 +241,7 @@ class MemNetRunner(Runner[ServedMemNet]):
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = StateCache(cache_bytes)
         self.budget = budget
-        self._commit = r.register_script(scripts.COMMIT_STATE)
+        self.states = PointStates(r, keys, reply_ttl_s)
 
     def beat(self) -> dict[str, Any]:
         """The cache's hits and misses, for the heartbeat."""
@@ -283,13 +275,9 @@ class MemNetRunner(Runner[ServedMemNet]):
         return out
 
     def _load(self, jobs: list[tuple[Delivery, PointsJob]]) -> list[Loaded]:
-        with self.r.pipeline(transaction=False) as p:
-            for _d, job in jobs:
-                p.hgetall(self.keys.meta(job.sid))
-                p.hmget(self.keys.state(job.sid), HEAD_FIELDS)
-                p.get(self.keys.reply(job.sid, job.job_id))
-            res = p.execute()
-        return [Loaded(d, job, res[3 * i], res[3 * i + 1], res[3 * i + 2]) for i, (d, job) in enumerate(jobs)]
+        heads = self.states.heads([(job.sid, job.job_id) for _d, job in jobs])
+        pairs = zip(jobs, heads, strict=True)
+        return [Loaded(d, job, h.meta, h.head, h.stored_reply) for (d, job), h in pairs]
 
     def _fill_states(self, group: list[Loaded], out: Outcome) -> list[Loaded]:
         """Each job's session state: from the cache when its etag is current, else Redis."""
@@ -303,10 +291,7 @@ class MemNetRunner(Runner[ServedMemNet]):
                     misses.append(ld)
         if not misses:
             return group
-        with self.r.pipeline(transaction=False) as p:
-            for ld in misses:
-                p.hgetall(self.keys.state(ld.job.sid))
-            stored = p.execute()
+        stored = self.states.states([ld.job.sid for ld in misses])
         unreadable: set[int] = set()
         for ld, fields in zip(misses, stored, strict=True):
             try:
@@ -352,14 +337,14 @@ class MemNetRunner(Runner[ServedMemNet]):
         """A client retry of the last applied chunk: the same reply again, state unchanged."""
         job = ld.job
         served = self.served(job.model, job.model_version)
-        fields = self.r.hgetall(self.keys.state(job.sid))
-        arrays = decode_fields(fields)  # type: ignore[arg-type]
+        fields = self.states.states([job.sid])[0]
+        arrays = decode_fields(fields)
         preds = arrays["last_pred"]
         stds = arrays.get("last_std", np.zeros_like(preds))
         devs = arrays.get("last_dev", np.full_like(preds, np.nan))
         forecast, intervals = None, None
         if job.horizon > 0:  # the same seed as the first answer: the same paths
-            st = SessionState.from_redis(fields)  # type: ignore[arg-type]
+            st = SessionState.from_redis(fields)
             assert st.y is not None, "a session with a last chunk has its last prediction"
             # torch.tensor copies: st.y and st.y_std are read-only views of the bytes Redis
             # returned, which torch.from_numpy would share (and warn about).
@@ -408,43 +393,46 @@ class MemNetRunner(Runner[ServedMemNet]):
             new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *_present([res.forecasts[i]]))
             for i, ld in enumerate(group)
         ]
-        replies: list[bytes] = []
-        etags: list[bytes] = []
-        with self.r.pipeline(transaction=False) as p:
-            for i, ld in enumerate(group):
-                job, t = ld.job, ld.job.length
-                if not finite[i]:  # refused below; nothing of it is stored
-                    replies.append(b"")
-                    etags.append(b"")
-                    continue
-                preds, stds = res.preds[i, :t], res.stds[i, :t]
-                devs = dist.deviations(chunks[i], preds, stds, *prev[i])
-                body = points_body(
-                    served, ld.step, preds, stds, devs, res.forecasts[i], res.forecast_intervals[i],
-                    job.levels, False,
-                )  # fmt: skip
-                replies.append(ok_reply(job.job_id, body))
-                etags.append(secrets.token_hex(8).encode())
-                scalars = {
-                    "step": b"%d" % (ld.step + t), "count": b"%d" % new[i].count, "pos": b"%d" % new[i].pos,
-                    "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(), "etag": etags[-1],
-                }  # fmt: skip
-                stored = old[i] if ld.has_state else None
-                extra = {"last_pred": preds}  # what a retry of this chunk answers with
-                if served.has_scale:
-                    extra.update(last_std=stds, last_dev=devs)
-                pairs, patches = commit_args(stored, new[i], t, extra, scalars)
-                ttl = int(ld.meta.get(b"ttl", b"3600"))
-                args = [ld.step, ttl, replies[-1], self.reply_ttl_s, len(pairs) // 2, *pairs, *patches]
-                sid = job.sid
-                keys = [self.keys.meta(sid), self.keys.state(sid), self.keys.reply(sid, job.job_id)]
-                self._commit(keys=keys, args=args, client=p)
-            results = iter(p.execute(raise_on_error=False))
+        replies, etags, commits = [], [], []
+        for i, ld in enumerate(group):
+            if not finite[i]:  # refused below; nothing of it is stored
+                replies.append(b"")
+                etags.append(b"")
+                continue
+            c = self._commit_of(served, ld, chunks[i], res, i, old[i], new[i], prev[i])
+            commits.append(c)
+            replies.append(c.reply)
+            etags.append(c.etag)
+        results = iter(self.states.commit(commits))
         for ld, ok, reply, state, etag in zip(group, finite, replies, new, etags, strict=True):
             if not ok:
                 self._refuse(ld, out, InvalidInput(OVERFLOW))
                 continue
             self._settle(ld, next(results), reply, state, etag, out)
+
+    def _commit_of(
+        self, served: ServedMemNet, ld: Loaded, chunk: np.ndarray, res: ChunkRows, i: int,
+        old: SessionState | None, new: SessionState, prev: tuple[np.ndarray | None, np.ndarray | None],
+    ) -> Commit:  # fmt: skip
+        """Row ``i`` of a run batch as a commit: its reply, new etag, scalars and state buffers."""
+        job, t = ld.job, ld.job.length
+        preds, stds = res.preds[i, :t], res.stds[i, :t]
+        devs = dist.deviations(chunk, preds, stds, *prev)
+        body = points_body(
+            served, ld.step, preds, stds, devs, res.forecasts[i], res.forecast_intervals[i], job.levels,
+            False,
+        )  # fmt: skip
+        etag = secrets.token_hex(8).encode()
+        scalars = {
+            "step": b"%d" % (ld.step + t), "count": b"%d" % new.count, "pos": b"%d" % new.pos,
+            "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(), "etag": etag,
+        }  # fmt: skip
+        extra = {"last_pred": preds}  # what a retry of this chunk answers with
+        if served.has_scale:
+            extra.update(last_std=stds, last_dev=devs)
+        pairs, patches = commit_args(old if ld.has_state else None, new, t, extra, scalars)
+        ttl = int(ld.meta.get(b"ttl", b"3600"))
+        return Commit(job.sid, job.job_id, ld.step, ttl, ok_reply(job.job_id, body), etag, pairs, patches)
 
     def _previous_prediction(
         self, served: ServedMemNet, ld: Loaded

@@ -11,12 +11,10 @@ samples of all sessions through the decoder in a third.
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import redis
 import torch
 from torch import Tensor
@@ -29,8 +27,7 @@ from app.kinds.vma.replies import AddressScore, Classification, ClassifyResponse
 from app.kinds.vma.wire import VmaJob
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
-from app.store import scripts
-from app.store.exemplars import MEMORY_FIELDS, Memory
+from app.store.exemplars import AddCommit, WorkerExemplars
 from app.store.keys import Keys
 from app.worker.budget import UNBOUNDED, WorkBudget, tensor_bytes
 from app.worker.runner import Outcome, Runner
@@ -128,9 +125,7 @@ class VmaRunner(Runner[ServedVMA]):
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
         self.cache = MemoryCache(cache_bytes)
         self.budget = budget
-        self._commit = r.register_script(scripts.COMMIT_EXEMPLARS)
-        self._touch = r.register_script(scripts.TOUCH)
-        self._read_memory = r.register_script(scripts.READ_MEMORY)
+        self.exemplars = WorkerExemplars(r, keys, reply_ttl_s)
 
     def beat(self) -> dict[str, Any]:
         """The cache's hits and misses, for the heartbeat."""
@@ -175,20 +170,16 @@ class VmaRunner(Runner[ServedVMA]):
             x = torch.from_numpy(np.concatenate([job.images() for _, job in group]))
             x = x.unsqueeze(1).to(served.device)  # (N, S, S) -> (N, 1, S, S)
             emb = self.budget.map_rows(served.model.memory_embedding, [x], served.costs.embed)
-            h = emb.cpu().numpy().astype("<f4")  # (N, D)
-            with self.r.pipeline(transaction=False) as p:
-                start = 0
-                for _, job in group:
-                    k = self.keys
-                    args = [
-                        job.params["ttl"], self.reply_ttl_s, job.params["capacity"], job.job_id,
-                        orjson.dumps(job.params["labels"]), job.count, job.pixels,
-                        h[start : start + job.count].tobytes(), h.shape[1], secrets.token_hex(8),
-                    ]  # fmt: skip
-                    keys = [k.meta(job.sid), k.exemplars(job.sid), k.reply(job.sid, job.job_id)]
-                    self._commit(keys=keys, args=args, client=p)
-                    start += job.count
-                results = p.execute()
+            h = emb.cpu().numpy()  # (N, D)
+            commits, start = [], 0
+            for _, job in group:
+                p = job.params
+                rows = h[start : start + job.count]
+                commits.append(
+                    AddCommit(job.sid, job.job_id, p["ttl"], p["capacity"], p["labels"], job.pixels, rows)
+                )
+                start += job.count
+            results = self.exemplars.commit(commits)
             for (d, job), res in zip(group, results, strict=True):
                 if res == b"gone":
                     self._refuse(out, d, job, _gone(job))
@@ -206,37 +197,26 @@ class VmaRunner(Runner[ServedVMA]):
         restored snapshot, a failover) and counts the version up again."""
         sids = sorted({j.sid for j in jobs})
         job_of = {j.sid: j for j in jobs}
-        with self.r.pipeline(transaction=False) as p:
-            for sid in sids:
-                p.hmget(self.keys.meta(sid), ["version", "etag"])
-                self._touch(keys=[self.keys.meta(sid), self.keys.exemplars(sid)], client=p)
-            res = p.execute()
         found: dict[str, DeviceMemory | None] = {}
         load = []
-        for sid, (version, etag) in zip(sids, res[::2], strict=True):
-            if version is None:
+        for sid, head in zip(sids, self.exemplars.heads(sids), strict=True):
+            if head.version is None:
                 found[sid] = None
-            elif (mem := self.cache.get(sid, int(version), etag)) is not None:
+            elif (mem := self.cache.get(sid, head.version, head.etag)) is not None:
                 found[sid] = mem
             else:
                 load.append(sid)
-        if load:
-            with self.r.pipeline(transaction=False) as p:
-                for sid in load:
-                    self._read_memory(
-                        keys=[self.keys.meta(sid), self.keys.exemplars(sid)], args=MEMORY_FIELDS, client=p
-                    )
-                res = p.execute()
-            for sid, (version, etag, *fields) in zip(load, res, strict=True):
-                if version is None:
-                    found[sid] = None
-                    continue
-                job = job_of[sid]
-                served = self.served(job.model, job.model_version)
-                memory = Memory.from_fields(fields)
-                mem = to_device(memory, int(version), job.model, served.model, served.device, etag)
-                self.cache.put(sid, mem)
-                found[sid] = mem
+        for sid, stored in zip(load, self.exemplars.read(load) if load else [], strict=True):
+            if stored.version is None or stored.memory is None:
+                found[sid] = None
+                continue
+            job = job_of[sid]
+            served = self.served(job.model, job.model_version)
+            mem = to_device(
+                stored.memory, stored.version, job.model, served.model, served.device, stored.etag
+            )
+            self.cache.put(sid, mem)
+            found[sid] = mem
         return found
 
     def _query(self, queries: list[tuple[Delivery, VmaJob]], out: Outcome) -> None:

@@ -1,6 +1,7 @@
 """Runs moving-average jobs one at a time: the session's last values are kept in its state hash.
 
-Kept to the least a kind needs: a job re-run after a worker died mid-way is applied again.
+Kept to the least a kind needs: the session's fields go through the runner's `sessions` store,
+which applies each job at most once (a re-delivered job gets the reply its first run kept).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 import torch
 
-from app.errors import MemserveError, SessionNotFound
+from app.errors import MemserveError
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
 from app.worker.runner import Outcome, Runner
@@ -42,22 +43,19 @@ class MovAvgRunner(Runner[ServedMovAvg]):
                 error = self.cannot_run(d, job.model, job.model_version)
                 if error is not None:
                     raise error
-                reply = ok_reply(job.job_id, self._run(job))
+                reply = self._run(job)
                 out.steps += len(job.values)
             except MemserveError as e:
                 reply = error_reply(job.job_id, e)
-            self.r.set(self.keys.reply(job.sid, job.job_id), reply, ex=self.reply_ttl_s)
+                self.sessions.keep_reply(job.sid, job.job_id, reply)
             out.replies.append((job.reply_to, reply))
         return out
 
-    def _run(self, job: AverageJob) -> dict[str, object]:
-        meta_key, state_key = self.keys.meta(job.sid), self.keys.state(job.sid)
-        with self.r.pipeline(transaction=False) as p:
-            p.hget(meta_key, "ttl")
-            p.hmget(state_key, "step", "tail")
-            ttl, (step, tail) = p.execute()
-        if ttl is None:
-            raise SessionNotFound(f"session {job.sid} does not exist")
+    def _run(self, job: AverageJob) -> bytes:
+        got = self.sessions.read(job.sid, job.job_id, ("step", "tail"))
+        if got.reply is not None:  # applied before: answer as then
+            return got.reply
+        step, tail = got.values
         model = self.served(job.model, job.model_version).model
         window = model.config.window
         series = [*orjson.loads(tail or b"[]"), *job.values]
@@ -67,11 +65,6 @@ class MovAvgRunner(Runner[ServedMovAvg]):
                 for i in range(len(series) - len(job.values), len(series))
             ]
         step = int(step or 0) + len(job.values)
-        with self.r.pipeline(transaction=True) as p:
-            p.hset(
-                state_key,
-                mapping={"step": step, "tail": orjson.dumps(series[-(window - 1) :] if window > 1 else [])},
-            )
-            p.expire(state_key, int(ttl))
-            p.execute()
-        return {"averages": averages, "step": step}
+        reply = ok_reply(job.job_id, {"averages": averages, "step": step})
+        fields = {"step": step, "tail": orjson.dumps(series[-(window - 1) :] if window > 1 else [])}
+        return self.sessions.commit(job.sid, job.job_id, fields, reply)
