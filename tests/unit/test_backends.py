@@ -26,7 +26,7 @@ from app.worker.backends import Backend, open_backend
 from app.worker.onnx import CPU_EP, NO_GPU, nvidia_gpu_present, place
 from models.checkpoint import load_checkpoint
 from models.data.timeseries import load_series, mackey_glass
-from models.export import graph_paths
+from models.export import CHUNK_STEPS, graph_paths
 from models.memnet import MemNet
 from models.vma import VMA
 from tests.conftest import REPO, SHARED_DATA, drawings
@@ -74,6 +74,33 @@ def _compare_engines(torch_mn: TorchMemNet, onnx_mn: OnnxMemNet, z: np.ndarray, 
         assert paths_o.shape == (b, 16, horizon, 1)
         assert (paths_t - paths_o).abs().max() <= TOL * max(1.0, float(paths_t.abs().max()))
         assert float(paths_t[:, :, -1].std(dim=1).mean()) > 0  # the paths do spread
+
+
+def test_memnet_blocks_of_steps_match_single_steps_and_torch() -> None:
+    """A chunk of 21 steps runs as two calls of ``steps`` (K = 8) and five of ``step``; rows end
+    inside a block, inside the single steps, and at the first step. Same as torch, and as the
+    engine of a checkpoint exported before ``steps`` existed (every step through ``step``)."""
+    model, card = load_checkpoint("memnet-universal", SHIPPED)
+    assert isinstance(model, MemNet)
+    paths = graph_paths(card, SHIPPED)
+    placement = place("cpu", paths["step"])
+    blocks = OnnxMemNet(model, paths, placement, 1)
+    singles = OnnxMemNet(model, {"step": paths["step"]}, placement, 1)
+    assert blocks.block == CHUNK_STEPS and singles.steps is None
+    b, t = 5, 21
+    x = torch.randn(b, t, 1, generator=torch.Generator().manual_seed(4))
+    lengths = torch.tensor([21, 12, 17, 1, 16])
+    live = torch.arange(t)[None, :] < lengths[:, None]  # (B, T)
+    torch_mn = TorchMemNet(model, torch.device("cpu"))
+    ref_state = torch_mn.initial_state(b)
+    ref, ref_sd = torch_mn.run_steps(x, lengths, ref_state)
+    for engine in (blocks, singles):
+        state = engine.initial_state(b)
+        pred, sd = engine.run_steps(x, lengths, state)
+        assert (pred - ref)[live].abs().max() <= TOL and (sd - ref_sd)[live].abs().max() <= TOL
+        assert torch.equal(state.count, ref_state.count) and torch.equal(state.pos, ref_state.pos)
+        for f in ("h", "keys", "values", "stats"):
+            assert (getattr(state, f) - getattr(ref_state, f)).abs().max() <= TOL, f
 
 
 def test_memnet_mackey_glass_parity() -> None:

@@ -21,7 +21,7 @@ from tests.conftest import REPO
 SHIPPED = REPO / "checkpoints"
 SERVED = ["memnet-mackey-glass", "memnet-santafe", "memnet-universal", "vma-omniglot"]
 GRAPHS = {
-    "memnet": {"step"},
+    "memnet": {"step", "steps"},
     "vma": {"memory_embedding", "query_embedding", "z_prior", "z_posterior", "decoder"},
 }
 

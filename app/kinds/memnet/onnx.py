@@ -1,8 +1,10 @@
-"""MemNet on ONNX Runtime: the exported ``step`` graph.
+"""MemNet on ONNX Runtime: the exported ``step`` and ``steps`` graphs.
 
 The recurrent state stays in ONNX Runtime values on the execution device between the steps
 of a chunk (I/O binding), so a chunk costs one upload and one download of the ring buffers,
-not one per step.
+not one per step. A chunk runs K steps per call of ``steps`` (K = the graph's second input
+axis) while K or more remain, then one per call of ``step``; checkpoints exported before
+``steps`` existed run every step through ``step``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class OnnxMemNet:
     def __init__(self, model: MemNet, paths: dict[str, Path], placement: Placement, threads: int) -> None:
         self.config: MemNetConfig = model.config
         self.step = Graph(paths["step"], placement, threads)
+        self.steps = Graph(paths["steps"], placement, threads) if "steps" in paths else None
+        self.block = int(self.steps.sess.get_inputs()[0].shape[1]) if self.steps else 0  # K
         self.placement = placement
         self._init = model.initial_state(1, device="cpu")
 
@@ -46,11 +50,18 @@ class OnnxMemNet:
         """
         dev, dev_id = self.placement.ort_device, self.placement.device_id
         vals = {n: ort.OrtValue.ortvalue_from_numpy(getattr(state, n).numpy(), dev, dev_id) for n in _STATE}
+        ys: list[np.ndarray] = []
+        stds: list[np.ndarray] = []
+        start = 0
+        if feed == "inputs" and self.steps is not None:
+            while active.shape[0] - start >= self.block:
+                span = slice(start, start + self.block)
+                vals = self._block(vals, xs[span], active[span], ys, stds)
+                start += self.block
         binding = self.step.sess.io_binding()
-        ys, stds = [], []
         y_prev: ort.OrtValue | None = None
         x_next = xs[0]
-        for t in range(active.shape[0]):
+        for t in range(start, active.shape[0]):
             if feed == "mean" and y_prev is not None:
                 binding.bind_ortvalue_input("x", y_prev)
             else:
@@ -74,6 +85,27 @@ class OnnxMemNet:
         for n in _STATE:
             setattr(state, n, torch.from_numpy(vals[n].numpy()))
         return np.stack(ys), np.stack(stds)  # T x (B, D) -> (T, B, D)
+
+    def _block(
+        self, vals: dict[str, ort.OrtValue], xs: np.ndarray, active: np.ndarray,
+        ys: list[np.ndarray], stds: list[np.ndarray],
+    ) -> dict[str, ort.OrtValue]:  # fmt: skip
+        """K steps in one call of ``steps``: xs (K, B, D), active (K, B); appends each step's y
+        and std (B, D) to ``ys`` and ``stds`` and returns the state after them."""
+        assert self.steps is not None, "no steps graph"
+        dev, dev_id = self.placement.ort_device, self.placement.device_id
+        binding = self.steps.sess.io_binding()
+        binding.bind_cpu_input("x", np.ascontiguousarray(xs.transpose(1, 0, 2)))  # (K, B, D) -> (B, K, D)
+        binding.bind_cpu_input("active", np.ascontiguousarray(active.T))  # (K, B) -> (B, K)
+        for n in _STATE:
+            binding.bind_ortvalue_input(n, vals[n])
+        for name in STEP_OUTPUTS:
+            binding.bind_output(name, dev, dev_id)
+        self.steps.sess.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        ys.extend(outs[0].numpy().transpose(1, 0, 2))  # (B, K, D) -> K x (B, D)
+        stds.extend(outs[1].numpy().transpose(1, 0, 2))
+        return dict(zip(_STATE, outs[2:], strict=True))
 
     def run_steps(self, x: Tensor, lengths: Tensor, state: MemNetState) -> tuple[Tensor, Tensor]:
         """Step B sessions through x (B, T_max, D), row i for lengths[i] steps; state updated.
