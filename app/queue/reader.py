@@ -85,25 +85,24 @@ class BatchReader:
                     out.append(Delivery(entry_id, fields, stream=name))
         return out
 
-    def read_batch(self, block_ms: int = 1000) -> list[Delivery]:
-        """Up to `max_batch` new jobs; waits `block_ms` for the first one.
+    def read_batch(self, block_ms: int | None = 1000) -> list[Delivery]:
+        """Up to `max_batch` new jobs; waits `block_ms` for the first one (None: does not wait).
 
         The batch stays open until `max_wait_ms` after its oldest job was queued (the stream
         entry id holds that time), so jobs that queued while the last batch ran go at once.
+        The worker sleeps out the rest of that window and then reads without blocking: a short
+        XREADGROUP BLOCK would be answered when Redis next wakes, and an idle Redis (every
+        client waiting on this very batch) wakes only at its next cron tick, 100 ms apart at
+        its default hz of 10. That held 1 % of classify requests for 100 ms under a steady load.
         """
         batch = self._read(self.max_batch, block_ms)
-        if not batch or self.max_wait_ms <= 0:
+        if not batch or self.max_wait_ms <= 0 or len(batch) >= self.max_batch:
             return batch
         queued_ms = int(batch[0].entry_id.split(b"-", 1)[0])
-        deadline = time.monotonic() + (queued_ms + self.max_wait_ms - time.time() * 1000) / 1000
-        while len(batch) < self.max_batch:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = self._read(self.max_batch - len(batch), left_ms)
-            if not more:
-                break
-            batch += more
+        left_s = (queued_ms + self.max_wait_ms - time.time() * 1000) / 1000
+        if left_s > 0:
+            time.sleep(left_s)
+            batch += self._read(self.max_batch - len(batch), None)
         return batch
 
     def ack(

@@ -256,7 +256,7 @@ class Worker:
         if not batch:
             batch = self.reader.read_batch(block_ms=500)
         elif len(batch) < self.settings.max_batch and retry:
-            batch += self.reader.read_batch(block_ms=1)
+            batch += self.reader.read_batch(block_ms=None)
         return batch, False
 
     def _log_jobs(self, batch: list[Delivery], outs: dict[str, Outcome]) -> None:
