@@ -67,10 +67,7 @@ class OnnxMemNet:
             else:
                 binding.bind_cpu_input("x", np.ascontiguousarray(xs[t] if feed == "inputs" else x_next))
             binding.bind_cpu_input("active", np.ascontiguousarray(active[t]))
-            for n in _STATE:
-                binding.bind_ortvalue_input(n, vals[n])
-            for name in STEP_OUTPUTS:
-                binding.bind_output(name, dev, dev_id)
+            self._bind_state(binding, vals)
             self.step.sess.run_with_iobinding(binding)
             outs = binding.get_outputs()
             y_prev = outs[0]
@@ -86,6 +83,14 @@ class OnnxMemNet:
             setattr(state, n, torch.from_numpy(vals[n].numpy()))
         return np.stack(ys), np.stack(stds)  # T x (B, D) -> (T, B, D)
 
+    def _bind_state(self, binding: ort.IOBinding, vals: dict[str, ort.OrtValue]) -> None:
+        """The state's values as inputs, every output on the execution device (fresh each call:
+        the outputs of one call are the next call's inputs)."""
+        for n in _STATE:
+            binding.bind_ortvalue_input(n, vals[n])
+        for name in STEP_OUTPUTS:
+            binding.bind_output(name, self.placement.ort_device, self.placement.device_id)
+
     def _block(
         self, vals: dict[str, ort.OrtValue], xs: np.ndarray, active: np.ndarray,
         ys: list[np.ndarray], stds: list[np.ndarray],
@@ -93,14 +98,10 @@ class OnnxMemNet:
         """K steps in one call of ``steps``: xs (K, B, D), active (K, B); appends each step's y
         and std (B, D) to ``ys`` and ``stds`` and returns the state after them."""
         assert self.steps is not None, "no steps graph"
-        dev, dev_id = self.placement.ort_device, self.placement.device_id
         binding = self.steps.sess.io_binding()
         binding.bind_cpu_input("x", np.ascontiguousarray(xs.transpose(1, 0, 2)))  # (K, B, D) -> (B, K, D)
         binding.bind_cpu_input("active", np.ascontiguousarray(active.T))  # (K, B) -> (B, K)
-        for n in _STATE:
-            binding.bind_ortvalue_input(n, vals[n])
-        for name in STEP_OUTPUTS:
-            binding.bind_output(name, dev, dev_id)
+        self._bind_state(binding, vals)
         self.steps.sess.run_with_iobinding(binding)
         outs = binding.get_outputs()
         ys.extend(outs[0].numpy().transpose(1, 0, 2))  # (B, K, D) -> K x (B, D)
