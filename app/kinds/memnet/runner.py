@@ -389,26 +389,20 @@ class MemNetRunner(Runner[ServedMemNet]):
                          res.std_last[i] if served.has_scale else None)
             for i in range(len(group))
         ]  # fmt: skip
-        finite = [
-            new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *_present([res.forecasts[i]]))
+        # Per row its commit, or None for a row whose state or predictions are not finite:
+        # refused below, nothing of it stored.
+        commits = [
+            self._commit_of(served, ld, chunks[i], res, i, old[i], new[i], prev[i])
+            if new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *_present([res.forecasts[i]]))
+            else None
             for i, ld in enumerate(group)
         ]
-        replies, etags, commits = [], [], []
-        for i, ld in enumerate(group):
-            if not finite[i]:  # refused below; nothing of it is stored
-                replies.append(b"")
-                etags.append(b"")
-                continue
-            c = self._commit_of(served, ld, chunks[i], res, i, old[i], new[i], prev[i])
-            commits.append(c)
-            replies.append(c.reply)
-            etags.append(c.etag)
-        results = iter(self.states.commit(commits))
-        for ld, ok, reply, state, etag in zip(group, finite, replies, new, etags, strict=True):
-            if not ok:
+        results = iter(self.states.commit([c for c in commits if c is not None]))
+        for ld, c, state in zip(group, commits, new, strict=True):
+            if c is None:
                 self._refuse(ld, out, InvalidInput(OVERFLOW))
                 continue
-            self._settle(ld, next(results), reply, state, etag, out)
+            self._settle(ld, next(results), c.reply, state, c.etag, out)
 
     def _commit_of(
         self, served: ServedMemNet, ld: Loaded, chunk: np.ndarray, res: ChunkRows, i: int,
