@@ -10,8 +10,9 @@ What serving runs, as graphs with a dynamic batch axis ``n`` on every input and 
   ONNX Runtime's per-call cost and the binding of every step's inputs K - 1 times in K.
 * VMA ``memory_embedding`` h(m), ``query_embedding`` h_q(x), ``z_prior`` (p(z|m_a) with the
   decoder's context and m_a's pyramid), ``z_posterior`` q(z|m_a, x) (the likelihood bound
-  of classify needs it) and ``decoder`` p(x|z, m_a) as logits. Serving composes them exactly
-  as the PyTorch backend composes the same modules (`models.vma.VMAParts`).
+  of classify needs it), ``decoder`` p(x|z, m_a) as logits, and ``log_weight``: the three
+  composed into one importance log weight per row, the bound's work in one call. Serving
+  composes them exactly as the PyTorch backend composes the same modules (`models.vma.VMAParts`).
 
 The graphs go to ``<dir>/<name>-onnx/<graph>.onnx``, and the card gains an ``onnx`` section:
 opset, the torch version that exported them, the sha256 of the weights they came from and
@@ -22,6 +23,7 @@ the same torch give byte-identical graphs (a test exports twice and compares has
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import io
 import logging
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
@@ -122,6 +125,8 @@ class _Call(nn.Module):
             return (mu, log_std, c_m, *feats)
         if self.method == "z_posterior":
             return tuple(self.model.z_posterior(*args))
+        if self.method == "log_weight":
+            return (self.model.log_weight(*args),)
         return (getattr(self.model, self.method)(*args),)
 
 
@@ -130,14 +135,53 @@ def feat_names(model: VMA) -> tuple[str, ...]:
     return tuple(f"feat{i}" for i in range(model.config.n_levels + 1))
 
 
+class _TapConv(nn.Module):
+    """A 3x3 convolution to one map (the decoder's last layer), computed as a 1x1 convolution to
+    the nine taps' maps and a fixed 3x3 convolution that takes one tap from each.
+
+    The same sum in another order. ONNX Runtime's CPU kernels run a convolution with a single
+    output map far below their speed on wider ones: this layer was a quarter of the likelihood
+    bound's time (140 of 564 us per drawing, 2-core CPU, one thread); as two convolutions it is
+    about 25 us.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        w = conv.weight.detach()
+        assert w.shape[0] == 1 and w.shape[2:] == (3, 3) and conv.padding == (1, 1), "a 3x3 conv to one map"
+        assert conv.bias is not None, "the decoder's last conv has a bias"
+        taps = w[0].permute(1, 2, 0).reshape(9, -1)  # (C, 3, 3) -> (3, 3, C) -> (9, C)
+        self.register_buffer("spread", taps.view(9, -1, 1, 1).clone())  # (9, C) -> (9, C, 1, 1)
+        pick = torch.zeros(1, 9, 3, 3)
+        for t in range(9):
+            pick[0, t, t // 3, t % 3] = 1.0
+        self.register_buffer("pick", pick)
+        self.register_buffer("bias", conv.bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(x, self.spread), self.pick, self.bias, padding=1)
+
+
+def for_onnx_runtime(model: VMA) -> VMA:
+    """A copy of the model with the same function, laid out for ONNX Runtime's kernels."""
+    model = copy.deepcopy(model).eval()
+    assert isinstance(model.decoder.out, nn.Conv2d), "the decoder ends in a conv"
+    model.decoder.out = _TapConv(model.decoder.out)
+    return model
+
+
 def vma_graphs(model: VMA) -> list[GraphSpec]:
-    """h(m), h_q(x), p(z|m_a) with the pyramid, q(z|m_a, x) and the decoder."""
+    """h(m), h_q(x), p(z|m_a) with the pyramid, q(z|m_a, x), the decoder, and the importance
+    log weight of one (x, m_a, z noise) in one graph (the classify bound's whole per-candidate
+    work: m_a's pyramid stays inside ONNX Runtime instead of passing out and back in)."""
     c = model.config
+    model = for_onnx_runtime(model)
     n = 3
     img = torch.rand(n, 1, c.image_size, c.image_size).round()
     with torch.no_grad():
         mu, _, c_m, feats = model.z_prior(img)
     feats_in = dict(zip(feat_names(model), feats, strict=True))
+    # Pairs of distinct tensors: the exporter traces one tensor passed twice as a single input.
     return [
         GraphSpec("memory_embedding", _Call(model, "h_mem"), {"m": img}, ("h",)),
         GraphSpec("query_embedding", _Call(model, "h_query"), {"x": img}, ("e",)),
@@ -147,11 +191,16 @@ def vma_graphs(model: VMA) -> list[GraphSpec]:
             {"m_a": img},
             ("mu", "log_std", "c_m", *feat_names(model)),
         ),
-        # Two distinct tensors: the exporter traces one tensor passed twice as a single input.
         GraphSpec(
             "z_posterior", _Call(model, "z_posterior"), {"x": img, "m_a": 1.0 - img}, ("mu", "log_std")
         ),
         GraphSpec("decoder", _Call(model, "decode"), {"z": mu, "c_m": c_m, **feats_in}, ("logits",)),
+        GraphSpec(
+            "log_weight",
+            _Call(model, "log_weight"),
+            {"x": img, "m_a": 1.0 - img, "eps": torch.randn_like(mu)},
+            ("log_w",),
+        ),
     ]
 
 

@@ -172,6 +172,16 @@ def gauss_logpdf(z: Tensor, mu: Tensor, log_std: Tensor) -> Tensor:
     return (-0.5 * ((z - mu) / log_std.exp()).square() - log_std - 0.5 * _LOG_2PI).sum(-1)
 
 
+def bernoulli_logpmf(logits: Tensor, x: Tensor) -> Tensor:
+    """log p(x) of Bernoulli pixels with these logits, summed over (C, H, W): (N, C, H, W) -> (N,).
+
+    Written out, not `F.binary_cross_entropy_with_logits`: ONNX Runtime's graph of that gives
+    -inf for a confident pixel that is wrong, where this form stays finite.
+    """
+    log1p_exp = (-logits.abs()).exp().log1p()  # log(1 + e^-|l|) without overflow
+    return (x * logits - logits.clamp(min=0) - log1p_exp).sum((1, 2, 3))
+
+
 def gauss_kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
     """KL(N(mu_q, e^ls_q) || N(mu_p, e^ls_p)) of diagonal Gaussians, summed over the last dim."""
     var_ratio = (2 * (ls_q - ls_p)).exp()
@@ -305,7 +315,7 @@ class VMA(nn.Module):
             dec_feats = [f * keep.view(-1, 1, 1, 1) for f in feats]  # (B K, C, s, s) each
             c_m = c_m * keep
         logits = self.decoder(z, c_m, dec_feats)
-        log_px = -F.binary_cross_entropy_with_logits(logits, x_k, reduction="none").sum((1, 2, 3))
+        log_px = bernoulli_logpmf(logits, x_k)
         # beta < 1 (training's KL warm-up only) discounts z's KL term; beta = 1 is the bound.
         terms = log_px + beta * (gauss_logpdf(z, mu_p, log_std_p) - gauss_logpdf(z, mu_q, log_std_q))
         return terms.view(b, k)  # (B K,) -> (B, K)
@@ -454,6 +464,10 @@ class VMA(nn.Module):
         """Logits of p(x|z, m_a) (N, 1, S, S) from z, c(m_a) and m_a's pyramid as ``z_prior`` returns them."""
         return self.decoder(z, c_m, feats)
 
+    def log_weight(self, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+        """One importance log weight per row (N,) for x, m_a (N, 1, S, S) and z's noise eps (N, z)."""
+        return single_log_weights(self, x, m_a, eps)
+
     @torch.inference_mode()
     def memory_embedding(self, m: Tensor) -> Tensor:
         """h(m_a) (N, match_dim) for exemplars m (N, 1, S, S): computed once per exemplar and cached."""
@@ -510,6 +524,8 @@ class VMAParts(Protocol):
 
     def decode(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor: ...
 
+    def log_weight(self, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor: ...
+
 
 def similarity(h_m: Tensor, e: Tensor) -> Tensor:
     """S = <h(m_a), e> / ||h(m_a)||, the address logits: unit memory directions, the query's norm
@@ -545,11 +561,20 @@ def importance_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor)
     assert eps.shape[:3] == (n, t, samples), "eps must be (N, T, K, z_dim)"
     m_r = m_a.unsqueeze(2).expand(n, t, samples, *m_a.shape[2:]).flatten(0, 2)  # (N T K, 1, S, S)
     x_r = x.unsqueeze(1).expand(n, t * samples, *x.shape[1:]).flatten(0, 1)  # (N T K, 1, S, S)
-    mu_p, log_std_p, c_m, feats = parts.z_prior(m_r)
-    mu_q, log_std_q = parts.z_posterior(x_r, m_r)
-    z = mu_q + log_std_q.exp() * eps.reshape(mu_q.shape)  # (N, T, K, z) -> (N T K, z)
-    logits = parts.decode(z, c_m, feats)
-    log_px = -F.binary_cross_entropy_with_logits(logits, x_r, reduction="none").sum((1, 2, 3))
-    log_w = log_px + gauss_logpdf(z, mu_p, log_std_p) - gauss_logpdf(z, mu_q, log_std_q)
+    log_w = parts.log_weight(x_r, m_r, eps.reshape(n * t * samples, -1))  # (N, T, K, z) -> (N T K, z)
     log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
     return torch.logsumexp(log_w, dim=-1) - math.log(samples)
+
+
+def single_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+    """log p(x|z,m_a) + log p(z|m_a) - log q(z|m_a,x) for z = mu_q + sigma_q * eps, one per row.
+
+    x, m_a (N, 1, S, S), eps (N, z_dim) -> (N,). What `VMAParts.log_weight` computes, composed
+    from the three parts.
+    """
+    mu_p, log_std_p, c_m, feats = parts.z_prior(m_a)
+    mu_q, log_std_q = parts.z_posterior(x, m_a)
+    assert eps.shape == mu_q.shape, "eps must be (N, z_dim)"
+    z = mu_q + log_std_q.exp() * eps
+    logits = parts.decode(z, c_m, feats)
+    return bernoulli_logpmf(logits, x) + gauss_logpdf(z, mu_p, log_std_p) - gauss_logpdf(z, mu_q, log_std_q)

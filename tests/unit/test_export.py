@@ -22,7 +22,7 @@ SHIPPED = REPO / "checkpoints"
 SERVED = ["memnet-mackey-glass", "memnet-santafe", "memnet-universal", "vma-omniglot"]
 GRAPHS = {
     "memnet": {"step", "steps"},
-    "vma": {"memory_embedding", "query_embedding", "z_prior", "z_posterior", "decoder"},
+    "vma": {"memory_embedding", "query_embedding", "z_prior", "z_posterior", "decoder", "log_weight"},
 }
 
 
@@ -138,3 +138,10 @@ def test_shipped_vma_graphs_compute_what_torch_computes() -> None:
             assert np.abs(w.numpy() - g).max() < 1e-4, f"{graph} differs from the network"
     dec = run("decoder", z=mu, c_m=c_m, **dict(zip(feat_names(model), feats, strict=True)))
     assert np.abs(logits.numpy() - dec[0]).max() < 1e-3
+    # The bound's graph: one importance log weight per row, as the network's parts compose it.
+    eps = torch.randn(5, model.config.z_dim, generator=gen)
+    with torch.no_grad():
+        log_w = model.log_weight(x, m_a, eps)
+    (got,) = run("log_weight", x=x, m_a=m_a, eps=eps)
+    assert got.shape == (5,) and np.isfinite(got).all(), "log_weight must be finite"
+    assert np.abs(log_w.numpy() - got).max() < 1e-2, "log_weight differs from the network"

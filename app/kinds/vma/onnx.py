@@ -14,7 +14,7 @@ from torch import Tensor
 
 from app.worker.onnx import Graph, Placement
 from models.export import feat_names
-from models.vma import VMA, VMAConfig, decode_samples, importance_log_weights, similarity
+from models.vma import VMA, VMAConfig, decode_samples, importance_log_weights, similarity, single_log_weights
 
 
 class OnnxVMA:
@@ -51,6 +51,13 @@ class OnnxVMA:
 
     def decode(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
         return self.graphs["decoder"](z=z, c_m=c_m, **dict(zip(self._feats, feats, strict=True)))[0]
+
+    def log_weight(self, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+        """As `VMA.log_weight`: one call of the ``log_weight`` graph, where the export has it (the
+        pyramid of m_a then stays inside ONNX Runtime); else the three graphs composed."""
+        if "log_weight" in self.graphs:
+            return self.graphs["log_weight"](x=x, m_a=m_a, eps=eps)[0]
+        return single_log_weights(self, x, m_a, eps)
 
     def candidate_log_weights(
         self, x: Tensor, m_a: Tensor, samples: int, generator: torch.Generator | None = None,
