@@ -225,8 +225,9 @@ class Client(_Base):
         self, sid: str, images: ImageLike | Sequence[ImageLike], method: Method | None = None,
         samples: int | None = None, top_k: int | None = None, seed: int | None = None,
     ) -> ClassifyReply:  # fmt: skip
-        """Scores per label, top addresses, KL, a log-likelihood bound and a novelty flag per drawing
-        (one drawing, a list of them, or an (N, 28, 28) array)."""
+        """Scores per label, top addresses, KL and a novelty flag per drawing (one drawing, a list of
+        them, or an (N, 28, 28) array); with ``samples`` >= 1 also a log-likelihood bound (the
+        posterior method's default is 0: no bound, about half the work)."""
         return self._run(_wire.classify(sid, images, method, samples, top_k, seed))
 
 

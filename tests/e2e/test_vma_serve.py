@@ -42,6 +42,11 @@ def _session(c: httpx.Client, images: np.ndarray, labels: list[str]) -> str:
 def _accuracy(c: httpx.Client, sid: str, queries: np.ndarray, truth: list[str]) -> float:
     r = c.post(f"/v1/sessions/{sid}/classify", json={"images": [{"pixels": q.tolist()} for q in queries]})
     assert r.status_code == 200, r.text
+    # The shipped model flags novelty by cosine: by default no decoder work, no bound, a flag.
+    assert r.json()["samples"] == 0
+    assert all(
+        res["log_likelihood_nats"] is None and isinstance(res["novel"], bool) for res in r.json()["results"]
+    )
     got = [res["label"] for res in r.json()["results"]]
     return float(np.mean([g == t for g, t in zip(got, truth, strict=True)]))
 

@@ -218,7 +218,7 @@ def test_vma_exemplars_samples_and_classify(ms: Client, start_worker, tmp_path: 
     assert {s.exemplar_id for s in probs.samples} == {1} and probs.samples[0].image is None
     assert {s.label for s in ms.samples(sid, n=6, label="c").samples} == {"c"}
 
-    result = ms.classify(sid, imgs[:2], top_k=2, seed=1)
+    result = ms.classify(sid, imgs[:2], top_k=2, samples=1, seed=1)
     assert result.method == "posterior" and result.samples == 1 and len(result.results) == 2
     for i, res in enumerate(result.results):
         assert res.top[0].exemplar_id == i and res.top[0].label == "ab"[i] and len(res.top) == 2
@@ -227,7 +227,11 @@ def test_vma_exemplars_samples_and_classify(ms: Client, start_worker, tmp_path: 
     single = ms.classify(sid, imgs[3], method="importance", samples=4, seed=2)  # one 28 x 28 array
     assert single.method == "importance" and single.results[0].label == "4"
     by_png = ms.classify(sid, [png], samples=0)
-    assert by_png.results[0].log_likelihood_nats is None and by_png.results[0].top[0].exemplar_id == 2
+    assert (
+        by_png.samples == 0
+        and by_png.results[0].log_likelihood_nats is None
+        and by_png.results[0].top[0].exemplar_id == 2
+    )
 
     ms.delete_exemplar(sid, 3)
     assert ms.list_exemplars(sid).total == 3 and ms.get_session(sid).exemplars == 3

@@ -87,6 +87,7 @@ def test_classify_scores_match_the_model_offline(served: httpx.Client, settings:
     r = classify(served, sid, imgs[:5], top_k=3)
     assert r.status_code == 200, r.text
     body = r.json()
+    # The test model's novelty rule is on the bound, so the default computes it (one sample).
     assert body["method"] == "posterior" and body["samples"] == 1
     model, _ = load_checkpoint(VMA_TEST_MODEL, settings.checkpoint_dir)
     m = torch.from_numpy(imgs.astype(np.float32))[None, :, None]  # (1, A, 1, S, S)
@@ -104,6 +105,12 @@ def test_classify_scores_match_the_model_offline(served: httpx.Client, settings:
         assert len(res["top"]) == 3 and res["top"][0]["p"] >= res["top"][1]["p"] >= res["top"][2]["p"]
         assert np.isfinite(res["log_likelihood_nats"]) and res["log_likelihood_nats"] < 0
         assert isinstance(res["novel"], bool)
+    # samples: 0, the scores alone: no bound, and no flag from a rule on the bound.
+    plain = classify(served, sid, imgs[:5], top_k=3, samples=0).json()
+    assert plain["samples"] == 0
+    for res, bounded in zip(plain["results"], body["results"], strict=True):
+        assert res["log_likelihood_nats"] is None and res["novel"] is None
+        assert res["scores"] == bounded["scores"]
 
 
 def test_importance_method_and_seeded_bound(served: httpx.Client) -> None:

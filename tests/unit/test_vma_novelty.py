@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from app.kinds.vma.runner import NoveltyRule, _Addressing, _novel, novelty_rule
+from app.kinds.vma.wire import auto_samples
 
 
 def _addressing(best_logit: list[float], log_w: list[list[float]] | None, norm: float = 2.0) -> _Addressing:
@@ -38,3 +39,9 @@ def test_bound_score_uses_the_best_single_exemplar():
     p = _addressing([9.0, 9.0], [[-120.0, -90.0], [-130.0, -125.0]])
     assert _novel(p, NoveltyRule("bound", -100.0)) == [False, True]
     assert _novel(p, NoveltyRule("address", 3.0)) == [False, False], "the address score ignores the bound"
+
+
+def test_a_classify_request_that_asks_no_samples_gets_what_the_novelty_rule_needs() -> None:
+    # The bound only where the flag is computed from it; cosine and address scores need no decoder.
+    assert auto_samples("bound") == 1
+    assert auto_samples("cosine") == 0 and auto_samples("address") == 0 and auto_samples(None) == 0

@@ -121,8 +121,9 @@ class ClassifyRequest(BaseModel):
         None,
         ge=0,
         le=MAX_SAMPLES,
-        description="decoder evaluations per image for the likelihood bound and novelty flag (and the "
-        "importance scores); 0: addressing only. Default: 1 (posterior), 16 (importance)",
+        description="decoder evaluations per image for the likelihood bound (and the importance scores, "
+        "and a `bound` novelty rule); 0: addressing only, no bound. Default: 16 (importance); posterior: 0, "
+        "or 1 for a model whose novelty rule is on the bound",
     )
     top_k: Annotated[int, Strict()] = Field(5, ge=1, le=64, description="top addresses to report")
     seed: Count | None = Field(None, description="seed of the z samples")

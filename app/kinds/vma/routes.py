@@ -20,7 +20,7 @@ from app.kinds.vma.replies import (
     SampleResponse,
 )
 from app.kinds.vma.requests import AddExemplars, ClassifyRequest, SampleRequest, parse_label
-from app.kinds.vma.wire import VmaJob
+from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob
 from app.logs import current_request_id
 
 router = APIRouter(prefix="/v1/sessions", tags=["vma"])
@@ -88,8 +88,11 @@ async def delete_exemplar(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-# Decoder evaluations per image for the likelihood bound, when the request does not say.
-DEFAULT_SAMPLES = {"posterior": 1, "importance": 16}
+# Decoder evaluations per image when the request does not say. The posterior method's scores,
+# top addresses and (cosine or address) novelty need none, so it leaves the choice to the worker
+# (AUTO_SAMPLES): 0, or 1 where the model's novelty rule is on the bound. Computing the bound
+# unasked would more than double a request's work (docs/benchmarks).
+DEFAULT_SAMPLES = {"posterior": AUTO_SAMPLES, "importance": 16}
 
 
 @router.post("/{sid}/samples", response_model=SampleResponse)
@@ -121,7 +124,7 @@ async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, tenant: Te
     if len(body.images) > most:
         raise PayloadTooLarge(f"at most {most} images per request", max_images=most)
     samples = DEFAULT_SAMPLES[body.method] if body.samples is None else body.samples
-    evals, cap = len(body.images) * samples, svc.settings.max_decoder_evals
+    evals, cap = len(body.images) * max(samples, 1), svc.settings.max_decoder_evals
     if evals > cap:  # refused before decoding or queueing: the worker's time is the scarce part
         raise PayloadTooLarge(
             f"{len(body.images)} images x {samples} samples = {evals} decoder evaluations; at most {cap} "

@@ -24,7 +24,7 @@ from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveErr
 from app.kinds.vma.images import encode_png
 from app.kinds.vma.memory import DeviceMemory, MemoryCache, VMAEngine, to_device
 from app.kinds.vma.replies import AddressScore, Classification, ClassifyResponse, Sample, SampleResponse
-from app.kinds.vma.wire import VmaJob
+from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob, auto_samples
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
 from app.store.exemplars import AddCommit, WorkerExemplars
@@ -246,6 +246,9 @@ class VmaRunner(Runner[ServedVMA]):
     def _classify(self, served: ServedVMA, items: list[Item]) -> list[dict[str, Any] | bytes]:
         model, dev = served.model, served.device
         x = torch.from_numpy(np.concatenate([job.images() for _, job, _ in items])).unsqueeze(1).to(dev)
+        for _, job, _ in items:
+            if int(job.params["samples"]) == AUTO_SAMPLES:
+                job.params["samples"] = auto_samples(served.novelty.score if served.novelty else None)
         # (N, D): every drawing of every session, in as few passes as the budget allows
         e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
         parts = _address(model, items, x, e)

@@ -19,6 +19,14 @@ from app.store.exemplars import PIX_BYTES, pack_pixels, unpack_pixels
 from app.store.keys import new_job_id
 
 OPS = ("add", "classify", "sample")
+# A classify job's `samples` when the request left it to the model: the worker takes 1 where the
+# model's novelty rule is on the likelihood bound, else 0 (`auto_samples`).
+AUTO_SAMPLES = -1
+
+
+def auto_samples(novelty_score: str | None) -> int:
+    """Decoder evaluations per drawing for a classify request that did not ask for any."""
+    return 1 if novelty_score == "bound" else 0
 
 
 @dataclass(frozen=True)

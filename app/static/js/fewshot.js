@@ -10,6 +10,8 @@ const pngSrc = (b64) => `data:image/png;base64,${b64}`;
 const MEMORY_PAGE = 1000; // exemplars listed at most (the API's page limit)
 const SAMPLES = 8;
 const TOP_K = 5;
+// The page shows the likelihood bound, which a classify request gets only when it asks for samples.
+const BOUND_SAMPLES = 4;
 const SID_STORE = "memserve.vmaSession";
 
 const state = {
@@ -188,6 +190,7 @@ async function classify() {
   const reply = await post(sessionPath(sid, "/classify"), {
     images: [{ image: pad.toBase64Png() }],
     top_k: TOP_K,
+    samples: BOUND_SAMPLES,
   });
   renderClassification(reply.results[0]);
 }
