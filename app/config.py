@@ -133,7 +133,9 @@ class Settings(BaseSettings):
         "onnx", description="inference backend of workers: torch, or onnx (ONNX Runtime, `memserve export`)"
     )
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
-    max_wait_ms: float = Field(2.0, ge=0, description="wait this long to fill a batch")
+    max_wait_ms: float = Field(
+        0.5, ge=0, description="wait this long after a batch's oldest job was queued for more to join it"
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="how often a worker reports alive")
     heartbeat_ttl_s: float = Field(5.0, gt=0, description="a worker silent this long is dead")
     claim_interval_s: float = Field(1.0, gt=0, description="how often to look for orphaned jobs")
