@@ -124,10 +124,11 @@ async def classify(sid: str, body: ClassifyRequest, svc: ServicesDep, tenant: Te
     if len(body.images) > most:
         raise PayloadTooLarge(f"at most {most} images per request", max_images=most)
     samples = DEFAULT_SAMPLES[body.method] if body.samples is None else body.samples
-    evals, cap = len(body.images) * max(samples, 1), svc.settings.max_decoder_evals
+    per_image = max(samples, 1)  # AUTO_SAMPLES is at most one
+    evals, cap = len(body.images) * per_image, svc.settings.max_decoder_evals
     if evals > cap:  # refused before decoding or queueing: the worker's time is the scarce part
         raise PayloadTooLarge(
-            f"{len(body.images)} images x {samples} samples = {evals} decoder evaluations; at most {cap} "
+            f"{len(body.images)} images x {per_image} samples = {evals} decoder evaluations; at most {cap} "
             "per request: send fewer images per request, or fewer samples",
             max_decoder_evals=cap,
         )
