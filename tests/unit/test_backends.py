@@ -214,6 +214,13 @@ def test_vma_class_ranking_and_bound(vmas: tuple[VMA, OnnxVMA]) -> None:
     w_onnx = onnx_vma.candidate_log_weights(queries, m_a, 4, eps=eps)
     # A sum of 784 pixel log-probabilities (hundreds of nats): compared relative to its size.
     assert ((w_torch - w_onnx).abs() / w_torch.abs()).max() <= 1e-6
+    # An export from before the one-graph bound: the three graphs composed give the same.
+    paths = dict(graph_paths(load_checkpoint("vma-omniglot", SHIPPED)[1], SHIPPED))
+    assert "log_weight" in paths, "the shipped export has the one-graph bound"
+    del paths["log_weight"]
+    older = OnnxVMA(model, paths, onnx_vma.placement, 1)
+    w_older = older.candidate_log_weights(queries, m_a, 4, eps=eps)
+    assert ((w_torch - w_older).abs() / w_torch.abs()).max() <= 1e-6
 
 
 def test_placement_on_cpu_and_fallback_from_cuda() -> None:
