@@ -55,14 +55,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
 from models.vae import VAE
-from models.vma import VMA, gauss_kl, gauss_logpdf, label_scores, similarity
+from models.vma import VMA, bernoulli_logpmf, gauss_kl, gauss_logpdf, label_scores, similarity
 
 TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots)
 SHOTS = (1, 2, 5, 10, 19)
@@ -171,8 +170,7 @@ def memory_bound(
         eps = torch.randn(len(p_i), mu_q.shape[1], generator=gen)
         z = mu_q[p_i] + ls_q[p_i].exp() * eps
         logits = model.decoder(z, c_m[s_i], [f[s_i] for f in feats])
-        bce = F.binary_cross_entropy_with_logits(logits, x_s[i : i + chunk], reduction="none")
-        log_px = -bce.sum((1, 2, 3))
+        log_px = bernoulli_logpmf(logits, x_s[i : i + chunk])
         log_w.append(log_px + gauss_logpdf(z, mu_p[s_i], ls_p[s_i]) - gauss_logpdf(z, mu_q[p_i], ls_q[p_i]))
     log_w = torch.cat(log_w).view(b, k) + log_p.gather(1, a) - log_q.gather(1, a)  # (B K,) -> (B, K)
     kl_a = (

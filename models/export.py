@@ -125,8 +125,6 @@ class _Call(nn.Module):
             return (mu, log_std, c_m, *feats)
         if self.method == "z_posterior":
             return tuple(self.model.z_posterior(*args))
-        if self.method == "log_weight":
-            return (self.model.log_weight(*args),)
         return (getattr(self.model, self.method)(*args),)
 
 
