@@ -295,7 +295,8 @@ class Sample:
 @dataclass(frozen=True)
 class SampleSet:
     samples: list[Sample]
-    seed: int  # pass it again to get the same samples
+    seed: int  # pass it again (with the same temperature) to get the same samples
+    temperature: float | None = None  # what they were drawn at; None from a server that predates it
 
     def arrays(self) -> np.ndarray:
         """All samples as one (n, 28, 28) float array in [0, 1], 1 = ink."""
@@ -405,7 +406,8 @@ def parse_samples(d: dict[str, Any]) -> SampleSet:
         )
         for s in d["samples"]
     ]
-    return SampleSet(samples, int(d["seed"]))
+    temperature = None if d.get("temperature") is None else float(d["temperature"])
+    return SampleSet(samples, int(d["seed"]), temperature)
 
 
 def parse_classify(d: dict[str, Any]) -> ClassifyReply:
@@ -587,9 +589,11 @@ def delete_exemplar(sid: str, eid: int) -> Call[None]:
 
 
 def samples(
-    sid: str, n: int, label: str | int | None, exemplar_id: int | None, seed: int | None, format: str
-) -> Call[SampleSet]:
+    sid: str, n: int, label: str | int | None, exemplar_id: int | None, seed: int | None, format: str,
+    temperature: float | None = None,
+) -> Call[SampleSet]:  # fmt: skip
     body = _compact(n=n, label=label, exemplar_id=exemplar_id, seed=seed, format=format)
+    body.update(_compact(temperature=temperature))
     return Call("POST", f"/v1/sessions/{_sid(sid)}/samples", _json(parse_samples), "read", json=body)
 
 

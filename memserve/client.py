@@ -215,11 +215,12 @@ class Client(_Base):
 
     def samples(
         self, sid: str, n: int = 8, label: str | int | None = None, exemplar_id: int | None = None,
-        seed: int | None = None, format: Format = "png",
+        seed: int | None = None, format: Format = "png", temperature: float | None = None,
     ) -> SampleSet:  # fmt: skip
         """One-shot samples from the memory (or one label's or one exemplar's): PNG bytes (format
-        "png") or 28 x 28 ink probabilities (format "probs"); `SampleSet.arrays()` gives arrays of either."""
-        return self._run(_wire.samples(sid, n, label, exemplar_id, seed, format))
+        "png") or 28 x 28 ink probabilities (format "probs"); `SampleSet.arrays()` gives arrays of either.
+        ``temperature`` below 1 keeps samples nearer the exemplar's character (default: the model's)."""
+        return self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature))
 
     def classify(
         self, sid: str, images: ImageLike | Sequence[ImageLike], method: Method | None = None,
@@ -350,10 +351,10 @@ class AsyncClient(_Base):
 
     async def samples(
         self, sid: str, n: int = 8, label: str | int | None = None, exemplar_id: int | None = None,
-        seed: int | None = None, format: Format = "png",
+        seed: int | None = None, format: Format = "png", temperature: float | None = None,
     ) -> SampleSet:  # fmt: skip
         """See `Client.samples`."""
-        return await self._run(_wire.samples(sid, n, label, exemplar_id, seed, format))
+        return await self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature))
 
     async def classify(
         self, sid: str, images: ImageLike | Sequence[ImageLike], method: Method | None = None,

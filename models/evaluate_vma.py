@@ -34,10 +34,12 @@ Everything is seeded (``--seed``) and deterministic for a given checkpoint and t
   maximising balanced accuracy (novel: score < threshold) is kept, and the score with the
   higher AUROC there goes into ``card["serving"]["novelty"]`` with its threshold. Balanced
   accuracy and AUROC of both on the evaluation alphabets are reported.
-* **Diversity**: mean pairwise per-pixel difference between 8 one-shot samples of one
-  exemplar (binarised), next to that between 8 real drawings of the character.
+* **Samples** (models/evaluate_vma_samples.py): per sampling temperature, the share of one-shot
+  samples that the model's own q(a|x) gives back to their exemplar in a 20-way memory
+  (fidelity), and their pixel diversity, each next to real drawings'; the served default
+  temperature is chosen from them (``--write`` stores it as ``serving.sample_temperature``).
 * ``--plot`` writes ``<dir>/<name>-samples.png``: evaluation characters by row, the exemplar
-  (the whole memory) first, then one-shot samples (Bernoulli means).
+  (the whole memory) first, then one-shot samples (Bernoulli means) at the served temperature.
 
 Cost: the NLL bound dominates (K decoder passes per query and setting, about 0.6 ms each on
 one CPU thread). Measured with one thread on a 2-core CPU shared with a training run: few-shot
@@ -60,6 +62,7 @@ from tqdm import tqdm
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
+from models.evaluate_vma_samples import format_samples, plot_samples, sample_quality
 from models.vae import VAE
 from models.vma import VMA, bernoulli_logpmf, gauss_kl, gauss_logpdf, label_scores, similarity
 
@@ -325,64 +328,7 @@ def novelty(model: VMA, background: tuple[np.ndarray, list[str]], evaluation: np
     return {"score": chosen, "threshold": scores[chosen]["threshold"], "scores": scores}
 
 
-# -------------------------------------------------------------------- diversity
-def _pairwise_l1(imgs: Tensor) -> float:
-    """Mean over pairs i < j of the per-pixel mean |imgs_i - imgs_j|; imgs (n, S, S)."""
-    flat = imgs.flatten(1)  # (n, S, S) -> (n, S S)
-    d = (flat[:, None] - flat[None, :]).abs().mean(-1)  # (n, n)
-    n = len(imgs)
-    return float(d.sum() / (n * (n - 1)))
-
-
-@torch.inference_mode()
-def diversity(model: VMA, images: np.ndarray, seed: int, chars: int = 100, n: int = 8) -> dict:
-    """How much one-shot samples of one exemplar differ from each other, next to how much n real
-    drawings of one character do: mean pairwise per-pixel |difference|, samples binarised at 0.5
-    (the drawings are binary), averaged over ``chars`` evaluation characters."""
-    rng = np.random.default_rng([seed, 7])
-    gen = torch.Generator().manual_seed(seed + 7)
-    samples, real = [], []
-    for c in rng.choice(len(images), min(chars, len(images)), replace=False):
-        picks = rng.choice(images.shape[1], n + 1, replace=False)
-        h_m, feats = model.embed_memory(_m(images[c, picks[:1]]))
-        x, _ = model.sample(h_m[0], [f[0] for f in feats], None, n, gen)  # (n, S, S)
-        samples.append(_pairwise_l1((x > 0.5).float()))
-        real.append(_pairwise_l1(torch.from_numpy(images[c, picks[1:]])))
-    return {
-        "samples": float(np.mean(samples)),
-        "real": float(np.mean(real)),
-        "characters": len(samples),
-        "n": n,
-    }
-
-
-# ------------------------------------------------------------------ plot, table
-@torch.inference_mode()
-def plot_samples(model: VMA, images: np.ndarray, out: Path, seed: int, rows: int = 8, n: int = 8) -> None:
-    """Grid: one evaluation character per row, its exemplar (the whole memory), then n one-shot samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = np.random.default_rng([seed, 5])
-    gen = torch.Generator().manual_seed(seed + 5)
-    chars = rng.choice(len(images), min(rows, len(images)), replace=False)
-    fig, axes = plt.subplots(len(chars), n + 1, figsize=(n + 1, len(chars)), squeeze=False)
-    for r, c in enumerate(chars):
-        exemplar = images[c, rng.integers(images.shape[1])]
-        h_m, feats = model.embed_memory(_m(exemplar[None]))
-        samples, _ = model.sample(h_m[0], [f[0] for f in feats], None, n, gen)  # (n, S, S)
-        for j, img in enumerate([exemplar, *samples.numpy()]):
-            axes[r, j].imshow(img, cmap="gray_r", vmin=0, vmax=1)
-            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
-    axes[0, 0].set_title("exemplar", fontsize=8)
-    axes[0, n // 2].set_title("one-shot samples (Bernoulli means)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-
-
+# ------------------------------------------------------------------------ table
 def _pct(d: dict | None) -> str:
     return "–" if d is None else f"{100 * d['mean']:.1f} ± {50 * (d['ci95'][1] - d['ci95'][0]):.1f}"
 
@@ -419,10 +365,8 @@ def format_table(metrics: dict) -> str:
         ev, served = r["evaluation"], "yes" if name == nv["score"] else ""
         acc = f"{100 * ev['balanced_accuracy']:.1f} %"
         lines.append(f"| {name} | {r['threshold']:.2f} | {ev['auroc']:.3f} | {acc} | {served} |")
-    if "diversity" in metrics:
-        d = metrics["diversity"]
-        lines += ["", f"Pixel diversity (mean |difference| between two drawings of one character): "
-                  f"samples of one exemplar {d['samples']:.3f}, real drawings {d['real']:.3f}."]  # fmt: skip
+    if "samples" in metrics:
+        lines += ["", *format_samples(metrics["samples"])]
     lines += [
         "",
         f"Settings: {st['episodes']} episodes per task ({st['importance_episodes']} with the importance "
@@ -471,7 +415,9 @@ def evaluate(model: VMA, vae: VAE | None, args: argparse.Namespace) -> dict:
     metrics["seconds"]["nll"], t = round(time.monotonic() - t, 1), time.monotonic()
     metrics["novelty"] = novelty(model, background, evaluation, args)
     metrics["seconds"]["novelty"] = round(time.monotonic() - t, 1)
-    metrics["diversity"] = diversity(model, evaluation, args.seed)
+    t = time.monotonic()
+    metrics["samples"] = sample_quality(model, evaluation, args.seed)
+    metrics["seconds"]["samples"] = round(time.monotonic() - t, 1)
     metrics["settings"] = {
         "episodes": args.episodes,
         "importance_episodes": min(args.importance_episodes, args.episodes),
@@ -513,10 +459,12 @@ def main(argv: list[str]) -> int:
             "score": metrics["novelty"]["score"],
             "threshold": round(metrics["novelty"]["threshold"], 4),
         }
+        serving["sample_temperature"] = metrics["samples"]["chosen"]
         write_card(card_path, fresh)
         print(f"wrote metrics and the novelty threshold into {card_path}")
     if args.plot:
         out = card_path.with_name(f"{card.get('name', card_path.stem)}-samples.png")
-        plot_samples(model, load_omniglot("evaluation", args.data)[0], out, args.seed)
+        temperature = metrics["samples"]["chosen"]
+        plot_samples(model, load_omniglot("evaluation", args.data)[0], out, args.seed, temperature)
         print(f"wrote {out}")
     return 0

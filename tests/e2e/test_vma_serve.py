@@ -63,6 +63,9 @@ def test_one_shot_samples_and_classes_of_new_drawings(serve: Serve) -> None:
         sid = _session(c, chars, labels)
         assert _accuracy(c, sid, queries.astype(np.uint8), labels) >= 0.7
         one = c.post(f"/v1/sessions/{sid}/samples", json={"n": 8, "exemplar_id": 3, "seed": 1}).json()
+        card = json.loads((SHIPPED / f"{MODEL}.json").read_text())
+        served_t = card["serving"].get("sample_temperature", 1.0)
+        assert one["temperature"] == served_t, "the card's measured choice"
         ink = []
         for s in one["samples"]:
             img = np.asarray(Image.open(io.BytesIO(base64.b64decode(s["image"]))).convert("L")) < 128

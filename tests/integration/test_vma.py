@@ -151,6 +151,35 @@ def test_samples_are_seeded_and_restricted(served: httpx.Client) -> None:
     assert "image" not in one[0] or one[0]["image"] is None
 
 
+def problem(r: httpx.Response, status: int, slug: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM) and r.json()["type"].endswith("/" + slug)
+    return r.json()
+
+
+def test_sample_temperature(served: httpx.Client) -> None:
+    sid = new_session(served)
+    assert add(served, sid, drawings(2, seed=6), ["a", "b"]).status_code == 201
+    url = f"/v1/sessions/{sid}/samples"
+
+    def probs(**kw: object) -> tuple[np.ndarray, float]:
+        r = served.post(url, json={"n": 6, "exemplar_id": 1, "seed": 4, "format": "probs", **kw}).json()
+        return np.array([s["probs"] for s in r["samples"]]), r["temperature"]
+
+    default, t_default = probs()
+    assert t_default == 1.0, "a card without serving.sample_temperature samples at the prior's own"
+    one, t_one = probs(temperature=1)
+    assert t_one == 1.0 and np.array_equal(default, one)
+    mean, _ = probs(temperature=0)
+    assert np.abs(mean - mean[0]).max() < 1e-4, "temperature 0 draws the mean drawing every time"
+    cool, t_cool = probs(temperature=0.5)
+    assert t_cool == 0.5 and not np.allclose(cool, one, atol=1e-4)
+    # Nearer the mean at a lower temperature: on average closer to the mean drawing than at 1.
+    assert np.abs(cool - mean).mean() < np.abs(one - mean).mean()
+    for bad in (2.5, -0.1, "warm"):
+        problem(served.post(url, json={"temperature": bad}), 422, "invalid-request")
+
+
 def test_deleting_an_exemplar_changes_what_queries_see(served: httpx.Client) -> None:
     sid = new_session(served)
     imgs = drawings(3, seed=5)
@@ -189,11 +218,6 @@ def test_vma_errors_change_nothing(served: httpx.Client, settings: Settings) -> 
     sid = new_session(served, capacity=3)
     url = f"/v1/sessions/{sid}"
     imgs = drawings(4, seed=6)
-
-    def problem(r: httpx.Response, status: int, slug: str) -> dict:
-        assert r.status_code == status, r.text
-        assert r.headers["content-type"].startswith(PROBLEM) and r.json()["type"].endswith("/" + slug)
-        return r.json()
 
     problem(classify(served, sid, imgs[:1]), 409, "empty-memory")
     problem(served.post(f"{url}/samples", json={"n": 2}), 409, "empty-memory")

@@ -20,6 +20,7 @@ from models.evaluate_vma import (
     format_table,
     memory_bound,
 )
+from models.evaluate_vma_samples import choose_temperature
 from models.vae import VAE, VAEConfig
 from models.vma import VMA, VMAConfig, gauss_kl, gauss_logpdf
 from tests.conftest import write_fake_omniglot
@@ -78,11 +79,27 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
         assert 0.0 <= m["novelty"]["scores"][name]["evaluation"]["auroc"] <= 1.0
     chosen = m["novelty"]["scores"][rule["score"]]["calibration"]["auroc"]
     assert chosen == max(r["calibration"]["auroc"] for r in m["novelty"]["scores"].values())
-    assert 0.0 <= m["diversity"]["samples"] <= 1.0 and 0.0 < m["diversity"]["real"] <= 1.0
+    sq = m["samples"]
+    assert [r["temperature"] for r in sq["temperatures"]] == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    for r in [*sq["temperatures"], sq["real"]]:
+        assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["diversity"] <= 1.0
+    assert sq["real"]["diversity"] > 0
+    assert card["serving"]["sample_temperature"] == sq["chosen"]
     assert m["settings"]["nll_k"] == 8 and m["settings"]["seed"] == 0
     assert (ckpt_dir / "vma-tiny-samples.png").stat().st_size > 1000
     table = format_table(m)
-    assert "| 5w1s |" in table and "| 19 |" in table and "VAE" in table
+    assert "| 5w1s |" in table and "| 19 |" in table and "VAE" in table and "| real drawings |" in table
+
+
+def test_choose_temperature_keeps_samples_varied() -> None:
+    rows = [
+        {"temperature": 1.0, "fidelity": 0.4, "diversity": 0.11},
+        {"temperature": 0.8, "fidelity": 0.5, "diversity": 0.10},
+        {"temperature": 0.5, "fidelity": 0.6, "diversity": 0.05},
+    ]
+    assert choose_temperature(rows, real_diversity=0.12) == 0.8, "0.5 is more faithful but too uniform"
+    assert choose_temperature(rows, real_diversity=0.06) == 0.5
+    assert choose_temperature(rows, real_diversity=0.5) == 1.0, "none varied enough: the prior itself"
 
 
 class _Projection(torch.nn.Module):

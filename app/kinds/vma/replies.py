@@ -33,7 +33,8 @@ class Sample(BaseModel):
 
 class SampleResponse(BaseModel):
     samples: list[Sample]
-    seed: int = Field(description="pass it again to get the same samples")
+    seed: int = Field(description="pass it again (with the same temperature) to get the same samples")
+    temperature: float = Field(description="the temperature the samples were drawn at")
 
 
 class AddressScore(BaseModel):

@@ -82,6 +82,9 @@ class AddExemplars(BaseModel):
     exemplars: list[ExemplarItem] = Field(min_length=1, description="at most 256 per request")
 
 
+MAX_TEMPERATURE = 2.0  # beyond it samples are noise, not drawings
+
+
 class SampleRequest(BaseModel):
     """`POST /v1/sessions/{sid}/samples`: a ~ p(a|M) (or among one label's / one exemplar), z, x."""
 
@@ -90,7 +93,7 @@ class SampleRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "not": _all_given("label", "exemplar_id"),
-            "examples": [{"n": 8, "label": "a", "seed": 7}, {"n": 2, "format": "probs"}],
+            "examples": [{"n": 8, "label": "a", "seed": 7}, {"n": 2, "format": "probs", "temperature": 1.0}],
         },
     )
 
@@ -98,6 +101,15 @@ class SampleRequest(BaseModel):
     label: Label | None = Field(None, description="sample from the exemplars of this label only")
     exemplar_id: Count | None = Field(None, description="sample from this exemplar only")
     seed: Count | None = Field(None, description="the same seed gives the same samples")
+    temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="z = mean + temperature x sd x noise under p(z|m_a): below 1 the samples stay nearer the "
+        "exemplar's character, above 1 they vary more, 0 gives the mean drawing. Default: the model's "
+        "measured choice (its card's `serving.sample_temperature`, 1 when it names none)",
+    )
     format: Literal["png", "probs"] = Field("png", description="base64 PNG or 28 x 28 ink probabilities")
 
 

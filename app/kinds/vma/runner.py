@@ -24,6 +24,7 @@ from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveErr
 from app.kinds.vma.images import encode_png
 from app.kinds.vma.memory import DeviceMemory, MemoryCache, VMAEngine, to_device
 from app.kinds.vma.replies import AddressScore, Classification, ClassifyResponse, Sample, SampleResponse
+from app.kinds.vma.requests import MAX_TEMPERATURE
 from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob, auto_samples
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
@@ -95,6 +96,14 @@ def novelty_rule(card: dict[str, Any]) -> NoveltyRule | None:
     return None if legacy is None else NoveltyRule("bound", float(legacy))
 
 
+def sample_temperature(card: dict[str, Any]) -> float:
+    """The card's ``serving.sample_temperature``, chosen by ``memserve evaluate vma``; 1 (the
+    model's own prior) for a card that names none."""
+    t = float((card.get("serving") or {}).get("sample_temperature", 1.0))
+    assert 0.0 <= t <= MAX_TEMPERATURE, f"serving.sample_temperature must be in [0, {MAX_TEMPERATURE}]"
+    return t
+
+
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
@@ -104,6 +113,7 @@ class ServedVMA:
         self.device = device
         self.costs = costs
         self.novelty = novelty_rule(card)
+        self.sample_temperature = sample_temperature(card)
 
 
 class VmaRunner(Runner[ServedVMA]):
@@ -261,6 +271,8 @@ class VmaRunner(Runner[ServedVMA]):
         bodies: list[dict[str, Any] | bytes] = []
         slots, noise, owners = [], [], []
         for i, (_, job, mem) in enumerate(items):
+            if job.params.get("temperature") is None:
+                job.params["temperature"] = served.sample_temperature
             picked = _pick_slots(mem, job, served.model.config.z_dim)
             if isinstance(picked, MemserveError):
                 bodies.append(error_reply(job.job_id, picked))
@@ -415,7 +427,8 @@ def _classify_body(p: _Addressing, rule: NoveltyRule | None) -> dict[str, Any]:
 
 
 def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | MemserveError:
-    """The slots a ~ p(a|M) (restricted as asked) and the z noise of one sample job, from its seed."""
+    """The slots a ~ p(a|M) (restricted as asked) and the z noise of one sample job, from its seed,
+    scaled by its temperature."""
     label, eid = job.params.get("label"), job.params.get("exemplar_id")
     allowed = np.arange(mem.size)
     if eid is not None:
@@ -431,7 +444,7 @@ def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray,
     probs = mem.log_prior[torch.from_numpy(allowed).to(mem.log_prior.device)].softmax(-1).cpu()
     picks = torch.multinomial(probs, int(job.params["n"]), replacement=True, generator=gen).numpy()
     noise = torch.randn(len(picks), z_dim, generator=gen)
-    return allowed[picks], noise
+    return allowed[picks], float(job.params["temperature"]) * noise  # z = mu + t sigma noise
 
 
 def _sample_body(mem: DeviceMemory, job: VmaJob, slots: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -445,4 +458,6 @@ def _sample_body(mem: DeviceMemory, job: VmaJob, slots: np.ndarray, probs: np.nd
             s["probs"] = np.round(p, 5).tolist()
         samples.append(Sample.model_validate(s))
     # Only the members set: a png sample has no probs member, a probs sample no image.
-    return SampleResponse(samples=samples, seed=int(job.params["seed"])).model_dump(exclude_unset=True)
+    seed, temperature = int(job.params["seed"]), float(job.params["temperature"])
+    reply = SampleResponse(samples=samples, seed=seed, temperature=temperature)
+    return reply.model_dump(exclude_unset=True)

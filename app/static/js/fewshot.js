@@ -166,6 +166,8 @@ function sampleRequest() {
   const [kind, value] = splitSource(state.selected);
   if (kind === "label") body.label = value;
   if (kind === "ex") body.exemplar_id = Number(value);
+  const temperature = $("sample-temperature").value;
+  if (temperature !== "") body.temperature = Number(temperature);
   return body;
 }
 

@@ -1,0 +1,144 @@
+"""One-shot samples of a VMA checkpoint: do they keep the exemplar's character, how varied are they.
+
+Part of ``memserve evaluate vma`` (models/evaluate_vma.py calls ``sample_quality`` and
+``plot_samples``). Samples are z ~ p(z|m_a) at a *temperature* t: z = mu + t * sigma * noise, so
+t = 1 is the model's own prior and smaller t draws nearer its mean. Per temperature:
+
+* **fidelity**: a memory of one exemplar each of ``WAYS`` evaluation characters; ``N`` samples
+  of one of them, binarised at 0.5 (the drawings are binary), are classified by the model's own
+  q(a|x) over that memory. Fidelity is the share assigned to the exemplar they were drawn from.
+  The same classifier on ``N`` real drawings of the character (in place of the samples) gives
+  the reference: what a drawing of the character scores.
+* **diversity**: the mean pairwise per-pixel |difference| between the ``N`` binarised samples,
+  next to that between ``N`` real drawings of one character.
+
+``choose_temperature`` picks the served default: the temperature of highest fidelity among
+those whose diversity is at least ``KEEP_DIVERSITY`` of the real drawings' (samples should
+still vary like drawings do, not collapse onto one mean drawing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.vma import VMA
+
+TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+KEEP_DIVERSITY = 0.8  # of the real drawings' pixel diversity
+WAYS = 20  # characters in the fidelity memory
+N = 8  # samples (and real drawings) per character
+
+
+def _pairwise_l1(imgs: Tensor) -> float:
+    """Mean over pairs i < j of the per-pixel mean |imgs_i - imgs_j|; imgs (n, S, S)."""
+    flat = imgs.flatten(1)  # (n, S, S) -> (n, S S)
+    d = (flat[:, None] - flat[None, :]).abs().mean(-1)  # (n, n)
+    n = len(imgs)
+    return float(d.sum() / (n * (n - 1)))
+
+
+def draw(model: VMA, exemplar: Tensor, noise: Tensor, temperature: float) -> Tensor:
+    """Bernoulli means (n, S, S) of samples of one exemplar (1, 1, S, S), noise (n, z_dim)."""
+    n = len(noise)
+    return model.sample_from(exemplar.expand(n, -1, -1, -1), temperature * noise)
+
+
+@torch.inference_mode()
+def sample_quality(
+    model: VMA,
+    images: np.ndarray,
+    seed: int,
+    chars: int = 100,
+    temperatures: tuple[float, ...] = TEMPERATURES,
+) -> dict:
+    """Fidelity and diversity per temperature, and of real drawings; see the module docstring.
+
+    images (characters, drawings, S, S). Every temperature sees the same episodes and noise.
+    """
+    assert images.shape[1] > N, f"need more than {N} drawings per character"
+    rng = np.random.default_rng([seed, 7])
+    episodes = []
+    for _ in range(chars):
+        ways = rng.choice(len(images), min(WAYS, len(images)), replace=False)
+        exemplars = np.stack([images[c, rng.integers(images.shape[1])] for c in ways])  # (W, S, S)
+        real = images[ways[0], rng.choice(images.shape[1], N, replace=False)]  # (N, S, S)
+        episodes.append((torch.from_numpy(exemplars).unsqueeze(1), torch.from_numpy(real)))  # m (W, 1, S, S)
+    gen = torch.Generator().manual_seed(seed + 7)
+    noise = [torch.randn(N, model.config.z_dim, generator=gen) for _ in episodes]
+
+    def scored(m: Tensor, x: Tensor) -> tuple[float, float]:
+        h_m = model.h_mem(m).unsqueeze(0)  # (W, D) -> (1, W, D)
+        picked = model.address_logits(h_m, x.unsqueeze(1)).argmax(-1)  # (N, W) -> (N,)
+        return float((picked == 0).float().mean()), _pairwise_l1(x)
+
+    real = np.array([scored(m, x) for m, x in episodes])  # (chars, 2)
+    rows = []
+    for t in temperatures:
+        drawn = [(draw(model, m[:1], e, t) > 0.5).float() for (m, _), e in zip(episodes, noise, strict=True)]
+        got = np.array([scored(m, x) for (m, _), x in zip(episodes, drawn, strict=True)])  # (chars, 2)
+        rows.append(
+            {"temperature": t, "fidelity": float(got[:, 0].mean()), "diversity": float(got[:, 1].mean())}
+        )
+    reference = {"fidelity": float(real[:, 0].mean()), "diversity": float(real[:, 1].mean())}
+    return {
+        "temperatures": rows,
+        "real": reference,
+        "chosen": choose_temperature(rows, reference["diversity"]),
+        "ways": min(WAYS, len(images)),
+        "n": N,
+        "characters": chars,
+    }
+
+
+def choose_temperature(rows: list[dict], real_diversity: float, keep: float = KEEP_DIVERSITY) -> float:
+    """The temperature of highest fidelity whose diversity is at least ``keep`` x the real drawings';
+    1.0 (the model's prior) when none is."""
+    ok = [r for r in rows if r["diversity"] >= keep * real_diversity]
+    return float(max(ok, key=lambda r: r["fidelity"])["temperature"]) if ok else 1.0
+
+
+def format_samples(s: dict) -> list[str]:
+    """Markdown table lines for docs/vma.md."""
+    lines = [
+        f"| samples at temperature | fidelity ({s['ways']}-way) % | pixel diversity | served |",
+        "|---|---|---|---|",
+    ]
+    for r in s["temperatures"]:
+        served = "yes" if r["temperature"] == s["chosen"] else ""
+        t, fid, div = r["temperature"], 100 * r["fidelity"], r["diversity"]
+        lines.append(f"| {t:.1f} | {fid:.1f} | {div:.3f} | {served} |")
+    real = s["real"]
+    lines.append(f"| real drawings | {100 * real['fidelity']:.1f} | {real['diversity']:.3f} | |")
+    return lines
+
+
+@torch.inference_mode()
+def plot_samples(
+    model: VMA, images: np.ndarray, out: Path, seed: int, temperature: float = 1.0, rows: int = 8, n: int = 8
+) -> None:
+    """Grid: one evaluation character per row, its exemplar (the whole memory), then n one-shot samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng([seed, 5])
+    gen = torch.Generator().manual_seed(seed + 5)
+    chars = rng.choice(len(images), min(rows, len(images)), replace=False)
+    fig, axes = plt.subplots(len(chars), n + 1, figsize=(n + 1, len(chars)), squeeze=False)
+    for r, c in enumerate(chars):
+        exemplar = images[c, rng.integers(images.shape[1])]
+        noise = torch.randn(n, model.config.z_dim, generator=gen)
+        samples = draw(model, torch.from_numpy(exemplar)[None, None], noise, temperature)  # (n, S, S)
+        for j, img in enumerate([exemplar, *samples.numpy()]):
+            axes[r, j].imshow(img, cmap="gray_r", vmin=0, vmax=1)
+            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
+    axes[0, 0].set_title("exemplar", fontsize=8)
+    axes[0, n // 2].set_title(f"one-shot samples (Bernoulli means), temperature {temperature:g}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
