@@ -239,6 +239,15 @@ def test_few_shot_panel_draw_remember_sample_classify(api: ApiServer, start_work
     page.click("#vma-samples")
     expect(page.locator("#samples .cap").first).to_have_text("beta ← #1")
     assert page.locator("#samples .cap").all_inner_texts() == ["beta ← #1"] * 8
+    # Temperature 0 draws the exemplar's mean drawing every time; the model's own varies.
+    sources = page.locator("#samples img")
+    varied = sources.evaluate_all("(imgs) => imgs.map((i) => i.src)")
+    page.select_option("#sample-temperature", "0")
+    page.click("#vma-samples")
+    expect(sources.first).not_to_have_attribute("src", varied[0])
+    assert len(set(sources.evaluate_all("(imgs) => imgs.map((i) => i.src)"))) == 1
+    assert len(set(varied)) > 1
+    page.select_option("#sample-temperature", "")
 
     # The very drawing of exemplar 0 again: on the random-init test model its address ranks first
     # (h_q starts as a copy of h), and two of the three exemplars are alpha.
