@@ -16,14 +16,18 @@ Everything is seeded (``--seed``) and deterministic for a given checkpoint and t
 
   Accuracy is the mean over episodes of the per-episode accuracy; the 95% interval is the
   normal approximation mean ± 1.96 sd / sqrt(n) over episodes.
-* **NLL bound** (paper table 1): L_K with K = ``--nll-k`` (a ~ q(a|x), z ~ q(z|m_a,x)) of
-  ``--nll-queries`` test drawings, the memory holding 1, 2, 5, 10 or 19 other drawings of the
-  query's character, alone (C = 1) or among 7 other characters with as many shots (C = 8).
+* **NLL bound** (paper table 1; models/evaluate_vma_nll.py): L_K with K = ``--nll-k``
+  (a ~ q(a|x), z ~ q(z|m_a,x)) of ``--nll-queries`` test drawings, the memory holding 1, 2, 5,
+  10 or 19 other drawings of the query's character, alone (C = 1) or among 7 other characters
+  with as many shots (C = 8).
   Also KL(q(a|x) || p(a|M)) and KL_z = E_{q(a|x)} KL(q(z|m_a,x) || p(z|m_a)), both in nats and
   both exact given x (a sum over all addresses of analytic Gaussian KLs). The estimator is
   the one of ``VMA.log_likelihood_bound``, computed with the pyramids of each (query, slot)
-  pair shared by all samples that pick that slot. The VAE baseline (``--vae``, no memory)
-  gets the same bound and KL_z on the drawings of the C = 1 queries.
+  pair shared by all samples that pick that slot. Per C the queries are the same at every shot
+  count and each memory holds the smaller ones, so the change from 1 shot is reported paired
+  (mean ± 1.96 s.e. of the per-query differences). The VAE baseline (``--vae``, no memory)
+  gets the same bound and KL_z on the drawings of the C = 1 queries, and the paired change
+  from it to the VMA at each shot count.
 * **Novelty**: three scores, each as the service computes it: ``address``, the largest
   address logit max_a S(m_a, x) (how strongly x points at any one exemplar; no decoder),
   ``cosine``, that logit over ||h_q(x)|| (the largest cosine of the two embeddings), and
@@ -62,31 +66,16 @@ from tqdm import tqdm
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
+from models.evaluate_vma_nll import SHOTS, m_of, nll_table, vae_row, x_of
 from models.evaluate_vma_samples import format_samples, plot_samples, sample_quality
 from models.vae import VAE
-from models.vma import VMA, bernoulli_logpmf, gauss_kl, gauss_logpdf, label_scores, similarity
+from models.vma import VMA, label_scores, similarity
 
 TASKS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots)
-SHOTS = (1, 2, 5, 10, 19)
-CLASSES = (1, 8)
 PAPER_ACC = {"5w1s": 0.91, "5w5s": 0.97, "20w1s": 0.77, "20w5s": 0.90}  # q(a|x), paper table 2
-PAPER_NLL_C1 = {"1": 86.5, "2": 83.0, "5": 76.5, "10": 76.2, "19": 73.9}  # paper table 1, C_test = 1
 IMPORTANCE_TOP = 16
 NOVELTY_TOP = 1  # as serving by default (posterior, samples = 1): the top address, one z
 NOVELTY_SCORES = ("address", "cosine", "bound")  # see novelty_scores
-
-
-def _x(a: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).unsqueeze(1)  # (N, S, S) -> (N, 1, S, S)
-
-
-def _m(a: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a))[None, :, None]  # (A, S, S) -> (1, A, 1, S, S)
-
-
-def _se(v: np.ndarray) -> float:
-    """Standard error of the mean."""
-    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
 def mean_ci(values: list[float] | np.ndarray) -> dict:
@@ -124,7 +113,7 @@ def few_shot(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict:
         post, imp = [], []
         for e in tqdm(range(args.episodes), desc=f"{ways}-way {shots}-shot", disable=args.quiet, leave=False):
             ep = sample_episode(images, rng, ways, shots, 1)
-            x, m = _x(ep.queries), _m(ep.memory)
+            x, m = x_of(ep.queries), m_of(ep.memory)
             labels = torch.from_numpy(ep.memory_labels)
             h_m = model.h_mem(m[0]).unsqueeze(0)  # (A, D) -> (1, A, D)
             scores, _ = model.classify(x, h_m, None, labels[None], ways)
@@ -137,101 +126,6 @@ def few_shot(model: VMA, images: np.ndarray, args: argparse.Namespace) -> dict:
         if imp:
             out[task]["importance"] = mean_ci(imp)
     return out
-
-
-# -------------------------------------------------------------------------- NLL
-@torch.inference_mode()
-def memory_bound(
-    model: VMA, x: Tensor, m: Tensor, k: int, gen: torch.Generator, chunk: int = 256
-) -> dict[str, Tensor]:
-    """L_K (as VMA.log_likelihood_bound), KL(q(a|x)||p(a)) and E_q(a|x) KL_z per row (B,).
-
-    x (B, 1, S, S), m (B or 1, A, 1, S, S). The generative pyramid of each slot and
-    q(z|m_a, x) of each (row, slot) pair are computed once; each sample then costs one decoder pass.
-    """
-    b, n_slots = x.shape[0], m.shape[1]
-    flat = m.flatten(0, 1)  # (Bm, A, 1, S, S) -> (Bm A, 1, S, S)
-    h_m = model.h_mem(flat).view(m.shape[0], n_slots, -1)  # (Bm A, D) -> (Bm, A, D)
-    log_q = model.address_logits(h_m, x).log_softmax(-1)  # (B, A)
-    log_p = model.address_logits(h_m).log_softmax(-1).expand_as(log_q)  # (B, A)
-    feats = model.gen.pyramid(flat)
-    mu_p, ls_p, c_m = model._z_prior(feats)  # (Bm A, z) each
-    m_rows = m.expand(b, *m.shape[1:]).flatten(0, 1)  # (B A, 1, S, S)
-    x_rows = x.unsqueeze(1).expand(b, n_slots, *x.shape[1:]).flatten(0, 1)  # (B A, 1, S, S)
-    mu_q, ls_q = model.post(torch.cat([x_rows, m_rows], dim=1)).chunk(2, dim=-1)  # (B A, z) each
-    slot_of_pair = torch.arange(b * n_slots) % n_slots + (torch.arange(b * n_slots) // n_slots) * (
-        n_slots if m.shape[0] == b else 0
-    )  # (B A,): the pyramid row each (row, slot) pair reads
-    kl_z = gauss_kl(mu_q, ls_q, mu_p[slot_of_pair], ls_p[slot_of_pair]).view(b, n_slots)  # (B, A)
-    q = log_q.exp()
-    a = torch.multinomial(q, k, replacement=True, generator=gen)  # (B, K)
-    pair = (torch.arange(b).unsqueeze(1) * n_slots + a).flatten()  # (B K,) index into the (B A) pairs
-    x_s = x.unsqueeze(1).expand(b, k, *x.shape[1:]).flatten(0, 1)  # (B, 1, S, S) -> (B K, 1, S, S)
-    log_w = []
-    for i in range(0, b * k, chunk):
-        p_i, s_i = pair[i : i + chunk], slot_of_pair[pair[i : i + chunk]]
-        eps = torch.randn(len(p_i), mu_q.shape[1], generator=gen)
-        z = mu_q[p_i] + ls_q[p_i].exp() * eps
-        logits = model.decoder(z, c_m[s_i], [f[s_i] for f in feats])
-        log_px = bernoulli_logpmf(logits, x_s[i : i + chunk])
-        log_w.append(log_px + gauss_logpdf(z, mu_p[s_i], ls_p[s_i]) - gauss_logpdf(z, mu_q[p_i], ls_q[p_i]))
-    log_w = torch.cat(log_w).view(b, k) + log_p.gather(1, a) - log_q.gather(1, a)  # (B K,) -> (B, K)
-    kl_a = (
-        torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1).clamp_min(0.0)
-    )  # >= 0 up to rounding
-    return {"bound": torch.logsumexp(log_w, -1) - math.log(k), "kl_a": kl_a, "kl_z": (q * kl_z).sum(-1)}
-
-
-def nll_batches(images: np.ndarray, rng: np.random.Generator, classes: int, shots: int, n_queries: int):
-    """Yield (x, m): C = 1 groups 8 one-query episodes with per-row memories; C > 1 one episode per batch."""
-    n_eps = math.ceil(n_queries / classes)
-    group = 8 if classes == 1 else 1
-    for start in range(0, n_eps, group):
-        eps = [sample_episode(images, rng, classes, shots, 1) for _ in range(min(group, n_eps - start))]
-        if classes == 1:
-            yield (
-                _x(np.concatenate([e.queries for e in eps])),
-                torch.from_numpy(np.stack([e.memory for e in eps]))[:, :, None],
-            )  # B x (shots, S, S) -> (B, shots, 1, S, S)
-        else:
-            yield _x(eps[0].queries), _m(eps[0].memory)
-
-
-def nll_table(model: VMA, images: np.ndarray, args: argparse.Namespace) -> tuple[dict, np.ndarray]:
-    """NLL, KL_a and KL_z per (C, shots); also returns the C = 1 query drawings (for the VAE)."""
-    out: dict = {}
-    vae_queries = []
-    for classes in CLASSES:
-        for shots in SHOTS:
-            rng = np.random.default_rng([args.seed, 7, classes, shots])
-            gen = torch.Generator().manual_seed(args.seed * 1000 + classes * 100 + shots)
-            rows: dict[str, list[Tensor]] = {"bound": [], "kl_a": [], "kl_z": []}
-            batches = nll_batches(images, rng, classes, shots, args.nll_queries)
-            for x, m in tqdm(batches, desc=f"nll C={classes} shots={shots}", disable=args.quiet, leave=False):
-                for key, v in memory_bound(model, x, m, args.nll_k, gen).items():
-                    rows[key].append(v)
-                if classes == 1 and shots == 1:
-                    vae_queries.append(x.numpy()[:, 0])
-            v = {key: torch.cat(t).numpy() for key, t in rows.items()}
-            out.setdefault(f"C={classes}", {})[str(shots)] = {
-                "nll": float(-v["bound"].mean()),
-                "nll_se": _se(v["bound"]),
-                "kl_a": float(v["kl_a"].mean()),
-                "kl_z": float(v["kl_z"].mean()),
-                "queries": len(v["bound"]),
-            }
-    out["paper_C=1"] = PAPER_NLL_C1
-    return out, np.concatenate(vae_queries)
-
-
-def vae_row(vae: VAE, queries: np.ndarray, args: argparse.Namespace) -> dict:
-    """The VAE's K-sample bound and KL_z on the given drawings (N, S, S)."""
-    gen = torch.Generator().manual_seed(args.seed)
-    x = _x(queries)
-    parts = [vae.log_likelihood_bound(x[i : i + 8], args.nll_k, 512, gen) for i in range(0, len(x), 8)]
-    bound = torch.cat(parts)
-    b = bound.numpy()
-    return {"nll": float(-b.mean()), "nll_se": _se(b), "kl_z": float(vae.kl_z(x).mean()), "queries": len(x)}
 
 
 # ---------------------------------------------------------------------- novelty
@@ -267,7 +161,7 @@ def novelty_pairs(
     novel: dict[str, list[Tensor]] = {name: [] for name in NOVELTY_SCORES}
     for start in tqdm(range(0, episodes, 32), desc="novelty", disable=quiet, leave=False):
         eps = [sample_episode(images, rng, 6, 1, 1) for _ in range(min(32, episodes - start))]
-        x = _x(np.stack([e.queries[0] for e in eps]))  # class 0's query
+        x = x_of(np.stack([e.queries[0] for e in eps]))  # class 0's query
         mem = torch.from_numpy(np.stack([e.memory for e in eps]))[:, :, None]  # (E, 6, 1, S, S)
         for into, slots in ((known, mem[:, :5]), (novel, mem[:, 1:])):
             for name, score in novelty_scores(model, x, slots, gen).items():
@@ -337,6 +231,10 @@ def _nll(d: dict) -> str:
     return f"{d['nll']:.1f} ± {1.96 * d['nll_se']:.1f}"
 
 
+def _diff(d: dict) -> str:
+    return f"{d['mean']:+.1f} ± {1.96 * d['se']:.1f}"
+
+
 def format_table(metrics: dict) -> str:
     """Markdown tables (few-shot accuracy, NLL / KL, novelty) for docs/vma.md."""
     lines = ["| task | q(a\\|x) % | importance % | paper q(a\\|x) % |", "|---|---|---|---|"]
@@ -344,17 +242,21 @@ def format_table(metrics: dict) -> str:
         imp, paper = _pct(r.get("importance")), 100 * r["paper_posterior"]
         lines.append(f"| {task} | {_pct(r['posterior'])} | {imp} | {paper:.0f} |")
     nll = metrics["nll"]
+    vae = metrics.get("vae")
     lines += [
         "",
-        "| shots | NLL C=1 | NLL C=8 | paper C=1 | KL(a) C=1 | KL(a) C=8 | KL(z) C=1 | KL(z) C=8 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shots | NLL C=1 | NLL C=8 | paper C=1 | C=1 from 1 shot | C=1 from the VAE "
+        "| KL(a) C=1 | KL(a) C=8 | KL(z) C=1 | KL(z) C=8 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in map(str, SHOTS):
         c1, c8 = nll["C=1"][s], nll["C=8"][s]
         kls = f"{c1['kl_a']:.2f} | {c8['kl_a']:.2f} | {c1['kl_z']:.1f} | {c8['kl_z']:.1f}"
-        lines.append(f"| {s} | {_nll(c1)} | {_nll(c8)} | {nll['paper_C=1'][s]} | {kls} |")
-    if "vae" in metrics:
-        lines.append(f"| VAE (no memory) | {_nll(metrics['vae'])} | | | | | {metrics['vae']['kl_z']:.1f} | |")
+        vs_vae = _diff(vae["vs_vma"][s]) if vae and "vs_vma" in vae else "–"
+        paired = f"{_diff(c1['vs_1_shot'])} | {vs_vae}" if "vs_1_shot" in c1 else "– | –"
+        lines.append(f"| {s} | {_nll(c1)} | {_nll(c8)} | {nll['paper_C=1'][s]} | {paired} | {kls} |")
+    if vae:
+        lines.append(f"| VAE (no memory) | {_nll(vae)} | | | | | | | {vae['kl_z']:.1f} | |")
     nv, st = metrics["novelty"], metrics["settings"]
     lines += [
         "",
@@ -409,9 +311,9 @@ def evaluate(model: VMA, vae: VAE | None, args: argparse.Namespace) -> dict:
     t = time.monotonic()
     metrics["few_shot"] = few_shot(model, evaluation, args)
     metrics["seconds"]["few_shot"], t = round(time.monotonic() - t, 1), time.monotonic()
-    metrics["nll"], queries = nll_table(model, evaluation, args)
+    metrics["nll"], queries, c1_bounds = nll_table(model, evaluation, args)
     if vae is not None:
-        metrics["vae"] = vae_row(vae, queries, args)
+        metrics["vae"] = vae_row(vae, queries, c1_bounds, args)
     metrics["seconds"]["nll"], t = round(time.monotonic() - t, 1), time.monotonic()
     metrics["novelty"] = novelty(model, background, evaluation, args)
     metrics["seconds"]["novelty"] = round(time.monotonic() - t, 1)

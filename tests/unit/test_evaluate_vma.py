@@ -12,14 +12,8 @@ import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data.omniglot import load_omniglot
-from models.evaluate_vma import (
-    auroc,
-    balanced_accuracy,
-    best_threshold,
-    few_shot,
-    format_table,
-    memory_bound,
-)
+from models.evaluate_vma import auroc, balanced_accuracy, best_threshold, few_shot, format_table
+from models.evaluate_vma_nll import first_shots, memory_bound, nll_batches
 from models.evaluate_vma_samples import choose_temperature
 from models.vae import VAE, VAEConfig
 from models.vma import VMA, VMAConfig, gauss_kl, gauss_logpdf
@@ -68,7 +62,13 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
         for row in m["nll"][c].values():
             assert 100 < row["nll"] < 2000 and row["kl_a"] >= -1e-5 and row["kl_z"] >= 0
             assert row["queries"] == 8
+        one = m["nll"][c]["1"]
+        assert one["vs_1_shot"] == {"mean": 0.0, "se": 0.0}, "1 shot against itself, query by query"
+        for s, row in m["nll"][c].items():  # a paired difference of the same queries' bounds
+            assert row["vs_1_shot"]["mean"] == pytest.approx(row["nll"] - one["nll"], abs=1e-3), s
     assert np.isfinite(m["vae"]["nll"]) and m["vae"]["queries"] == 8
+    for s, d in m["vae"]["vs_vma"].items():  # the VAE's queries are C = 1's, so the change pairs up
+        assert d["mean"] == pytest.approx(m["nll"]["C=1"][s]["nll"] - m["vae"]["nll"], abs=1e-3), s
     rule = card["serving"]["novelty"]
     assert card["serving"]["keep"] == 1, "other serving settings survive"
     assert rule["score"] == m["novelty"]["score"] in ("address", "cosine", "bound")
@@ -89,6 +89,21 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
     assert (ckpt_dir / "vma-tiny-samples.png").stat().st_size > 1000
     table = format_table(m)
     assert "| 5w1s |" in table and "| 19 |" in table and "VAE" in table and "| real drawings |" in table
+
+
+@pytest.mark.parametrize("classes", [1, 8])
+def test_nll_memories_are_nested_across_shot_counts(classes):
+    """Every shot count sees the same queries, and its memory is the first drawings of each
+    class of the 19-shot one: the rows of the NLL table differ by the memory alone."""
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 20, 28, 28)).astype(np.float32)
+    x, m = next(nll_batches(images, rng, classes, 8))
+    assert m.shape[1] == classes * 19 and x.shape[0] == (8 if classes == 1 else classes)
+    two = first_shots(m, classes, 2)
+    assert two.shape[1] == classes * 2
+    for c in range(classes):  # class c's first two drawings, in order
+        assert torch.equal(two[:, 2 * c : 2 * c + 2], m[:, 19 * c : 19 * c + 2])
+    assert torch.equal(first_shots(m, classes, 19), m)
 
 
 def test_choose_temperature_keeps_samples_varied() -> None:
