@@ -18,7 +18,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from app.store.client import is_cluster
-from app.store.keys import GROUP, Keys
+from app.store.keys import GROUP, Keys, entry_ms
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,7 @@ class BatchReader:
         batch = self._read(self.max_batch, block_ms)
         if not batch or self.max_wait_ms <= 0 or len(batch) >= self.max_batch:
             return batch
-        queued_ms = int(batch[0].entry_id.split(b"-", 1)[0])
-        left_s = (queued_ms + self.max_wait_ms - time.time() * 1000) / 1000
+        left_s = (entry_ms(batch[0].entry_id) + self.max_wait_ms - time.time() * 1000) / 1000
         if left_s > 0:
             time.sleep(left_s)
             batch += self._read(self.max_batch - len(batch), None)

@@ -68,3 +68,9 @@ class Keys:
 
 
 GROUP = "workers"
+
+
+def entry_ms(entry_id: bytes | str) -> float:
+    """When a stream entry was added: the first part of its id, Redis' clock in ms."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return float(raw.split("-", 1)[0])

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from app.store import scripts
-from app.store.keys import GROUP, Keys
+from app.store.keys import GROUP, Keys, entry_ms
 from app.store.workers import read_beats
 
 
@@ -64,17 +64,12 @@ def _no_group(e: Exception) -> bool:
     return "NOGROUP" in str(e) or "no such key" in str(e)
 
 
-def _entry_ms(entry_id: Any) -> float:
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    return float(raw.split("-", 1)[0])
-
-
 def _oldest_ms(summary: Any, first: Any) -> float | None:
     """The oldest job: the first pending one (a reclaimed job may predate the stream's head) or the
     stream's first entry."""
     stamps = []
     if isinstance(summary, dict) and summary.get("min"):
-        stamps.append(_entry_ms(summary["min"]))
+        stamps.append(entry_ms(summary["min"]))
     if isinstance(first, list) and first:
-        stamps.append(_entry_ms(first[0][0]))
+        stamps.append(entry_ms(first[0][0]))
     return min(stamps) if stamps else None

@@ -28,7 +28,7 @@ from app.queue.messages import job_header
 from app.queue.reader import BatchReader, Delivery
 from app.runtime import tune_gc
 from app.store.client import sync_client
-from app.store.keys import Keys
+from app.store.keys import Keys, entry_ms
 from app.store.worker_stats import WorkerStats
 from app.store.workers import WorkerRegistry
 from app.worker.backends import open_backend
@@ -270,7 +270,7 @@ class Worker:
             extra = {
                 "job": head.get("job", ""), "sid": head.get("sid", ""), "op": head.get("op", ""),
                 "kind": self.runners[d.stream].kind, "deliveries": d.deliveries,
-                "batch_jobs": len(batch), "since_queued_ms": round(now_ms - _queued_ms(d.entry_id), 1),
+                "batch_jobs": len(batch), "since_queued_ms": round(now_ms - entry_ms(d.entry_id), 1),
             }  # fmt: skip
             if head.get("rid"):
                 extra["request_id"] = str(head["rid"])
@@ -292,14 +292,6 @@ class Worker:
 def _request_ids(batch: list[Delivery]) -> list[str]:
     """The request ids the batch's jobs came with (for log lines about the batch)."""
     return [str(rid) for d in batch if (rid := job_header(d.fields).get("rid"))]
-
-
-def _queued_ms(entry_id: bytes) -> float:
-    """When a stream entry was added (its id's first part: Redis' clock, in ms)."""
-    try:
-        return float(entry_id.split(b"-", 1)[0])
-    except ValueError:
-        return time.time() * 1000
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.store import scripts
 from app.store.codec import CodecError, decode_array, decode_fields, encode_array, encode_fields
-from app.store.keys import SESSION_ID_RE, Keys, new_job_id, new_session_id
+from app.store.keys import SESSION_ID_RE, Keys, entry_ms, new_job_id, new_session_id
 
 # --- codec -------------------------------------------------------------------------------
 
@@ -288,3 +288,13 @@ def test_submit_refuses_once_the_stream_holds_cap_jobs(rdb: redis.Redis, key_pre
     assert rdb.xlen(stream) == 2
     first = rdb.xrange(stream)[0][1]
     assert first == {b"op": b"points", b"values": b"\x00\xff"}
+
+
+def test_entry_ms_reads_the_time_redis_gave_the_entry(rdb: redis.Redis, key_prefix: str) -> None:
+    before = rdb.time()
+    stream = f"{key_prefix}:ms-probe"
+    entry_id = rdb.xadd(stream, {"a": 1})
+    rdb.delete(stream)
+    redis_ms = before[0] * 1000 + before[1] / 1000
+    assert redis_ms - 1 <= entry_ms(entry_id) <= redis_ms + 5_000
+    assert entry_ms(entry_id) == entry_ms(entry_id.decode()), "bytes and str ids alike"
