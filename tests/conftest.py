@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,6 +28,7 @@ import redis
 import torch
 
 from app.config import Settings
+from app.errors import PROBLEM_BASE
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.export import export_checkpoint
 from models.memnet import MemNet, MemNetConfig
@@ -38,6 +40,24 @@ TEST_MODEL = "memnet-test"
 SCALED_TEST_MODEL = "memnet-test-scaled"  # per-session scaling, residual, predictive scale
 VMA_TEST_MODEL = "vma-test"
 VMA_TEST_CONFIG = VMAConfig(channels=8, hidden_dim=32, match_dim=16, z_dim=8)
+
+
+PROBLEM = "application/problem+json"
+
+
+def problem(r: httpx.Response, status: int, slug: str | None, *detail_has: str) -> dict[str, Any]:
+    """Assert that ``r`` is a problem+json reply of ``status`` and problem type ``slug`` (None: any
+    type) whose detail says each of ``detail_has``; returns its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM, r.headers
+    body: dict[str, Any] = r.json()
+    if slug is not None:
+        assert body["type"] == PROBLEM_BASE + slug, body
+    assert body["status"] == status and body["title"], body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    for fragment in detail_has:
+        assert fragment in body["detail"], body["detail"]
+    return body
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,14 +12,11 @@ import numpy as np
 import redis
 
 from app.config import Settings
-from app.errors import PROBLEM_BASE
 from app.store.backup import MAGIC, MEDIA_TYPE, SessionDoc, decode, encode
 from app.store.keys import Keys
-from tests.conftest import TEST_MODEL, drawings, run_offline
+from tests.conftest import TEST_MODEL, drawings, problem, run_offline
 from tests.integration.test_stream import post, series
 from tests.integration.test_vma import add, classify
-
-PROBLEM = "application/problem+json"
 
 
 def new_session(client: httpx.Client, kind: str) -> str:
@@ -54,16 +51,6 @@ def import_doc(client: httpx.Client, doc: bytes, **params: Any) -> httpx.Respons
     return client.post(
         "/v1/sessions/import", content=doc, headers={"content-type": MEDIA_TYPE}, params=params
     )
-
-
-def problem(r: httpx.Response, status: int, slug: str, *detail_has: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = r.json()
-    assert body["type"] == PROBLEM_BASE + slug and body["status"] == status, body
-    for fragment in detail_has:
-        assert fragment in body["detail"], body["detail"]
-    return body
 
 
 def assert_restored_keys(rdb: redis.Redis, settings: Settings, sid: str, ttl_s: int) -> None:

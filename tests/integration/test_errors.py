@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,26 +20,11 @@ import redis
 
 from app.config import Settings
 from app.embedded import EmbeddedRedis
-from app.errors import PROBLEM_BASE
 from app.store.keys import Keys, new_session_id
 from app.store.sessions import SessionMeta
-from tests.conftest import TEST_MODEL, ApiServer, free_port
+from tests.conftest import PROBLEM, TEST_MODEL, ApiServer, free_port, problem
 
-PROBLEM = "application/problem+json"
 GOOD_ROWS = [[1.0, -2.0], [1.5, -1.5], [2.0, -2.5]]
-
-
-def problem(r: httpx.Response, status: int, slug: str, *detail_has: str) -> dict[str, Any]:
-    """Assert `r` is the problem `slug` with `status`; returns its body."""
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM, r.headers
-    body: dict[str, Any] = r.json()
-    assert body["type"] == PROBLEM_BASE + slug, body
-    assert body["status"] == status and body["title"]
-    assert isinstance(body["detail"], str) and len(body["detail"]) > 5, body
-    for fragment in detail_has:
-        assert fragment in body["detail"], body["detail"]
-    return body
 
 
 def stream(settings: Settings) -> str:

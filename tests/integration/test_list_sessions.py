@@ -12,9 +12,8 @@ import redis
 
 from app.api.auth import key_digest, new_api_key
 from app.config import ApiKey, Settings
-from tests.conftest import TEST_MODEL, VMA_TEST_MODEL, ApiServer, drawings, png_b64
+from tests.conftest import PROBLEM, TEST_MODEL, VMA_TEST_MODEL, ApiServer, drawings, png_b64
 
-PROBLEM = "application/problem+json"
 ALICE, BOB, CAROL = (new_api_key() for _ in range(3))
 
 

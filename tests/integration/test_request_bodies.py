@@ -12,19 +12,10 @@ import pytest
 import redis
 
 from app.config import Settings
-from app.errors import PROBLEM_BASE
 from app.store.keys import Keys
+from tests.conftest import problem
 
-PROBLEM = "application/problem+json"
 CREATE = '{"kind": "memnet", "ttl_s": 60}'
-
-
-def problem(r: httpx.Response, status: int, slug: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == PROBLEM
-    body = dict(r.json())
-    assert body["type"] == PROBLEM_BASE + slug and body["status"] == status and body["title"]
-    return body
 
 
 def metas(rdb: redis.Redis, settings: Settings) -> set[bytes]:

@@ -18,9 +18,7 @@ from PIL import Image
 from app.config import Settings
 from app.store.keys import Keys
 from models.checkpoint import load_checkpoint
-from tests.conftest import VMA_TEST_MODEL, drawings, png_b64, wait_until_pending
-
-PROBLEM = "application/problem+json"
+from tests.conftest import VMA_TEST_MODEL, drawings, png_b64, problem, wait_until_pending
 
 
 def new_session(client: httpx.Client, **body: object) -> str:
@@ -149,12 +147,6 @@ def test_samples_are_seeded_and_restricted(served: httpx.Client) -> None:
     probs = np.array([s["probs"] for s in one])
     assert probs.shape == (5, 28, 28) and probs.min() >= 0 and probs.max() <= 1
     assert "image" not in one[0] or one[0]["image"] is None
-
-
-def problem(r: httpx.Response, status: int, slug: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM) and r.json()["type"].endswith("/" + slug)
-    return r.json()
 
 
 def test_sample_temperature(served: httpx.Client) -> None:
