@@ -132,9 +132,9 @@ def nll_table(
                     rows[shots][key].append(v)
             if classes == 1:
                 vae_queries.append(x.numpy()[:, 0])
-        bounds = {s: torch.cat(rows[s]["bound"]).numpy() for s in SHOTS}
-        for shots in SHOTS:
-            v = {key: torch.cat(t).numpy() for key, t in rows[shots].items()}
+        per_shots = {s: {key: torch.cat(t).numpy() for key, t in rows[s].items()} for s in SHOTS}
+        bounds = {s: v["bound"] for s, v in per_shots.items()}
+        for shots, v in per_shots.items():
             out.setdefault(f"C={classes}", {})[str(shots)] = {
                 "nll": float(-v["bound"].mean()),
                 "nll_se": _se(v["bound"]),
