@@ -34,6 +34,7 @@ from models.data.omniglot import load_omniglot, sample_episode, split_characters
 from models.export import export_checkpoint
 from models.train_state import load_train_state, save_train_state
 from models.vma import VMA, VMAConfig
+from models.vma_widen import widen
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "here replace its addressing nets, which then start fresh where their shapes differ",
     )  # fmt: skip
     p.add_argument("--init-dir", type=Path, default=Path("checkpoints"), help="where --init is")
+    p.add_argument(
+        "--widen", type=int, default=None,
+        help="with --init: grow the generative nets to this many feature maps, keeping what the "
+        "model computes (the new maps start unread; models.vma_widen)",
+    )  # fmt: skip
     p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
@@ -196,6 +202,9 @@ def make_model(args: argparse.Namespace) -> VMA:
     model.load_state_dict(same, strict=False)
     fresh = sorted({k.split(".")[0] for k in own if k not in same})
     print(f"from {args.init}: {len(same)} tensors; fresh: {', '.join(fresh) or 'none'}")
+    if args.widen is not None:
+        model = widen(model, args.widen)
+        print(f"generative nets widened to {args.widen} feature maps")
     return model
 
 
@@ -280,7 +289,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
         "lr": args.lr, "weight_decay": args.weight_decay,
         "class_weight": args.class_weight, "vimco_weight": args.vimco_weight,
         "hide_memory": args.hide_memory, "freeze_addressing": args.freeze_addressing, "fresh": args.fresh,
-        "init": args.init, "select": args.select,
+        "init": args.init, "widen": args.widen, "select": args.select,
         "history": meta["history"],
     }  # fmt: skip
     data = {"dataset": "omniglot-28x28", "train": "background alphabets", "val_frac": args.val_frac}
@@ -304,6 +313,7 @@ def main(argv: list[str]) -> int:
     print(f"training on {len(train_imgs)} classes, validating on {len(val_imgs)} held-out characters")
     assert args.vimco_weight > 0 or args.class_weight > 0, "nothing to train: both weights are 0"
     assert not args.freeze_addressing or args.init is not None, "--freeze-addressing needs --init"
+    assert args.widen is None or args.init is not None, "--widen needs --init"
     model = make_model(args).to(args.device)
     train_mode(model, args)
     meta = train(args, model, train_imgs, val_imgs, argv)

@@ -106,6 +106,10 @@ def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     assert main(["vma", "--steps", "6", "--resume", *common]) == 0
     meta = json.loads((tmp_path / "runs" / "vma-omniglot" / "last.json").read_text())
     assert meta["step"] == 6 and [h["step"] for h in meta["history"]] == [2, 4, 6]
+    wide = ["--init", "vma-omniglot", "--init-dir", str(tmp_path / "ck"), "--widen", "6", "--name", "wide"]
+    assert main(["vma", "--steps", "2", *common, *wide]) == 0
+    _, card = load_checkpoint("wide", tmp_path / "ck")
+    assert card["config"]["channels"] == 6 and card["training"]["widen"] == 6
 
 
 TINY_UNIVERSAL = [
