@@ -23,7 +23,7 @@ from app.catalog import ModelKey
 from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveError, SessionNotFound
 from app.kinds.vma.images import encode_png
 from app.kinds.vma.memory import DeviceMemory, MemoryCache, VMAEngine, to_device
-from app.kinds.vma.replies import AddressScore, Classification, ClassifyResponse, Sample, SampleResponse
+from app.kinds.vma.replies import Sample, SampleResponse
 from app.kinds.vma.requests import MAX_TEMPERATURE
 from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob, auto_samples
 from app.queue.messages import error_reply, ok_reply
@@ -261,9 +261,9 @@ class VmaRunner(Runner[ServedVMA]):
                 job.params["samples"] = auto_samples(served.novelty.score if served.novelty else None)
         # (N, D): every drawing of every session, in as few passes as the budget allows
         e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
-        parts = _address(model, items, x, e)
+        parts, log_q = _address(model, items, x, e)
         _bounds(model, parts, self.budget, served.costs.decoder_eval)
-        return [_classify_body(p, served.novelty) for p in parts]
+        return list(_classify_bodies(parts, log_q, served.novelty))
 
     # --------------------------------------------------------------- sample
     @torch.inference_mode()
@@ -316,10 +316,11 @@ class _Addressing:
     log_w: Tensor | None = None  # (n, T) log E_z[...] per candidate
 
 
-def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> list[_Addressing]:
+def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> tuple[list[_Addressing], Tensor]:
     """Each classify job's addressing: its drawings' logits against its own memory, then the
     softmaxes, KLs, best logits and top candidates of all jobs in one pass over a padded
-    (N, A_max) block (padded slots have logit and prior -inf, so q = 0 there)."""
+    (N, A_max) block (padded slots have logit and prior -inf, so q = 0 there); and that
+    block's log q(a|x)."""
     a_max = max(mem.size for _, _, mem in items)
     logits = torch.full((e.shape[0], a_max), float("-inf"), device=e.device)  # (N, A_max)
     log_prior = torch.full_like(logits, float("-inf"))
@@ -344,7 +345,7 @@ def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> list[
         parts.append(_Addressing(
             job, mem, x[at], log_q[at, : mem.size], best[at], cosine[at], kl[at], top[at, :t], samples
         ))  # fmt: skip
-    return parts
+    return parts, log_q
 
 
 def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
@@ -386,12 +387,51 @@ def _novel(p: _Addressing, rule: NoveltyRule | None) -> list[bool | None]:
     return [b < rule.threshold for b in best_single]
 
 
-def _classify_body(p: _Addressing, rule: NoveltyRule | None) -> dict[str, Any]:
+@dataclass
+class _Tops:
+    """The posterior method's label scores and top addresses of a whole batch, on the CPU."""
+
+    scores: np.ndarray  # (N, L_max) p(c|x); columns past a job's own labels are 0
+    top_p: np.ndarray  # (N, K_max) q(a|x) of the top addresses, best first
+    top_a: np.ndarray  # (N, K_max) their slots
+
+
+def _posterior_tops(parts: list[_Addressing], log_q: Tensor) -> _Tops:
+    """Label scores and top addresses of every drawing of every job in one pass over the
+    padded (N, A_max) block of `_address`, instead of a few small tensor operations per job."""
+    labels = np.zeros(log_q.shape, dtype=np.int64)  # padded slots add q = 0 to label 0
+    start = 0
+    for p in parts:
+        labels[start : start + p.x.shape[0], : p.mem.size] = p.mem.label_idx.cpu().numpy()
+        start += p.x.shape[0]
+    q = log_q.exp()  # (N, A_max)
+    n_labels = max(len(p.mem.label_names) for p in parts)
+    scores = torch.zeros(q.shape[0], n_labels, device=q.device)
+    scores.scatter_add_(1, torch.from_numpy(labels).to(q.device), q)  # (N, L_max)
+    # Ranked on log q: padded slots (-inf) rank below every real one, even one whose q underflows to 0.
+    k = max(min(int(p.job.params["top_k"]), p.mem.size) for p in parts)
+    top_log_q, top_a = log_q.topk(k, dim=-1)  # (N, K_max)
+    return _Tops(scores.cpu().numpy(), top_log_q.exp().cpu().numpy(), top_a.cpu().numpy())
+
+
+def _classify_bodies(
+    parts: list[_Addressing], log_q: Tensor, rule: NoveltyRule | None
+) -> list[dict[str, Any]]:
+    """Each job's reply, in the shape of the route's response model (`ClassifyResponse`)."""
+    tops = _posterior_tops(parts, log_q)
+    bodies, start = [], 0
+    for p in parts:
+        rows = slice(start, start + p.x.shape[0])
+        start = rows.stop
+        bodies.append(_classify_body(p, rule, tops, rows))
+    return bodies
+
+
+def _classify_body(p: _Addressing, rule: NoveltyRule | None, tops: _Tops, rows: slice) -> dict[str, Any]:
     mem, job = p.mem, p.job
-    n_labels = len(mem.label_names)
-    novel = _novel(p, rule)
+    names, n = mem.label_names, p.x.shape[0]
     if p.log_w is None:  # samples = 0
-        bound: list[float | None] = [None] * p.x.shape[0]
+        bound: list[float | None] = [None] * n
     else:
         log_wa = p.log_w + mem.log_prior[p.cand]  # (n, T): log w_a = log p(a) + log E_z[...]
         bound = torch.logsumexp(log_wa, dim=-1).tolist()
@@ -399,31 +439,29 @@ def _classify_body(p: _Addressing, rule: NoveltyRule | None) -> dict[str, Any]:
     if job.params["method"] == "importance":
         assert p.log_w is not None, "the importance method needs samples"
         weights = log_wa.softmax(-1)  # (n, T): p(a|x) self-normalised over the candidates
-        scores = label_scores(weights, mem.label_idx[p.cand], n_labels)
+        scores = label_scores(weights, mem.label_idx[p.cand], len(names)).cpu().numpy()
         top_p, at = weights.topk(min(top_k, weights.shape[1]), dim=-1)
-        top_a = p.cand.gather(1, at)
+        top_a = p.cand.gather(1, at).cpu().numpy()
+        top_q = top_p.cpu().numpy()
     else:
-        q = p.log_q.exp()
-        scores = label_scores(q, mem.label_idx, n_labels)
-        top_p, top_a = q.topk(top_k, dim=-1)
-    scores_np, kl = scores.cpu().numpy(), p.kl.cpu().numpy()
-    top_q_np, top_a_np = top_p.cpu().numpy(), top_a.cpu().numpy()
+        scores = tops.scores[rows, : len(names)]
+        top_q, top_a = tops.top_p[rows, :top_k], tops.top_a[rows, :top_k]
+    novel, kl = _novel(p, rule), p.kl.tolist()
     results = []
-    for i in range(len(scores_np)):
-        results.append(Classification(
-            label=mem.label_names[int(scores_np[i].argmax())],
-            scores={name: float(s) for name, s in zip(mem.label_names, scores_np[i], strict=True)},
-            top=[
-                AddressScore(exemplar_id=int(mem.ids[a]), label=mem.labels[a], p=float(q))
-                for a, q in zip(top_a_np[i].tolist(), top_q_np[i], strict=True)
+    for i in range(n):
+        results.append({
+            "label": names[int(scores[i].argmax())],
+            "scores": dict(zip(names, scores[i].tolist(), strict=True)),
+            "top": [
+                {"exemplar_id": int(mem.ids[a]), "label": mem.labels[a], "p": q}
+                for a, q in zip(top_a[i].tolist(), top_q[i].tolist(), strict=True)
             ],
-            kl_nats=float(kl[i]),
-            log_likelihood_nats=bound[i],
-            novel=novel[i],
-        ))  # fmt: skip
-    # The route's response_model, built here: the reply the client gets is checked against it.
-    reply = ClassifyResponse(method=job.params["method"], samples=int(job.params["samples"]), results=results)
-    return reply.model_dump()
+            "kl_nats": kl[i],
+            "log_likelihood_nats": bound[i],
+            "novel": novel[i],
+        })  # fmt: skip
+    # Built as plain data for speed; tests/unit/test_vma_replies.py holds it to ClassifyResponse.
+    return {"method": job.params["method"], "samples": int(job.params["samples"]), "results": results}
 
 
 def _pick_slots(mem: DeviceMemory, job: VmaJob, z_dim: int) -> tuple[np.ndarray, Tensor] | MemserveError:
