@@ -148,7 +148,12 @@ class Settings(BaseSettings):
     reply_ttl_s: int = Field(600, ge=1, description="how long a job's reply is kept for retries")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
     state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")
-    memory_cache_mb: int = Field(512, ge=0, description="worker's cache of VMA memories (device side)")
+    memory_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="worker's cache of VMA memories (device side); a quarter of it keeps exemplars' "
+        "p(z|m_a) and feature maps for the likelihood bound",
+    )
     worker_memory_mb: int | None = Field(
         None,
         ge=64,

@@ -496,6 +496,7 @@ class VMA(nn.Module):
         samples: int,
         generator: torch.Generator | None = None,
         eps: Tensor | None = None,
+        prior: Prior | None = None,
     ) -> Tensor:
         """log E_{z~q(z|m_a,x)}[p(x|z,m_a) p(z|m_a) / q(z|m_a,x)] per candidate, estimated with ``samples`` z.
 
@@ -504,7 +505,8 @@ class VMA(nn.Module):
         logsumexp over any subset of addresses bounds log p(x|M) from below (serving uses the
         top addresses under q(a|x), which carry nearly all of the mass). ``eps`` (N, T, K, z_dim)
         gives the standard normal noise of z explicitly (serving draws it per request, so a
-        request's result does not depend on what else shares its batch).
+        request's result does not depend on what else shares its batch). ``prior``: ``z_prior``
+        of the N T candidates computed before (see `importance_log_weights`).
         """
         assert samples >= 1, "samples must be positive"
         if eps is None:
@@ -512,7 +514,10 @@ class VMA(nn.Module):
             shape = (n, t, samples, self.config.z_dim)
             eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
         assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
-        return importance_log_weights(self, x, m_a, eps)
+        return importance_log_weights(self, x, m_a, eps, prior)
+
+
+Prior = tuple[Tensor, Tensor, Tensor, list[Tensor]]  # z_prior's: mu, log std, c(m_a) (N, z); the pyramid
 
 
 class VMAParts(Protocol):
@@ -549,11 +554,15 @@ def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor) -> Tensor:
     return torch.sigmoid(parts.decode(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
 
 
-def importance_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+def importance_log_weights(
+    parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor, prior: Prior | None = None
+) -> Tensor:
     """log E_{z~q}[p(x|z,m_a) p(z|m_a) / q(z|m_a,x)] per candidate, with the noise of z given.
 
     x (N, 1, S, S), m_a (N, T, 1, S, S), eps (N, T, K, z_dim) -> (N, T); see
-    ``VMA.candidate_log_weights``.
+    ``VMA.candidate_log_weights``. ``prior``: what ``parts.z_prior`` gives for the N T candidates
+    (rows in m_a's order), computed before: serving keeps it per exemplar, and then only
+    q(z|m_a, x) and the decoder run here.
     """
     n, t = m_a.shape[:2]
     samples = eps.shape[2]
@@ -561,18 +570,31 @@ def importance_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor)
     assert eps.shape[:3] == (n, t, samples), "eps must be (N, T, K, z_dim)"
     m_r = m_a.unsqueeze(2).expand(n, t, samples, *m_a.shape[2:]).flatten(0, 2)  # (N T K, 1, S, S)
     x_r = x.unsqueeze(1).expand(n, t * samples, *x.shape[1:]).flatten(0, 1)  # (N T K, 1, S, S)
-    log_w = parts.log_weight(x_r, m_r, eps.reshape(n * t * samples, -1))  # (N, T, K, z) -> (N T K, z)
+    eps_r = eps.reshape(n * t * samples, -1)  # (N, T, K, z) -> (N T K, z)
+    if prior is None:
+        log_w = parts.log_weight(x_r, m_r, eps_r)
+    else:
+        mu, log_std, c_m, feats = (
+            [f.repeat_interleave(samples, dim=0) for f in part]
+            if isinstance(part, list)
+            else part.repeat_interleave(samples, dim=0)
+            for part in prior
+        )  # each (N T, ...) -> (N T K, ...)
+        assert mu.shape[0] == n * t * samples, "prior must have one row per candidate"
+        log_w = single_log_weights(parts, x_r, m_r, eps_r, (mu, log_std, c_m, feats))
     log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)
     return torch.logsumexp(log_w, dim=-1) - math.log(samples)
 
 
-def single_log_weights(parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor:
+def single_log_weights(
+    parts: VMAParts, x: Tensor, m_a: Tensor, eps: Tensor, prior: Prior | None = None
+) -> Tensor:
     """log p(x|z,m_a) + log p(z|m_a) - log q(z|m_a,x) for z = mu_q + sigma_q * eps, one per row.
 
     x, m_a (N, 1, S, S), eps (N, z_dim) -> (N,). What `VMAParts.log_weight` computes, composed
-    from the three parts.
+    from the three parts; ``prior``, when given, is ``parts.z_prior(m_a)`` computed before.
     """
-    mu_p, log_std_p, c_m, feats = parts.z_prior(m_a)
+    mu_p, log_std_p, c_m, feats = parts.z_prior(m_a) if prior is None else prior
     mu_q, log_std_q = parts.z_posterior(x, m_a)
     assert eps.shape == mu_q.shape, "eps must be (N, z_dim)"
     z = mu_q + log_std_q.exp() * eps

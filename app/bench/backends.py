@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from app.config import Settings
 from app.kinds.memnet.runner import ServedMemNet
-from app.kinds.vma.runner import ServedVMA
+from app.kinds.vma.served import ServedVMA
 from app.worker.backends import open_backend
 from models.checkpoint import load_checkpoint
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from app.kinds.vma.runner import NoveltyRule, _Addressing, _novel, novelty_rule
+from app.kinds.vma.runner import _Addressing, _novel
+from app.kinds.vma.served import NoveltyRule, novelty_rule
 from app.kinds.vma.wire import auto_samples
 
 

@@ -6,7 +6,8 @@ import torch
 
 from app.kinds.vma.memory import DeviceMemory
 from app.kinds.vma.replies import ClassifyResponse
-from app.kinds.vma.runner import NoveltyRule, _address, _classify_bodies
+from app.kinds.vma.runner import _address, _classify_bodies
+from app.kinds.vma.served import NoveltyRule
 from app.kinds.vma.wire import VmaJob
 from models.vma import label_scores, similarity
 

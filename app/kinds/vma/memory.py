@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from app.store.exemplars import PIX_BYTES, Memory, unpack_pixels
-from models.vma import VMAConfig
+from models.vma import Prior, VMAConfig
 
 
 class VMAEngine(Protocol):
@@ -35,8 +35,10 @@ class VMAEngine(Protocol):
 
     def candidate_log_weights(
         self, x: Tensor, m_a: Tensor, samples: int, generator: torch.Generator | None = None,
-        eps: Tensor | None = None,
+        eps: Tensor | None = None, prior: Prior | None = None,
     ) -> Tensor: ...  # fmt: skip
+
+    def z_prior(self, m_a: Tensor) -> Prior: ...
 
     def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor: ...
 
@@ -69,6 +71,10 @@ class DeviceMemory:
         rows = np.frombuffer(self.pix, dtype=np.uint8).reshape(-1, PIX_BYTES)[slots]  # (A, 98) -> (N, 98)
         images = torch.from_numpy(unpack_pixels(rows.tobytes()))  # (N, S, S)
         return images.unsqueeze(1).to(device)  # (N, S, S) -> (N, 1, S, S)
+
+    def packed(self, slot: int) -> bytes:
+        """The stored drawing of one slot, as packed bits."""
+        return self.pix[slot * PIX_BYTES : (slot + 1) * PIX_BYTES]
 
     def slot_of(self, exemplar_id: int) -> int | None:
         hits = np.flatnonzero(self.ids == exemplar_id)
@@ -134,3 +140,59 @@ class MemoryCache:
         old = self._items.pop(sid, None)
         if old is not None:
             self._bytes -= old.nbytes
+
+
+class PriorCache:
+    """p(z|m_a), c(m_a) and the pyramid of single exemplars, least recently used first out.
+
+    The likelihood bound's candidates are a session's exemplars, the same few again and again;
+    with what `VMAEngine.z_prior` gives for an exemplar kept, a bound runs only q(z|m_a, x) and
+    the decoder. An entry is keyed by the loaded model (``ServedVMA.token``), the session and the
+    exemplar id, and holds the exemplar's packed pixels: a hit must show the same drawing, so a
+    key can never give another exemplar's numbers.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str, int], tuple[bytes, list[Tensor], int]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(
+        self, engine: VMAEngine, token: str, keys: list[tuple[str, int]], pix: list[bytes], m_a: Tensor
+    ) -> Prior:
+        """The prior of each exemplar (session, exemplar id) with packed pixels ``pix`` and drawing
+        m_a (R, 1, S, S), rows in that order; the ones not kept computed in one pass and kept."""
+        found: list[list[Tensor] | None] = []
+        for (sid, eid), packed in zip(keys, pix, strict=True):
+            item = self._items.get((token, sid, eid))
+            if item is not None and item[0] == packed:
+                self._items.move_to_end((token, sid, eid))
+                found.append(item[1])
+            else:
+                found.append(None)
+        missing = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(found) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            mu, log_std, c_m, feats = engine.z_prior(m_a[missing])
+            for j, i in enumerate(missing):
+                parts = [t[j].clone() for t in (mu, log_std, c_m, *feats)]  # its own storage, not the batch's
+                found[i] = parts
+                self._put((token, *keys[i]), pix[i], parts)
+        cols = [torch.stack(col) for col in zip(*found, strict=True)]  # per part: R x (...) -> (R, ...)
+        return cols[0], cols[1], cols[2], cols[3:]
+
+    def _put(self, key: tuple[str, str, int], packed: bytes, parts: list[Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in parts) + len(packed)
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+        if size > self.max_bytes:
+            return
+        self._items[key] = (packed, parts, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, _, freed) = self._items.popitem(last=False)
+            self._bytes -= freed

@@ -14,7 +14,15 @@ from torch import Tensor
 
 from app.worker.onnx import Graph, Placement
 from models.export import feat_names
-from models.vma import VMA, VMAConfig, decode_samples, importance_log_weights, similarity, single_log_weights
+from models.vma import (
+    VMA,
+    Prior,
+    VMAConfig,
+    decode_samples,
+    importance_log_weights,
+    similarity,
+    single_log_weights,
+)  # fmt: skip
 
 
 class OnnxVMA:
@@ -61,14 +69,14 @@ class OnnxVMA:
 
     def candidate_log_weights(
         self, x: Tensor, m_a: Tensor, samples: int, generator: torch.Generator | None = None,
-        eps: Tensor | None = None,
+        eps: Tensor | None = None, prior: Prior | None = None,
     ) -> Tensor:  # fmt: skip
         """As `VMA.candidate_log_weights`."""
         if eps is None:
             shape = (*m_a.shape[:2], samples, self.config.z_dim)
             eps = torch.randn(shape, generator=generator)
         assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
-        return importance_log_weights(self, x, m_a, eps)
+        return importance_log_weights(self, x, m_a, eps, prior)
 
     def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
         """As `VMA.sample_from`."""

@@ -22,98 +22,21 @@ from torch import Tensor
 from app.catalog import ModelKey
 from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveError, SessionNotFound
 from app.kinds.vma.images import encode_png
-from app.kinds.vma.memory import DeviceMemory, MemoryCache, VMAEngine, to_device
+from app.kinds.vma.memory import DeviceMemory, MemoryCache, PriorCache, VMAEngine, to_device
 from app.kinds.vma.replies import Sample, SampleResponse
-from app.kinds.vma.requests import MAX_TEMPERATURE
+from app.kinds.vma.served import PIX_FLOATS, NoveltyRule, ServedVMA
 from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob, auto_samples
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
 from app.store.exemplars import AddCommit, WorkerExemplars
 from app.store.keys import Keys
-from app.worker.budget import UNBOUNDED, WorkBudget, tensor_bytes
+from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
-from models.vma import VMA, address_kl, label_scores
+from models.vma import address_kl, label_scores
 
 log = logging.getLogger(__name__)
 
 Item = tuple[Delivery, VmaJob, DeviceMemory]
-
-
-PIX_FLOATS = 28 * 28  # one drawing as floats on the device
-
-
-@dataclass(frozen=True)
-class VmaCosts:
-    """Bytes per unit of a VMA model's work, from `tensor_bytes` of small probes."""
-
-    decoder_eval: int  # one z sample of one candidate in the likelihood bound
-    embed: int  # one drawing through h (exemplars) or h_q (queries)
-    sample: int  # one drawing decoded from p(x|z, m_a)
-
-    @classmethod
-    def measure(cls, model: VMA) -> VmaCosts:
-        """Probe ``model`` (the PyTorch module: the ONNX graphs compute the same tensors)."""
-        dev = next(model.parameters()).device
-        s, z, k = model.config.image_size, model.config.z_dim, 64
-        x = torch.zeros(4, 1, s, s, device=dev)
-        m_a = torch.zeros(1, 1, 1, s, s, device=dev)
-        eps = torch.zeros(1, 1, k, z, device=dev)
-        return cls(
-            decoder_eval=tensor_bytes(lambda: model.candidate_log_weights(x[:1], m_a, k, eps=eps), k),
-            embed=max(tensor_bytes(lambda: model.query_embedding(x), 4),
-                      tensor_bytes(lambda: model.memory_embedding(x), 4)),
-            sample=tensor_bytes(lambda: model.sample_from(x, torch.zeros(4, z, device=dev)), 4),
-        )  # fmt: skip
-
-
-NOVELTY_SCORES = ("address", "cosine", "bound")
-
-
-@dataclass(frozen=True)
-class NoveltyRule:
-    """Which score flags a drawing as novel and below what threshold (from the card's evaluation).
-
-    ``address``: the largest address logit max_a S(m_a, x); ``cosine``: that logit over
-    ||h_q(x)||, the largest cosine between the drawing's and an exemplar's embedding (both with
-    every request); ``bound``: the best single-exemplar log p(x|m_a) in nats, only when the
-    request has samples.
-    """
-
-    score: str
-    threshold: float
-
-
-def novelty_rule(card: dict[str, Any]) -> NoveltyRule | None:
-    """The card's ``serving.novelty`` {score, threshold}; cards from before it name only
-    ``novelty_threshold_nats``, a threshold on the bound."""
-    serving = card.get("serving") or {}
-    rule = serving.get("novelty")
-    if rule is not None:
-        score = rule.get("score")
-        assert score in NOVELTY_SCORES, f"serving.novelty.score must be one of {NOVELTY_SCORES}"
-        return NoveltyRule(str(rule["score"]), float(rule["threshold"]))
-    legacy = serving.get("novelty_threshold_nats")
-    return None if legacy is None else NoveltyRule("bound", float(legacy))
-
-
-def sample_temperature(card: dict[str, Any]) -> float:
-    """The card's ``serving.sample_temperature``, chosen by ``memserve evaluate vma``; 1 (the
-    model's own prior) for a card that names none."""
-    t = float((card.get("serving") or {}).get("sample_temperature", 1.0))
-    assert 0.0 <= t <= MAX_TEMPERATURE, f"serving.sample_temperature must be in [0, {MAX_TEMPERATURE}]"
-    return t
-
-
-class ServedVMA:
-    """One loaded VMA checkpoint and what its card says about serving it."""
-
-    def __init__(self, model: VMAEngine, card: dict[str, Any], device: torch.device, costs: VmaCosts) -> None:
-        self.model = model  # on `device` already
-        self.card = card
-        self.device = device
-        self.costs = costs
-        self.novelty = novelty_rule(card)
-        self.sample_temperature = sample_temperature(card)
 
 
 class VmaRunner(Runner[ServedVMA]):
@@ -133,13 +56,18 @@ class VmaRunner(Runner[ServedVMA]):
         budget: WorkBudget = UNBOUNDED,
     ) -> None:
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
-        self.cache = MemoryCache(cache_bytes)
+        # A quarter of the budget keeps exemplars' p(z|m_a) and pyramids for the likelihood bound.
+        self.priors = PriorCache(cache_bytes // 4)
+        self.cache = MemoryCache(cache_bytes - self.priors.max_bytes)
         self.budget = budget
         self.exemplars = WorkerExemplars(r, keys, reply_ttl_s)
 
     def beat(self) -> dict[str, Any]:
         """The cache's hits and misses, for the heartbeat."""
-        return {"memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses}
+        return {
+            "memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses,
+            "prior_cache_hits": self.priors.hits, "prior_cache_misses": self.priors.misses,
+        }  # fmt: skip
 
     def process(self, deliveries: list[Delivery]) -> Outcome:
         """Run one batch; returns what to acknowledge and the replies to send."""
@@ -262,7 +190,7 @@ class VmaRunner(Runner[ServedVMA]):
         # (N, D): every drawing of every session, in as few passes as the budget allows
         e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
         parts, log_q = _address(model, items, x, e)
-        _bounds(model, parts, self.budget, served.costs.decoder_eval)
+        _bounds(served, parts, self.budget, self.priors)
         return list(_classify_bodies(parts, log_q, served.novelty))
 
     # --------------------------------------------------------------- sample
@@ -348,9 +276,11 @@ def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> tuple
     return parts, log_q
 
 
-def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval_bytes: int) -> None:
+def _bounds(served: ServedVMA, parts: list[_Addressing], budget: WorkBudget, priors: PriorCache) -> None:
     """Fill each part's log_w: the decoder evaluations of all parts with the same (T, K) in as
-    few passes as the budget allows (a drawing's T K evaluations stay in one pass)."""
+    few passes as the budget allows (a drawing's T K evaluations stay in one pass), with the
+    candidates' p(z|m_a) and pyramids from ``priors`` (when it has a budget)."""
+    model = served.model
     groups: dict[tuple[int, int], list[_Addressing]] = {}
     for p in parts:
         if p.cand.shape[1]:
@@ -364,13 +294,19 @@ def _bounds(model: VMAEngine, parts: list[_Addressing], budget: WorkBudget, eval
             p.log_w = torch.empty(p.x.shape[0], t, device=p.x.device)  # (n, T)
         rows = [(p, i, e) for p, e in zip(group, eps, strict=True) for i in range(p.x.shape[0])]
         pixel_bytes = t * k * PIX_FLOATS * 4  # a drawing's candidates expanded K times
-        for span in budget.spans([t * k * eval_bytes + pixel_bytes] * len(rows)):
+        for span in budget.spans([t * k * served.costs.decoder_eval + pixel_bytes] * len(rows)):
             chunk = rows[span]
             xs = torch.stack([p.x[i] for p, i, _ in chunk])  # (c, 1, S, S)
-            m_a = torch.cat([p.mem.pixels(p.cand[i].cpu().numpy(), xs.device) for p, i, _ in chunk])
+            slots = [(p, p.cand[i].cpu().numpy()) for p, i, _ in chunk]
+            m_a = torch.cat([p.mem.pixels(s, xs.device) for p, s in slots])  # (c T, 1, S, S)
+            prior = None
+            if priors.max_bytes > 0:
+                keys = [(p.job.sid, int(p.mem.ids[a])) for p, s in slots for a in s.tolist()]
+                packed = [p.mem.packed(a) for p, s in slots for a in s.tolist()]
+                prior = priors.lookup(model, served.token, keys, packed, m_a)
             m_a = m_a.view(len(chunk), t, *xs.shape[1:])  # (c T, 1, S, S) -> (c, T, 1, S, S)
             noise = torch.stack([e[i] for _, i, e in chunk]).to(xs.device)  # (c, T, K, z)
-            log_w = model.candidate_log_weights(xs, m_a, k, eps=noise)  # (c, T)
+            log_w = model.candidate_log_weights(xs, m_a, k, eps=noise, prior=prior)  # (c, T)
             for (p, i, _), row in zip(chunk, log_w, strict=True):
                 assert p.log_w is not None, "filled above"
                 p.log_w[i] = row

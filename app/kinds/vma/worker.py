@@ -10,7 +10,8 @@ import redis
 from app.catalog import ModelKey
 from app.config import Settings
 from app.kinds.vma.requests import MAX_SAMPLES
-from app.kinds.vma.runner import PIX_FLOATS, ServedVMA, VmaCosts, VmaRunner
+from app.kinds.vma.runner import VmaRunner
+from app.kinds.vma.served import PIX_FLOATS, ServedVMA, VmaCosts
 from app.store.keys import Keys
 from app.worker.backends import Backend
 from app.worker.budget import WorkBudget
