@@ -342,8 +342,7 @@ def _posterior_tops(parts: list[_Addressing], log_q: Tensor) -> _Tops:
         start += p.x.shape[0]
     q = log_q.exp()  # (N, A_max)
     n_labels = max(len(p.mem.label_names) for p in parts)
-    scores = torch.zeros(q.shape[0], n_labels, device=q.device)
-    scores.scatter_add_(1, torch.from_numpy(labels).to(q.device), q)  # (N, L_max)
+    scores = label_scores(q, torch.from_numpy(labels).to(q.device), n_labels)  # (N, L_max)
     # Ranked on log q: padded slots (-inf) rank below every real one, even one whose q underflows to 0.
     k = max(min(int(p.job.params["top_k"]), p.mem.size) for p in parts)
     top_log_q, top_a = log_q.topk(k, dim=-1)  # (N, K_max)
