@@ -155,12 +155,17 @@ class Decoder(nn.Module):
             ups.append(nn.ConvTranspose2d(2 * ch, ch, 3, stride=2, padding=1, output_padding=pad))
         self.ups = nn.ModuleList(ups)
         self.out = nn.Conv2d(2 * ch, 1, 3, padding=1)
+        # Channels-last maps throughout when set (see models.vma_bf16): oneDNN's bfloat16
+        # kernels work in that layout and would otherwise reorder every map twice.
+        self.channels_last = False
 
     def forward(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
         """z, c_m (N, z_dim); feats finest-first as ConvPyramid returns them -> logits (N, 1, S, S)."""
         top = self.sizes[-1]
         y = F.relu(self.fc(torch.cat([z, c_m], dim=-1)))
         y = y.view(-1, self.c.channels, top, top)  # (N, C s s) -> (N, C, s, s)
+        if self.channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
         skips = feats[::-1]  # top map first, then coarse to fine
         for up, skip in zip(self.ups, skips[:-1], strict=True):
             y = F.relu(up(torch.cat([y, skip], dim=1)))  # (N, 2C, s, s) -> (N, C, next finer s)

@@ -19,6 +19,7 @@ import torch
 from app import registry
 from app.config import Settings, SettingsError
 from models.export import StaleExport, graph_paths
+from models.vma_bf16 import cpu_has_bf16_matrix_units
 
 if TYPE_CHECKING:  # onnxruntime is imported only by workers that run the onnx backend
     from app.worker.onnx import Placement
@@ -45,6 +46,7 @@ class Backend:
     threads: int
     setting: str = "auto"  # MEMSERVE_DEVICE, for ONNX Runtime's placement
     placement: Placement | None = None  # ONNX Runtime's, once the first graph has been opened
+    decoder_precision: str = "auto"  # MEMSERVE_DECODER_PRECISION
 
     def describe(self) -> dict[str, Any]:
         """What a heartbeat (and so /health/ready) says about where the models run."""
@@ -53,6 +55,16 @@ class Backend:
             return {"backend": self.name, "device": str(self.device), "provider": None, "fallback": None}
         where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else str(self.device)
         return {"backend": self.name, "device": where, "provider": p.provider, "fallback": p.fallback}
+
+    def bf16_decoder(self) -> bool:
+        """Whether VMA's decoder runs in bfloat16 here: asked for, or ``auto`` on a CPU worker
+        whose CPU has AMX bfloat16 tiles. Call after `graphs` (the ONNX placement decides)."""
+        on_cpu = self.device.type == "cpu" and (self.placement is None or self.placement.ort_device == "cpu")
+        if self.decoder_precision == "bf16" and not on_cpu:
+            raise SettingsError("MEMSERVE_DECODER_PRECISION=bf16 is for CPU workers: set auto or fp32")
+        if self.decoder_precision == "auto":
+            return on_cpu and cpu_has_bf16_matrix_units()
+        return self.decoder_precision == "bf16"
 
     def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> Any:
         """Wrap a loaded checkpoint for its kind's runner, on this backend (its kind's `serve`)."""
@@ -88,7 +100,13 @@ class Backend:
 def open_backend(settings: Settings) -> Backend:
     """The backend the settings ask for; fails fast with the setting to change."""
     if settings.backend == "torch":
-        return Backend("torch", pick_device(settings.device), settings.torch_threads)
+        return Backend(
+            "torch", pick_device(settings.device), settings.torch_threads,
+            decoder_precision=settings.decoder_precision,
+        )  # fmt: skip
     if settings.device not in ("auto", "cpu", "cuda") and not settings.device.startswith("cuda:"):
         raise SettingsError(f"MEMSERVE_DEVICE={settings.device}: use auto, cpu, cuda or cuda:N")
-    return Backend("onnx", torch.device("cpu"), settings.torch_threads, setting=settings.device)
+    return Backend(
+        "onnx", torch.device("cpu"), settings.torch_threads, setting=settings.device,
+        decoder_precision=settings.decoder_precision,
+    )  # fmt: skip

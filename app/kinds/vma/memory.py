@@ -21,7 +21,8 @@ from models.vma import Prior, VMAConfig
 
 
 class VMAEngine(Protocol):
-    """What serving asks of a VMA backend: `models.vma.VMA` itself, or `app.kinds.vma.onnx.OnnxVMA`."""
+    """What serving asks of a VMA backend: `models.vma.VMA` itself, `app.kinds.vma.onnx.OnnxVMA`, or
+    either with a bfloat16 decoder (`app.kinds.vma.bf16.Bf16Decoding`)."""
 
     config: VMAConfig
 
@@ -39,6 +40,8 @@ class VMAEngine(Protocol):
     ) -> Tensor: ...  # fmt: skip
 
     def z_prior(self, m_a: Tensor) -> Prior: ...
+
+    def z_posterior(self, x: Tensor, m_a: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor: ...
 
@@ -178,10 +181,12 @@ class PriorCache:
         if missing:
             mu, log_std, c_m, feats = engine.z_prior(m_a[missing])
             for j, i in enumerate(missing):
-                parts = [t[j].clone() for t in (mu, log_std, c_m, *feats)]  # its own storage, not the batch's
+                # Its own storage, not the batch's, in the batch's layout (the bfloat16 decoder's
+                # maps are channels-last, and `torch.cat` keeps that).
+                parts = [t[j : j + 1].clone() for t in (mu, log_std, c_m, *feats)]
                 found[i] = parts
                 self._put((token, *keys[i]), pix[i], parts)
-        cols = [torch.stack(col) for col in zip(*found, strict=True)]  # per part: R x (...) -> (R, ...)
+        cols = [torch.cat(col) for col in zip(*found, strict=True)]  # per part: R x (1, ...) -> (R, ...)
         return cols[0], cols[1], cols[2], cols[3:]
 
     def _put(self, key: tuple[str, str, int], packed: bytes, parts: list[Tensor]) -> None:

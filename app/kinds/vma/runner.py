@@ -63,10 +63,11 @@ class VmaRunner(Runner[ServedVMA]):
         self.exemplars = WorkerExemplars(r, keys, reply_ttl_s)
 
     def beat(self) -> dict[str, Any]:
-        """The cache's hits and misses, for the heartbeat."""
+        """The caches' hits and misses and the decoder's arithmetic, for the heartbeat."""
         return {
             "memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses,
             "prior_cache_hits": self.priors.hits, "prior_cache_misses": self.priors.misses,
+            "vma_decoder": next((s.decoder_precision for s in self.models.values()), None),
         }  # fmt: skip
 
     def process(self, deliveries: list[Delivery]) -> Outcome:

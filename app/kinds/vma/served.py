@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from app.kinds.vma.bf16 import Bf16Decoding
 from app.kinds.vma.memory import VMAEngine
 from app.kinds.vma.requests import MAX_TEMPERATURE
 from app.worker.budget import tensor_bytes
@@ -90,3 +91,5 @@ class ServedVMA:
         self.costs = costs
         self.novelty = novelty_rule(card)
         self.sample_temperature = sample_temperature(card)
+        # MEMSERVE_DECODER_PRECISION as resolved on this worker (its heartbeat reports it)
+        self.decoder_precision = "bf16" if isinstance(model, Bf16Decoding) else "fp32"

@@ -9,6 +9,8 @@ import redis
 
 from app.catalog import ModelKey
 from app.config import Settings
+from app.kinds.vma.bf16 import Bf16Decoding
+from app.kinds.vma.memory import VMAEngine
 from app.kinds.vma.requests import MAX_SAMPLES
 from app.kinds.vma.runner import VmaRunner
 from app.kinds.vma.served import PIX_FLOATS, ServedVMA, VmaCosts
@@ -21,12 +23,17 @@ from models.vma import VMA
 def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) -> ServedVMA:
     """Wrap a loaded checkpoint for the runner, on the torch module or on its exported graphs."""
     costs = VmaCosts.measure(model.eval())
+    engine: VMAEngine
     if backend.name == "torch":
-        return ServedVMA(model.to(backend.device), card, backend.device, costs)
-    from app.kinds.vma.onnx import OnnxVMA  # onnxruntime only for workers that run it
+        engine = model.to(backend.device)
+    else:
+        from app.kinds.vma.onnx import OnnxVMA  # onnxruntime only for workers that run it
 
-    paths, placement = backend.graphs(card, card_dir)
-    return ServedVMA(OnnxVMA(model, paths, placement, backend.threads), card, backend.device, costs)
+        paths, placement = backend.graphs(card, card_dir)
+        engine = OnnxVMA(model, paths, placement, backend.threads)
+    if backend.bf16_decoder():
+        engine = Bf16Decoding(engine, model)
+    return ServedVMA(engine, card, backend.device, costs)
 
 
 def runner(
