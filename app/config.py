@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         "bf16 runs it in bfloat16 (faster where the CPU has AMX; the bound moves by about 0.1 nats), "
         "fp32 as exported; auto: bf16 on CPUs with AMX bfloat16, else fp32",
     )
+    query_embedding: Literal["int8", "fp32"] = Field(
+        "int8",
+        description="VMA's query embedding h_q(x) on a CPU worker of the onnx backend: int8 runs the "
+        "export's quantized graph (about 1.4x faster, few-shot accuracy unchanged), fp32 the exact one; "
+        "GPU workers and the torch backend run fp32",
+    )
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
     max_wait_ms: float = Field(
         0.5, ge=0, description="wait this long after a batch's oldest job was queued for more to join it"

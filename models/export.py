@@ -13,6 +13,8 @@ What serving runs, as graphs with a dynamic batch axis ``n`` on every input and 
   of classify needs it), ``decoder`` p(x|z, m_a) as logits, and ``log_weight``: the three
   composed into one importance log weight per row, the bound's work in one call. Serving
   composes them exactly as the PyTorch backend composes the same modules (`models.vma.VMAParts`).
+  ``query_embedding_int8``: h_q(x) with its convolutions in int8 (`models.quantize`), which CPU
+  workers run by default (``MEMSERVE_QUERY_EMBEDDING``).
 
 The graphs go to ``<dir>/<name>-onnx/<graph>.onnx``, and the card gains an ``onnx`` section:
 opset, the torch version that exported them, the sha256 of the weights they came from and
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.memnet import MemNet, MemNetState
+from models.quantize import CALIBRATION, quantize_convs, stroke_batches
 from models.vma import VMA
 
 OPSET = 18
@@ -48,6 +51,8 @@ STEP_OUTPUTS = ("y", "std", "h_out", "keys_out", "values_out", "count_out", "pos
 # x 96 points, one thread): 0.27 ms per step through ``step``, 0.20 with 8 steps per call,
 # 0.19 with 16 and 0.27 with 32 (a larger graph, and twice the export time per doubling).
 CHUNK_STEPS = 8
+# Graphs that also get an int8 copy, ``<name>_int8`` (`models.quantize`): the CPU provider runs it.
+INT8_GRAPHS = ("query_embedding",)
 
 
 @dataclass
@@ -261,16 +266,13 @@ def export_checkpoint(name_or_path: str | Path, directory: str | Path | None = N
     graphs: dict[str, Any] = {}
     for spec in graph_specs(model):
         data = export_graph(spec)
-        path = out_dir / f"{spec.name}.onnx"
-        path.write_bytes(data)
-        path.chmod(0o644)
-        graphs[spec.name] = {
-            "file": f"{out_dir.name}/{path.name}",
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-            "inputs": list(spec.inputs),
-            "outputs": list(spec.outputs),
-        }
+        graphs[spec.name] = _write_graph(out_dir, spec.name, data, spec)
+        if spec.name in INT8_GRAPHS:
+            int8 = quantize_convs(data, stroke_batches(next(iter(spec.inputs))))
+            graphs[f"{spec.name}_int8"] = {
+                **_write_graph(out_dir, f"{spec.name}_int8", int8, spec),
+                "int8": CALIBRATION,
+            }
     card = read_card(card_path)  # re-read: only the onnx section changes
     card["onnx"] = {
         "opset": OPSET,
@@ -280,6 +282,20 @@ def export_checkpoint(name_or_path: str | Path, directory: str | Path | None = N
     }
     write_card(card_path, card)
     return card["onnx"]
+
+
+def _write_graph(out_dir: Path, name: str, data: bytes, spec: GraphSpec) -> dict[str, Any]:
+    """Write one graph's bytes; its entry in the card."""
+    path = out_dir / f"{name}.onnx"
+    path.write_bytes(data)
+    path.chmod(0o644)
+    return {
+        "file": f"{out_dir.name}/{path.name}",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "inputs": list(spec.inputs),
+        "outputs": list(spec.outputs),
+    }
 
 
 class StaleExport(RuntimeError):

@@ -580,11 +580,15 @@ def importance_log_weights(
         log_w = parts.log_weight(x_r, m_r, eps_r)
     else:
         mu, log_std, c_m, feats = (
-            [f.repeat_interleave(samples, dim=0) for f in part]
-            if isinstance(part, list)
-            else part.repeat_interleave(samples, dim=0)
-            for part in prior
-        )  # each (N T, ...) -> (N T K, ...)
+            prior
+            if samples == 1
+            else (
+                [f.repeat_interleave(samples, dim=0) for f in part]
+                if isinstance(part, list)
+                else part.repeat_interleave(samples, dim=0)
+                for part in prior
+            )
+        )  # each (N T, ...) -> (N T K, ...); kept as they are (and in their layout) for K = 1
         assert mu.shape[0] == n * t * samples, "prior must have one row per candidate"
         log_w = single_log_weights(parts, x_r, m_r, eps_r, (mu, log_std, c_m, feats))
     log_w = log_w.view(n, t, samples)  # (N T K,) -> (N, T, K)

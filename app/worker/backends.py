@@ -47,6 +47,7 @@ class Backend:
     setting: str = "auto"  # MEMSERVE_DEVICE, for ONNX Runtime's placement
     placement: Placement | None = None  # ONNX Runtime's, once the first graph has been opened
     decoder_precision: str = "auto"  # MEMSERVE_DECODER_PRECISION
+    query_embedding: str = "int8"  # MEMSERVE_QUERY_EMBEDDING
 
     def describe(self) -> dict[str, Any]:
         """What a heartbeat (and so /health/ready) says about where the models run."""
@@ -55,6 +56,12 @@ class Backend:
             return {"backend": self.name, "device": str(self.device), "provider": None, "fallback": None}
         where = f"cuda:{p.device_id}" if p.ort_device == "cuda" else str(self.device)
         return {"backend": self.name, "device": where, "provider": p.provider, "fallback": p.fallback}
+
+    def int8_query(self) -> bool:
+        """Whether VMA's query embedding runs on its int8 graph: asked for, on ONNX Runtime's CPU
+        provider (the CUDA provider gains nothing from it). Call after `graphs`."""
+        on_cpu = self.placement is not None and self.placement.ort_device == "cpu"
+        return self.name == "onnx" and on_cpu and self.query_embedding == "int8"
 
     def bf16_decoder(self) -> bool:
         """Whether VMA's decoder runs in bfloat16 here: asked for, or ``auto`` on a CPU worker
@@ -108,5 +115,5 @@ def open_backend(settings: Settings) -> Backend:
         raise SettingsError(f"MEMSERVE_DEVICE={settings.device}: use auto, cpu, cuda or cuda:N")
     return Backend(
         "onnx", torch.device("cpu"), settings.torch_threads, setting=settings.device,
-        decoder_precision=settings.decoder_precision,
+        decoder_precision=settings.decoder_precision, query_embedding=settings.query_embedding,
     )  # fmt: skip

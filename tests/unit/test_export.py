@@ -22,7 +22,15 @@ SHIPPED = REPO / "checkpoints"
 SERVED = ["memnet-mackey-glass", "memnet-santafe", "memnet-universal", "vma-omniglot"]
 GRAPHS = {
     "memnet": {"step", "steps"},
-    "vma": {"memory_embedding", "query_embedding", "z_prior", "z_posterior", "decoder", "log_weight"},
+    "vma": {
+        "memory_embedding",
+        "query_embedding",
+        "query_embedding_int8",
+        "z_prior",
+        "z_posterior",
+        "decoder",
+        "log_weight",
+    },
 }
 
 

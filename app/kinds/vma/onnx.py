@@ -28,10 +28,19 @@ from models.vma import (
 class OnnxVMA:
     """VMA's serving operations on the exported graphs; the arithmetic between them is `models.vma`'s."""
 
-    def __init__(self, model: VMA, paths: dict[str, Path], placement: Placement, threads: int) -> None:
+    def __init__(
+        self, model: VMA, paths: dict[str, Path], placement: Placement, threads: int, int8_query: bool = False
+    ) -> None:
+        """``int8_query``: run h_q(x) on the export's ``query_embedding_int8`` graph (when it has one)."""
         self.config: VMAConfig = model.config
         self.placement = placement
-        self.graphs = {name: Graph(path, placement, threads) for name, path in paths.items()}
+        self.query_graph = (
+            "query_embedding_int8" if int8_query and "query_embedding_int8" in paths else "query_embedding"
+        )
+        unused = {"query_embedding", "query_embedding_int8"} - {self.query_graph}
+        self.graphs = {
+            name: Graph(path, placement, threads) for name, path in paths.items() if name not in unused
+        }
         self._e_prior = model.prior_query().detach().cpu().clone()
         self._feats = feat_names(model)
 
@@ -41,7 +50,7 @@ class OnnxVMA:
 
     def query_embedding(self, x: Tensor) -> Tensor:
         """h_q(x) (N, match_dim) for queries x (N, 1, S, S)."""
-        return self.graphs["query_embedding"](x=x)[0]
+        return self.graphs[self.query_graph](x=x)[0]
 
     def similarity(self, h_m: Tensor, e: Tensor) -> Tensor:
         return similarity(h_m, e)

@@ -68,6 +68,7 @@ class VmaRunner(Runner[ServedVMA]):
             "memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses,
             "prior_cache_hits": self.priors.hits, "prior_cache_misses": self.priors.misses,
             "vma_decoder": next((s.decoder_precision for s in self.models.values()), None),
+            "vma_query_embedding": next((s.query_embedding for s in self.models.values()), None),
         }  # fmt: skip
 
     def process(self, deliveries: list[Delivery]) -> Outcome:

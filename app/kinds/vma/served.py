@@ -93,3 +93,5 @@ class ServedVMA:
         self.sample_temperature = sample_temperature(card)
         # MEMSERVE_DECODER_PRECISION as resolved on this worker (its heartbeat reports it)
         self.decoder_precision = "bf16" if isinstance(model, Bf16Decoding) else "fp32"
+        base = model.base if isinstance(model, Bf16Decoding) else model
+        self.query_embedding = "int8" if getattr(base, "query_graph", "").endswith("_int8") else "fp32"

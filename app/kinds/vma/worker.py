@@ -30,7 +30,7 @@ def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) ->
         from app.kinds.vma.onnx import OnnxVMA  # onnxruntime only for workers that run it
 
         paths, placement = backend.graphs(card, card_dir)
-        engine = OnnxVMA(model, paths, placement, backend.threads)
+        engine = OnnxVMA(model, paths, placement, backend.threads, backend.int8_query())
     if backend.bf16_decoder():
         engine = Bf16Decoding(engine, model)
     return ServedVMA(engine, card, backend.device, costs)
