@@ -132,17 +132,17 @@ class Settings(BaseSettings):
     backend: Literal["torch", "onnx"] = Field(
         "onnx", description="inference backend of workers: torch, or onnx (ONNX Runtime, `memserve export`)"
     )
-    decoder_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
+    decoder_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
         description="arithmetic of the VMA decoder (the likelihood bound and samples) on a CPU worker: "
-        "bf16 runs it in bfloat16 (faster where the CPU has AMX; the bound moves by about 0.1 nats), "
-        "fp32 as exported; auto: bf16 on CPUs with AMX bfloat16, else fp32",
+        "fp32 as exported, or bf16 (PyTorch on the CPU's AMX bfloat16 tiles: the bound moves by about "
+        "0.1 nats; faster when the worker keeps a core to itself, see docs/benchmarks.md)",
     )
-    query_embedding: Literal["int8", "fp32"] = Field(
-        "int8",
-        description="VMA's query embedding h_q(x) on a CPU worker of the onnx backend: int8 runs the "
-        "export's quantized graph (about 1.4x faster, few-shot accuracy unchanged), fp32 the exact one; "
-        "GPU workers and the torch backend run fp32",
+    query_embedding: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="VMA's query embedding h_q(x) on a CPU worker of the onnx backend: fp32 as exported, "
+        "or int8 (the export's quantized graph: few-shot accuracy unchanged within 0.2 points, the graph "
+        "1.4x faster, see docs/benchmarks.md); GPU workers and the torch backend run fp32",
     )
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
     max_wait_ms: float = Field(

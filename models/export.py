@@ -14,7 +14,7 @@ What serving runs, as graphs with a dynamic batch axis ``n`` on every input and 
   composed into one importance log weight per row, the bound's work in one call. Serving
   composes them exactly as the PyTorch backend composes the same modules (`models.vma.VMAParts`).
   ``query_embedding_int8``: h_q(x) with its convolutions in int8 (`models.quantize`), which CPU
-  workers run by default (``MEMSERVE_QUERY_EMBEDDING``).
+  workers run when ``MEMSERVE_QUERY_EMBEDDING=int8``.
 
 The graphs go to ``<dir>/<name>-onnx/<graph>.onnx``, and the card gains an ``onnx`` section:
 opset, the torch version that exported them, the sha256 of the weights they came from and
@@ -51,7 +51,7 @@ STEP_OUTPUTS = ("y", "std", "h_out", "keys_out", "values_out", "count_out", "pos
 # x 96 points, one thread): 0.27 ms per step through ``step``, 0.20 with 8 steps per call,
 # 0.19 with 16 and 0.27 with 32 (a larger graph, and twice the export time per doubling).
 CHUNK_STEPS = 8
-# Graphs that also get an int8 copy, ``<name>_int8`` (`models.quantize`): the CPU provider runs it.
+# Graphs that also get an int8 copy, ``<name>_int8`` (`models.quantize`), for the CPU provider.
 INT8_GRAPHS = ("query_embedding",)
 
 

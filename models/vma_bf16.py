@@ -1,10 +1,12 @@
-"""VMA's decoder p(x|z, m_a) in bfloat16, for serving on CPUs with bfloat16 matrix units.
+"""VMA's decoder p(x|z, m_a) in bfloat16 (``MEMSERVE_DECODER_PRECISION=bf16``), for CPUs with
+AMX bfloat16 tiles.
 
 The likelihood bound of a classify request and every sample run the decoder, whose three
-transposed convolutions are most of a request's arithmetic. PyTorch's oneDNN kernels run them
-in bfloat16 on AMX tiles, with the maps kept channels-last, about 2.8x faster than fp32 on the
-same core (measured in docs/benchmarks.md); logits move by about 0.1 at most, the bound of a
-drawing by about 0.1 nats on average. Everything else of the model stays in float32.
+transposed convolutions are most of a request's arithmetic. PyTorch's oneDNN kernels run them in
+bfloat16 on AMX tiles, with the maps kept channels-last; its first layer, a small matmul, stays
+float32. A drawing's bound moves by about 0.1 nats; alone the decoder is about twice as fast as
+the float32 graph at batches of 8 or more, in a worker beside ONNX Runtime's graphs the gain is
+smaller and depends on the worker keeping its core (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ class Backend:
     threads: int
     setting: str = "auto"  # MEMSERVE_DEVICE, for ONNX Runtime's placement
     placement: Placement | None = None  # ONNX Runtime's, once the first graph has been opened
-    decoder_precision: str = "auto"  # MEMSERVE_DECODER_PRECISION
-    query_embedding: str = "int8"  # MEMSERVE_QUERY_EMBEDDING
+    decoder_precision: str = "fp32"  # MEMSERVE_DECODER_PRECISION
+    query_embedding: str = "fp32"  # MEMSERVE_QUERY_EMBEDDING
 
     def describe(self) -> dict[str, Any]:
         """What a heartbeat (and so /health/ready) says about where the models run."""
@@ -59,19 +59,22 @@ class Backend:
 
     def int8_query(self) -> bool:
         """Whether VMA's query embedding runs on its int8 graph: asked for, on ONNX Runtime's CPU
-        provider (the CUDA provider gains nothing from it). Call after `graphs`."""
+        provider (elsewhere the float32 graph runs). Call after `graphs`."""
         on_cpu = self.placement is not None and self.placement.ort_device == "cpu"
         return self.name == "onnx" and on_cpu and self.query_embedding == "int8"
 
     def bf16_decoder(self) -> bool:
-        """Whether VMA's decoder runs in bfloat16 here: asked for, or ``auto`` on a CPU worker
-        whose CPU has AMX bfloat16 tiles. Call after `graphs` (the ONNX placement decides)."""
-        on_cpu = self.device.type == "cpu" and (self.placement is None or self.placement.ort_device == "cpu")
-        if self.decoder_precision == "bf16" and not on_cpu:
-            raise SettingsError("MEMSERVE_DECODER_PRECISION=bf16 is for CPU workers: set auto or fp32")
-        if self.decoder_precision == "auto":
-            return on_cpu and cpu_has_bf16_matrix_units()
-        return self.decoder_precision == "bf16"
+        """Whether VMA's decoder runs in bfloat16 here (asked for, on a CPU worker). Call after
+        `graphs` (the ONNX placement decides where the worker runs)."""
+        if self.decoder_precision != "bf16":
+            return False
+        if self.device.type != "cpu" or (self.placement is not None and self.placement.ort_device != "cpu"):
+            raise SettingsError("MEMSERVE_DECODER_PRECISION=bf16 is for CPU workers: set fp32")
+        if not cpu_has_bf16_matrix_units():
+            log.warning(
+                "MEMSERVE_DECODER_PRECISION=bf16 on a CPU without AMX bfloat16 tiles: slower than fp32"
+            )
+        return True
 
     def serve(self, model: Any, card: dict[str, Any], card_dir: Path) -> Any:
         """Wrap a loaded checkpoint for its kind's runner, on this backend (its kind's `serve`)."""

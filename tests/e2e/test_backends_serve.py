@@ -1,6 +1,8 @@
 """End to end: the same requests to `memserve serve --backend torch` and `--backend onnx`
 get the same answers (MemNet within 1e-4 of the series' scale; VMA: the same rankings,
-addresses and samples, scores and probabilities within 1e-4)."""
+addresses and samples, scores and probabilities within 1e-4), both on their float32 paths: the
+int8 query embedding and the bfloat16 decoder of CPU workers are tested on their own
+(tests/unit/test_vma_int8.py, tests/unit/test_vma_bf16.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     try:
         for name in BACKENDS:
             d = tmp_path_factory.mktemp(name)
-            started[name] = Serve(d / "data", d / "serve.log", backend=name)
+            exact = {"query_embedding": "fp32", "decoder_precision": "fp32"}
+            started[name] = Serve(d / "data", d / "serve.log", backend=name, **exact)
         for s in started.values():
             s.wait_ready()
         yield started

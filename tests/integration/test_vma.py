@@ -18,7 +18,6 @@ from PIL import Image
 from app.config import Settings
 from app.store.keys import Keys
 from models.checkpoint import load_checkpoint
-from models.vma_bf16 import cpu_has_bf16_matrix_units
 from tests.conftest import VMA_TEST_MODEL, drawings, png_b64, problem, wait_until_pending
 
 
@@ -298,8 +297,7 @@ def test_queries_reuse_the_cached_memory_until_it_changes(
     def cache() -> tuple[int, int]:
         threading.Event().wait(settings.heartbeat_interval_s * 3)  # the next heartbeat
         beat = [orjson.loads(rdb.get(k)) for k in rdb.scan_iter(f"{settings.key_prefix}:workers:*")]
-        on_amx_cpu = cpu_has_bf16_matrix_units() and not torch.cuda.is_available()
-        assert beat[0]["vma_decoder"] == ("bf16" if on_amx_cpu else "fp32"), "auto, as resolved"
+        assert (beat[0]["vma_decoder"], beat[0]["vma_query_embedding"]) == ("fp32", "fp32"), "the defaults"
         return beat[0]["memory_cache_hits"], beat[0]["memory_cache_misses"]
 
     classify(served, sid, imgs[:1])

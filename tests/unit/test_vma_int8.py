@@ -1,5 +1,6 @@
-"""VMA's int8 query embedding: the export records how it was made, CPU workers run it by
-default, and it ranks a memory as the float32 graph does."""
+"""VMA's int8 query embedding (MEMSERVE_QUERY_EMBEDDING=int8): the export records how it was
+made, CPU workers of the onnx backend run it when asked, and it ranks a memory as the float32
+graph does."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_int8_embeddings_rank_a_memory_as_fp32_ones_do() -> None:
 def test_int8_runs_on_onnx_runtime_cpu_workers_only() -> None:
     cpu = torch.device("cpu")
     on_cpu, on_gpu = Placement(CPU_EP, 0), Placement(CUDA_EP, 0)
-    assert Backend("onnx", cpu, 1, placement=on_cpu).int8_query(), "the default"
-    assert not Backend("onnx", cpu, 1, placement=on_cpu, query_embedding="fp32").int8_query()
-    assert not Backend("onnx", cpu, 1, placement=on_gpu).int8_query()
-    assert not Backend("torch", cpu, 1, placement=None).int8_query()
+    assert Backend("onnx", cpu, 1, placement=on_cpu, query_embedding="int8").int8_query()
+    assert not Backend("onnx", cpu, 1, placement=on_cpu).int8_query(), "fp32 unless asked"
+    assert not Backend("onnx", cpu, 1, placement=on_gpu, query_embedding="int8").int8_query()
+    assert not Backend("torch", cpu, 1, query_embedding="int8").int8_query()
