@@ -96,6 +96,9 @@ class WorkerPool:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Embedded Redis (unless configured), workers, API; Ctrl-C stops all of them."""
+    from app.worker.main import worker_cores
+
+    worker_cores(settings.worker_cpus)  # a wrong core fails here, not in every restarted worker
     embedded = None
     if not settings.redis_url:
         from app.embedded import EmbeddedRedis

@@ -19,6 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_set(spec: str) -> set[int]:
+    """The cores of a list like ``1`` or ``2-3,6`` (empty: none)."""
+    cores: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"MEMSERVE_WORKER_CPUS={spec!r}: use core numbers and ranges, e.g. 1 or 2-3,6")
+        cores.update(range(int(lo), int(hi or lo) + 1))
+    return cores
+
+
 class SettingsError(RuntimeError):
     """A setting makes startup impossible; the message names the setting to change."""
 
@@ -159,6 +170,11 @@ class Settings(BaseSettings):
     )
     reply_ttl_s: int = Field(600, ge=1, description="how long a job's reply is kept for retries")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker")
+    worker_cpus: str = Field(
+        "",
+        description="CPU cores a worker process is pinned to (Linux), e.g. `1` or `2-3,6`; every worker "
+        "of `serve` gets the same set; empty: wherever the OS schedules it",
+    )
     state_cache_mb: int = Field(256, ge=0, description="worker's cache of session states it wrote")
     memory_cache_mb: int = Field(
         512,
@@ -192,6 +208,12 @@ class Settings(BaseSettings):
     def _prefix_has_no_braces(cls, v: str) -> str:
         if not v or any(c in v for c in "{}: "):
             raise ValueError("MEMSERVE_KEY_PREFIX must be non-empty, without braces, ':' or spaces")
+        return v
+
+    @field_validator("worker_cpus")
+    @classmethod
+    def _cpu_list(cls, v: str) -> str:
+        cpu_set(v)  # raises with what to fix
         return v
 
     def all_api_keys(self) -> list[ApiKey]:

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from redis.exceptions import RedisClusterException
 
 from app import registry
-from app.config import Settings, SettingsError
+from app.config import Settings, SettingsError, cpu_set
 from app.logs import log_context, setup_logging
 from app.queue.messages import job_header
 from app.queue.reader import BatchReader, Delivery
@@ -123,7 +124,7 @@ class Worker:
         c = self.counters
         beat = {
             "id": self.id, "pid": os.getpid(), "host": socket.gethostname(),
-            **self.backend.describe(), **self.model_set.beat,
+            **self.backend.describe(), **self.model_set.beat, "cpus": sorted(os.sched_getaffinity(0)),
             "batches": c.batches, "jobs": c.jobs, "steps": c.steps,
             "reclaimed": c.reclaimed, "errors": c.errors, "time": time.time(),
             **{k: v for runner in self.by_kind.values() for k, v in runner.beat().items()},
@@ -294,9 +295,29 @@ def _request_ids(batch: list[Delivery]) -> list[str]:
     return [str(rid) for d in batch if (rid := job_header(d.fields).get("rid"))]
 
 
+def worker_cores(spec: str) -> set[int]:
+    """The cores of ``MEMSERVE_WORKER_CPUS``, checked against those this process may use."""
+    cores = cpu_set(spec)
+    allowed = os.sched_getaffinity(0)
+    if not cores <= allowed:
+        raise SettingsError(f"MEMSERVE_WORKER_CPUS={spec}: this process may run on cores {sorted(allowed)}")
+    return cores
+
+
+def pin_cpus(spec: str) -> None:
+    """Keep this process on the cores of ``MEMSERVE_WORKER_CPUS`` (nothing when it is empty)."""
+    if cores := worker_cores(spec):
+        # Per thread on Linux: the ones that exist already (some libraries start theirs on
+        # import) each, and threads started later inherit the caller's.
+        tasks = Path("/proc/self/task")
+        for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+            os.sched_setaffinity(tid, cores)
+
+
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     """Entry point of a worker process (also the target of spawned workers)."""
     setup_logging(settings.log_level, settings.log_format)
+    pin_cpus(settings.worker_cpus)  # before any thread pool exists, so that every thread inherits it
     torch.set_num_threads(settings.torch_threads)
     worker = Worker(settings, worker_id)
 
