@@ -63,12 +63,13 @@ class VmaRunner(Runner[ServedVMA]):
         self.exemplars = WorkerExemplars(r, keys, reply_ttl_s)
 
     def beat(self) -> dict[str, Any]:
-        """The caches' hits and misses and the decoder's arithmetic, for the heartbeat."""
+        """The caches' hits and misses and the arithmetic options in use, for the heartbeat."""
+        first = next(iter(self.models.values()), None)  # every model of a worker has the same
+        precision = (first.precision if first is not None else None) or {}
         return {
             "memory_cache_hits": self.cache.hits, "memory_cache_misses": self.cache.misses,
             "prior_cache_hits": self.priors.hits, "prior_cache_misses": self.priors.misses,
-            "vma_decoder": next((s.decoder_precision for s in self.models.values()), None),
-            "vma_query_embedding": next((s.query_embedding for s in self.models.values()), None),
+            **{f"vma_{k}": v for k, v in precision.items()},
         }  # fmt: skip
 
     def process(self, deliveries: list[Delivery]) -> Outcome:

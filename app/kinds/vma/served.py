@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from app.kinds.vma.bf16 import Bf16Decoding
 from app.kinds.vma.memory import VMAEngine
 from app.kinds.vma.requests import MAX_TEMPERATURE
 from app.worker.budget import tensor_bytes
@@ -83,7 +82,11 @@ def sample_temperature(card: dict[str, Any]) -> float:
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
-    def __init__(self, model: VMAEngine, card: dict[str, Any], device: torch.device, costs: VmaCosts) -> None:
+    def __init__(
+        self, model: VMAEngine, card: dict[str, Any], device: torch.device, costs: VmaCosts,
+        precision: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """``precision``: the arithmetic options this worker resolved (its heartbeat reports them)."""
         self.token = secrets.token_hex(8)  # names this loaded model in caches (never reused)
         self.model = model  # on `device` already
         self.card = card
@@ -91,7 +94,4 @@ class ServedVMA:
         self.costs = costs
         self.novelty = novelty_rule(card)
         self.sample_temperature = sample_temperature(card)
-        # MEMSERVE_DECODER_PRECISION as resolved on this worker (its heartbeat reports it)
-        self.decoder_precision = "bf16" if isinstance(model, Bf16Decoding) else "fp32"
-        base = model.base if isinstance(model, Bf16Decoding) else model
-        self.query_embedding = "int8" if getattr(base, "query_graph", "").endswith("_int8") else "fp32"
+        self.precision = precision

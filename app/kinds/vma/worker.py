@@ -24,6 +24,7 @@ def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) ->
     """Wrap a loaded checkpoint for the runner, on the torch module or on its exported graphs."""
     costs = VmaCosts.measure(model.eval())
     engine: VMAEngine
+    precision = {"query_embedding": "fp32", "decoder": "fp32"}
     if backend.name == "torch":
         engine = model.to(backend.device)
     else:
@@ -31,9 +32,11 @@ def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) ->
 
         paths, placement = backend.graphs(card, card_dir)
         engine = OnnxVMA(model, paths, placement, backend.threads, backend.int8_query())
+        precision["query_embedding"] = "int8" if engine.query_graph.endswith("_int8") else "fp32"
     if backend.bf16_decoder():
         engine = Bf16Decoding(engine, model)
-    return ServedVMA(engine, card, backend.device, costs)
+        precision["decoder"] = "bf16"
+    return ServedVMA(engine, card, backend.device, costs, precision)
 
 
 def runner(
