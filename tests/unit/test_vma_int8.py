@@ -52,6 +52,14 @@ def test_int8_embeddings_rank_a_memory_as_fp32_ones_do() -> None:
     assert (top32 == top8).float().mean() >= 0.95, "the same exemplar comes first"
 
 
+def test_an_export_without_the_int8_graph_runs_float32() -> None:
+    model, card = load_checkpoint("vma-omniglot", SHIPPED)
+    assert isinstance(model, VMA)
+    paths = {k: v for k, v in graph_paths(card, SHIPPED).items() if k != "query_embedding_int8"}
+    engine = OnnxVMA(model, paths, place("cpu", paths["decoder"]), 1, int8_query=True)
+    assert engine.query_graph == "query_embedding" and "query_embedding" in engine.graphs
+
+
 def test_int8_runs_on_onnx_runtime_cpu_workers_only() -> None:
     cpu = torch.device("cpu")
     on_cpu, on_gpu = Placement(CPU_EP, 0), Placement(CUDA_EP, 0)

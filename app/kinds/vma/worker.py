@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from app.worker.backends import Backend
 from app.worker.budget import WorkBudget
 from models.vma import VMA
 
+log = logging.getLogger("memserve.worker")
+
 
 def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) -> ServedVMA:
     """Wrap a loaded checkpoint for the runner, on the torch module or on its exported graphs."""
@@ -33,6 +36,11 @@ def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) ->
         paths, placement = backend.graphs(card, card_dir)
         engine = OnnxVMA(model, paths, placement, backend.threads, backend.int8_query())
         precision["query_embedding"] = "int8" if engine.query_graph.endswith("_int8") else "fp32"
+        if backend.int8_query() and precision["query_embedding"] == "fp32":
+            log.warning(
+                "MEMSERVE_QUERY_EMBEDDING=int8, but %s has no int8 graph (exported before it): float32 "
+                "runs; `memserve export --model %s` writes it", card.get("name"), card.get("name"),
+            )  # fmt: skip
     if backend.bf16_decoder():
         engine = Bf16Decoding(engine, model)
         precision["decoder"] = "bf16"
