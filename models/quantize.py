@@ -31,9 +31,8 @@ CALIBRATION: dict[str, Any] = {
 
 def stroke_batches(input_name: str, batch: int = 64) -> list[dict[str, np.ndarray]]:
     """The calibration drawings as feeds of one image input (n, 1, S, S) float32."""
-    images = (
-        synthetic_drawings(256, 4, seed=5).reshape(-1, 1, 28, 28).astype(np.float32)
-    )  # (C, D, S, S) -> (C D, 1, S, S)
+    images = synthetic_drawings(256, 4, seed=5).astype(np.float32)
+    images = images.reshape(-1, 1, *images.shape[2:])  # (C, D, S, S) -> (C D, 1, S, S)
     return [{input_name: images[i : i + batch]} for i in range(0, len(images), batch)]
 
 

@@ -513,12 +513,7 @@ class VMA(nn.Module):
         request's result does not depend on what else shares its batch). ``prior``: ``z_prior``
         of the N T candidates computed before (see `importance_log_weights`).
         """
-        assert samples >= 1, "samples must be positive"
-        if eps is None:
-            n, t = m_a.shape[:2]
-            shape = (n, t, samples, self.config.z_dim)
-            eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-        assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+        eps = candidate_noise(eps, x, m_a, samples, self.config.z_dim, generator)
         return importance_log_weights(self, x, m_a, eps, prior)
 
 
@@ -557,6 +552,19 @@ def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor) -> Tensor:
     mu, log_std, c_m, feats = parts.z_prior(m_a)
     assert noise.shape == mu.shape, "noise must be (N, z_dim)"
     return torch.sigmoid(parts.decode(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
+
+
+def candidate_noise(
+    eps: Tensor | None, x: Tensor, m_a: Tensor, samples: int, z_dim: int, generator: torch.Generator | None
+) -> Tensor:
+    """The standard normal noise of z for ``candidate_log_weights``: ``eps`` when given (checked),
+    else drawn (N, T, samples, z_dim) from ``generator`` on x's device and dtype."""
+    assert samples >= 1, "samples must be positive"
+    if eps is None:
+        shape = (*m_a.shape[:2], samples, z_dim)  # (N, T, K, z)
+        eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+    assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+    return eps
 
 
 def importance_log_weights(

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from app.kinds.vma.memory import VMAEngine
-from models.vma import VMA, Prior, decode_samples, importance_log_weights, single_log_weights
+from models.vma import VMA, Prior, candidate_noise, decode_samples, importance_log_weights, single_log_weights
 from models.vma_bf16 import Bf16Decoder
 
 
@@ -54,9 +54,7 @@ class Bf16Decoding:
         eps: Tensor | None = None, prior: Prior | None = None,
     ) -> Tensor:  # fmt: skip
         """As `VMA.candidate_log_weights`, with the bfloat16 decoder."""
-        if eps is None:
-            eps = torch.randn((*m_a.shape[:2], samples, self.config.z_dim), generator=generator)
-        assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+        eps = candidate_noise(eps, x, m_a, samples, self.config.z_dim, generator)
         return importance_log_weights(self, x, m_a, eps, prior)
 
     def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:

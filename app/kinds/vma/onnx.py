@@ -18,6 +18,7 @@ from models.vma import (
     VMA,
     Prior,
     VMAConfig,
+    candidate_noise,
     decode_samples,
     importance_log_weights,
     similarity,
@@ -81,10 +82,7 @@ class OnnxVMA:
         eps: Tensor | None = None, prior: Prior | None = None,
     ) -> Tensor:  # fmt: skip
         """As `VMA.candidate_log_weights`."""
-        if eps is None:
-            shape = (*m_a.shape[:2], samples, self.config.z_dim)
-            eps = torch.randn(shape, generator=generator)
-        assert eps.shape[2] == samples, "eps must be (N, T, samples, z_dim)"
+        eps = candidate_noise(eps, x, m_a, samples, self.config.z_dim, generator)
         return importance_log_weights(self, x, m_a, eps, prior)
 
     def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
