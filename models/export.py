@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.memnet import MemNet, MemNetState
+from models.memnet_block import block_dist
 from models.quantize import CALIBRATION, quantize_convs, stroke_batches
 from models.vma import VMA
 
@@ -49,7 +50,9 @@ STEP_INPUTS = ("x", "h", "keys", "values", "count", "pos", "stats", "active")
 STEP_OUTPUTS = ("y", "std", "h_out", "keys_out", "values_out", "count_out", "pos_out", "stats_out")
 # Steps per call of the ``steps`` graph. Measured on a 2-core CPU (memnet-universal, 32 sessions
 # x 96 points, one thread): 0.27 ms per step through ``step``, 0.20 with 8 steps per call,
-# 0.19 with 16 and 0.27 with 32 (a larger graph, and twice the export time per doubling).
+# 0.19 with 16 and 0.27 with 32 (a larger graph, and twice the export time per doubling). With
+# the block form (`models.memnet_block`), 8, 10 and 16 steps per call were within 5 % of each
+# other at 100 and 1,000 points per session.
 CHUNK_STEPS = 8
 # Graphs that also get an int8 copy, ``<name>_int8`` (`models.quantize`), for the CPU provider.
 INT8_GRAPHS = ("query_embedding",)
@@ -77,21 +80,16 @@ class _Step(nn.Module):
 
 
 class _Steps(nn.Module):
-    """`CHUNK_STEPS` steps unrolled: x (B, K, D), active (B, K) -> y, std (B, K, D) and the state."""
+    """`CHUNK_STEPS` steps in one block (`block_dist`): x (B, K, D), active (B, K) -> y, std
+    (B, K, D) and the state; the ring buffers are written once per block, not once per step."""
 
     def __init__(self, model: MemNet) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x, h, keys, values, count, pos, stats, active):  # type: ignore[no-untyped-def]
-        s = MemNetState(h, keys, values, count, pos, stats)
-        ys, stds = [], []
-        for k in range(CHUNK_STEPS):
-            y, std, s = self.model.step_dist(x[:, k], s, active[:, k])
-            ys.append(y)
-            stds.append(std)
-        y_all, std_all = torch.stack(ys, 1), torch.stack(stds, 1)  # K x (B, D) -> (B, K, D)
-        return y_all, std_all, s.h, s.keys, s.values, s.count, s.pos, s.stats
+        y, std, s = block_dist(self.model, x, MemNetState(h, keys, values, count, pos, stats), active)
+        return y, std, s.h, s.keys, s.values, s.count, s.pos, s.stats
 
 
 def memnet_graphs(model: MemNet) -> list[GraphSpec]:

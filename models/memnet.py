@@ -112,6 +112,7 @@ from torch import Tensor, nn
 STATS_ROWS = 6  # per-session statistics: weight, mean, variance, q - 1, last mean, last raw std
 ADAPT_PRIOR = 10.0  # points' worth of weight on q = 1 (the model's own std) in a new session
 ERR_CAP = 25.0  # a squared standardised error counts at most this much in q
+Rows = tuple[Tensor, ...]  # rows of ``stats``, each (B, D)
 
 
 @dataclass
@@ -238,11 +239,17 @@ class MemNet(nn.Module):
         )
 
     # ------------------------------------------------------------------- cell
+    def _log_similarity(self, q: Tensor, keys: Tensor, dim: int = -1) -> Tensor:
+        """log s_j = -||q - k_j||^2 / (2 sigma^2), summed over the key axis ``dim`` (kept when it
+        is not the last): q (..., 1, Dk) against keys (..., N, Dk) -> (..., N), or q (..., Dk, 1)
+        against keys (..., Dk, N) with dim=-2 -> (..., 1, N)."""
+        # The direct difference is exact at q == k and, on CPU, faster than a batched matvec.
+        d = q - keys  # (..., 1, Dk) - (..., N, Dk) -> (..., N, Dk), or transposed
+        return (d * d).sum(dim, keepdim=dim != -1) * (-0.5 * torch.exp(-2.0 * self.log_sigma))
+
     def _read(self, q: Tensor, keys: Tensor, values: Tensor, count: Tensor) -> Tensor:
         """Gaussian-similarity read over the filled slots; q (B, Dk) -> r (B, Dv)."""
-        # The direct difference is exact at q == k and, on CPU, faster than a batched matvec.
-        d2 = (q.unsqueeze(1) - keys).square().sum(-1)  # (B, 1, Dk) - (B, N, Dk) -> (B, N)
-        log_s = d2 * (-0.5 * torch.exp(-2.0 * self.log_sigma))  # (B, N) log similarities
+        log_s = self._log_similarity(q.unsqueeze(1), keys)  # (B, 1, Dk) vs (B, N, Dk) -> (B, N)
         filled = self.slots.unsqueeze(0) < count.unsqueeze(1)  # (1, N) < (B, 1) -> (B, N)
         if self.config.normalize_read and self.config.read_eps == 0.0:
             # sum_j s_j v_j / sum_j s_j as a softmax of log s: the max is subtracted first, so a
@@ -255,19 +262,19 @@ class MemNet(nn.Module):
             r = r / (s.sum(-1, keepdim=True) + self.config.read_eps)
         return r
 
-    def _frame(self, x: Tensor, stats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Absorb x (B, D) into the running statistics; (z, new rows 0-2 (B, 3, D), mean m, scale s)."""
+    def _frame(self, x: Tensor, rows: Rows) -> tuple[Tensor, Tensor, Tensor, Rows]:
+        """Absorb x (B, D) into the statistics rows (w, m, v), each (B, D): (z, mean m, scale s, new rows)."""
         c = self.config
         if c.scale_window == 0:  # fixed units (a checkpoint trained on one series)
-            return x, stats[:, :3], torch.zeros_like(x), torch.ones_like(x)
-        w, m, v = stats[:, :3].unbind(1)  # (B, 3, D) -> 3 x (B, D)
+            return x, torch.zeros_like(x), torch.ones_like(x), rows
+        w, m, v = rows
         w = torch.clamp(w + 1.0, max=float(c.scale_window))
         a = 1.0 / w
         d = x - m
         m = m + a * d
         v = (1.0 - a) * (v + a * d * d)
         s = self._scale(m, v)
-        return (x - m) / s, torch.stack([w, m, v], dim=1), m, s  # 3 x (B, D) -> (B, 3, D)
+        return (x - m) / s, m, s, (w, m, v)
 
     def _head(self, x: Tensor, m: Tensor, s: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Prediction (mean, std) in the input's units from the new hidden state h (B, H)."""
@@ -281,17 +288,19 @@ class MemNet(nn.Module):
         g = out[:, c.input_dim :]
         return mean, (c.std_factor * s) * (nn.functional.softplus(g) + c.min_scale)
 
-    def _adapt(self, x: Tensor, old: Tensor, w: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
-        """The served std and the new rows 3-5 of ``stats`` (B, 3, D); see "Per-session calibration"."""
+    def _adapt(self, x: Tensor, rows: Rows, w: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Rows]:
+        """The served std and the new rows (q - 1, last mean, last raw std), each (B, D), from the old
+        ones; see "Per-session calibration"."""
         c = self.config
         if c.adaptive_std == 0 or not c.predict_scale:
-            return std, old[:, 3:]
-        q, prev_mean, prev_std = old[:, 3] + 1.0, old[:, 4], old[:, 5]  # (B, STATS_ROWS, D) -> 3 x (B, D)
+            return std, rows
+        q, prev_mean, prev_std = rows[0] + 1.0, rows[1], rows[2]
         seen = prev_std > 0  # no error to learn from before the session's first prediction
-        r2 = torch.clamp(((x - prev_mean) / torch.where(seen, prev_std, 1.0)).square(), max=ERR_CAP)
+        e = (x - prev_mean) / torch.where(seen, prev_std, 1.0)
+        r2 = torch.clamp(e * e, max=ERR_CAP)
         n = torch.clamp(w, max=float(c.adaptive_std)) + ADAPT_PRIOR
         q = torch.where(seen, q + (r2 - q) / n, q)
-        return std * torch.sqrt(q), torch.stack([q - 1.0, mean, std], dim=1)  # 3 x (B, D) -> (B, 3, D)
+        return std * torch.sqrt(q), (q - 1.0, mean, std)
 
     def step_dist(
         self, x: Tensor, state: MemNetState, active: Tensor | None = None
@@ -305,7 +314,8 @@ class MemNet(nn.Module):
         c = self.config
         assert x.dim() == 2 and x.shape[1] == c.input_dim, f"x must be (B, {c.input_dim})"
         assert x.shape[0] == state.batch_size, "x and state batch sizes differ"
-        z, stats, m, s = self._frame(x, state.stats)
+        rows = state.stats.unbind(1)  # (B, STATS_ROWS, D) -> STATS_ROWS x (B, D)
+        z, m, s, framed = self._frame(x, rows[:3])
         q, k, v = self.qkv(torch.cat([z, state.h], dim=-1)).split(
             [c.key_dim, c.key_dim, c.value_dim], dim=-1
         )  # (B, D + H) -> (B, Dk), (B, Dk), (B, Dv)
@@ -329,8 +339,8 @@ class MemNet(nn.Module):
         r = self._read(q, keys, values, count)
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
         mean, std = self._head(x, m, s, h)
-        std, cal = self._adapt(x, state.stats, stats[:, 0], mean, std)
-        stats = torch.cat([stats, cal], dim=1)  # (B, 3, D) + (B, 3, D) -> (B, STATS_ROWS, D)
+        std, cal = self._adapt(x, rows[3:], framed[0], mean, std)
+        stats = torch.stack([*framed, *cal], dim=1)  # STATS_ROWS x (B, D) -> (B, STATS_ROWS, D)
         if active is not None:
             h = torch.where(active.unsqueeze(1), h, state.h)
             stats = torch.where(active.view(-1, 1, 1), stats, state.stats)
@@ -353,7 +363,8 @@ class MemNet(nn.Module):
         assert not torch.is_grad_enabled(), "step_ is for inference; train with step"
         assert x.dim() == 2 and x.shape[1] == c.input_dim, f"x must be (B, {c.input_dim})"
         assert x.shape[0] == state.batch_size, "x and state batch sizes differ"
-        z, stats, m, s = self._frame(x, state.stats)
+        stat_rows = state.stats.unbind(1)  # (B, STATS_ROWS, D) -> STATS_ROWS x (B, D)
+        z, m, s, framed = self._frame(x, stat_rows[:3])
         q, k, v = self.qkv(torch.cat([z, state.h], dim=-1)).split(
             [c.key_dim, c.key_dim, c.value_dim], dim=-1
         )  # (B, D + H) -> (B, Dk), (B, Dk), (B, Dv)
@@ -371,8 +382,8 @@ class MemNet(nn.Module):
         r = self._read(q, state.keys, state.values, state.count)
         h = self.state_proj(torch.cat([state.h, r], dim=-1))  # (B, H + Dv) -> (B, H)
         mean, std = self._head(x, m, s, h)
-        std, cal = self._adapt(x, state.stats, stats[:, 0], mean, std)
-        stats = torch.cat([stats, cal], dim=1)  # (B, 3, D) + (B, 3, D) -> (B, STATS_ROWS, D)
+        std, cal = self._adapt(x, stat_rows[3:], framed[0], mean, std)
+        stats = torch.stack([*framed, *cal], dim=1)  # STATS_ROWS x (B, D) -> (B, STATS_ROWS, D)
         if active is None:
             state.h.copy_(h)
             state.stats.copy_(stats)
