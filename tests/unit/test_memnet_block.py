@@ -53,7 +53,7 @@ def test_block_equals_steps(name: str, capacity: int) -> None:
                 [0, 0, 0, 0, 0],
                 [1, 1, 1, 1, 1],
                 [1, 0, 0, 0, 0],
-            ],  # noqa: E501
+            ],
             dtype=torch.bool,
         ),
     ]
