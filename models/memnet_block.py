@@ -70,8 +70,8 @@ def block_dist(
         rows = tuple(torch.where(on, new, old) for new, old in zip((*framed, *cal), rows, strict=True))
         means.append(mean)
         stds.append(std)
-    keys_new = torch.cat(new_k, dim=2).squeeze(1)  # K x (B, 1, 1, Dk) -> (B, K, Dk)
-    keys, values = _write(state, ahead, written, active, keys_new, values_new)
+    # The last step's new pairs are all K of them: (B, 1, K, Dk) -> (B, K, Dk), and (B, K, Dv).
+    keys, values = _write(state, ahead, written, active, keys_new.squeeze(1), values_new)
     n = written[:, -1]  # (B,) pairs this block wrote
     count, pos = torch.clamp(state.count + n, max=c.capacity), (state.pos + n) % c.capacity
     stats = torch.stack(rows, dim=1)  # STATS_ROWS x (B, D) -> (B, STATS_ROWS, D)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.memnet import MemNet, MemNetConfig, MemNetState
-from models.memnet_block import block_dist
+from models.memnet_block import _stepwise, block_dist
 
 UNIVERSAL = {"residual": True, "predict_scale": True, "scale_window": 9, "adaptive_std": 6}
 CONFIGS = {
@@ -23,15 +23,6 @@ def _model(extra: dict, capacity: int) -> MemNet:
     model = MemNet(config).eval()
     torch.nn.init.normal_(model.out.weight, std=0.3)  # a residual head starts at zero
     return model
-
-
-def _stepwise(model: MemNet, x: torch.Tensor, state: MemNetState, active: torch.Tensor):  # type: ignore[no-untyped-def]
-    means, stds = [], []
-    for t in range(x.shape[1]):
-        mean, std, state = model.step_dist(x[:, t], state, active[:, t])
-        means.append(mean)
-        stds.append(std)
-    return torch.stack(means, 1), torch.stack(stds, 1), state  # K x (B, D) -> (B, K, D)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
