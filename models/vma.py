@@ -532,13 +532,18 @@ class VMAParts(Protocol):
     def log_weight(self, x: Tensor, m_a: Tensor, eps: Tensor) -> Tensor: ...
 
 
+def unit_directions(h_m: Tensor) -> Tensor:
+    """h(m_a) / ||h(m_a)||, the memory side of `similarity`: (A, D) -> (A, D)."""
+    return h_m / h_m.norm(dim=-1, keepdim=True)
+
+
 def similarity(h_m: Tensor, e: Tensor) -> Tensor:
     """S = <h(m_a), e> / ||h(m_a)||, the address logits: unit memory directions, the query's norm
     sets the sharpness. One memory h_m (A, D) for N query embeddings (or e_p) e (N, D) -> (N, A);
     or a memory per row, h_m (B|1, A, D) with e (B|1, D) -> (B, A)."""
     assert e.dim() == 2 and h_m.shape[-1] == e.shape[-1], "e must be (N, D), h_m (A, D) or (B, A, D)"
     if h_m.dim() == 2:
-        return torch.matmul(e, (h_m / h_m.norm(dim=-1, keepdim=True)).T)  # (N, D) @ (D, A) -> (N, A)
+        return torch.matmul(e, unit_directions(h_m).T)  # (N, D) @ (D, A) -> (N, A)
     assert h_m.dim() == 3, "h_m must be (A, D) or (B, A, D)"
     dots = torch.matmul(h_m, e.unsqueeze(-1)).squeeze(-1)  # (B|1, A, D) @ (B|1, D, 1) -> (B, A)
     return dots / h_m.norm(dim=-1)

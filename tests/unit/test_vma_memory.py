@@ -7,7 +7,7 @@ import torch
 
 from app.kinds.vma.memory import MemoryCache, to_device
 from app.store.exemplars import Memory, pack_pixels
-from models.vma import VMA
+from models.vma import VMA, similarity
 from tests.conftest import VMA_TEST_CONFIG, drawings
 
 
@@ -21,16 +21,20 @@ def _memory(n: int, seed: int = 0) -> Memory:
 def test_a_memory_on_the_device_has_labels_prior_and_pixels() -> None:
     torch.manual_seed(0)
     model = VMA(VMA_TEST_CONFIG).eval()
-    mem = to_device(_memory(5), 3, "vma-test", model, torch.device("cpu"))
+    stored = _memory(5)
+    mem = to_device(stored, 3, "vma-test", model, torch.device("cpu"))
     assert mem.size == 5 and mem.version == 3 and mem.label_names == ["l0", "l1"]
     assert mem.label_idx.tolist() == [0, 1, 0, 1, 0]
     assert abs(float(mem.log_prior.exp().sum()) - 1.0) < 1e-5
+    # the kept unit directions give the logits `similarity` gives from the embeddings themselves
+    h, e = torch.from_numpy(stored.h), torch.randn(3, VMA_TEST_CONFIG.match_dim)
+    assert torch.allclose(e @ mem.directions, similarity(h, e), atol=1e-5)
     np.testing.assert_array_equal(mem.pixels(np.array([4, 0]), torch.device("cpu"))[:, 0].numpy(),
                                   drawings(5, seed=0)[[4, 0]])  # fmt: skip
     assert mem.slot_of(12) == 2 and mem.slot_of(99) is None
     empty = to_device(Memory(np.zeros(0, np.int64), [], b"", np.zeros((0, 1), np.float32)), 0, "v", model,
                       torch.device("cpu"))  # fmt: skip
-    assert empty.size == 0 and empty.h.shape == (0, VMA_TEST_CONFIG.match_dim)
+    assert empty.size == 0 and empty.directions.shape == (VMA_TEST_CONFIG.match_dim, 0)
 
 
 def test_cache_hits_only_at_the_same_version_and_evicts_least_recent() -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from app.store.exemplars import PIX_BYTES, Memory, unpack_pixels
-from models.vma import Prior, VMAConfig
+from models.vma import Prior, VMAConfig, unit_directions
 
 
 class VMAEngine(Protocol):
@@ -57,7 +57,7 @@ class DeviceMemory:
     labels: list[str]  # (A,) label of each slot
     label_names: list[str]  # distinct labels, in order of first appearance
     label_idx: Tensor  # (A,) int64 index into label_names
-    h: Tensor  # (A, D) cached embeddings h(m_a)
+    directions: Tensor  # (D, A) the embeddings' unit directions h(m_a) / ||h(m_a)||, transposed
     log_prior: Tensor  # (A,) log p(a|M)
     pix: bytes  # A * PIX_BYTES packed pixels, for the exemplars a query needs
 
@@ -67,7 +67,7 @@ class DeviceMemory:
 
     @property
     def nbytes(self) -> int:
-        return self.h.numel() * 4 + len(self.pix) + self.size * 64
+        return self.directions.numel() * 4 + len(self.pix) + self.size * 64
 
     def pixels(self, slots: np.ndarray, device: torch.device) -> Tensor:
         """Drawings of the given slots (N,) -> (N, 1, S, S) float on ``device``."""
@@ -105,7 +105,7 @@ def to_device(
     return DeviceMemory(
         version=version, etag=etag, model=model_name, ids=memory.ids, labels=memory.labels,
         label_names=list(names), label_idx=torch.tensor(idx, dtype=torch.int64, device=device),
-        h=h, log_prior=log_prior, pix=memory.pix,
+        directions=unit_directions(h).T.contiguous(), log_prior=log_prior, pix=memory.pix,
     )  # fmt: skip
 
 

@@ -22,13 +22,13 @@ from torch import Tensor
 from app.catalog import ModelKey
 from app.errors import EmptyMemory, ExemplarNotFound, LabelNotFound, MemserveError, SessionNotFound
 from app.kinds.vma.images import encode_png
-from app.kinds.vma.memory import DeviceMemory, MemoryCache, PriorCache, VMAEngine, to_device
+from app.kinds.vma.memory import DeviceMemory, MemoryCache, PriorCache, to_device
 from app.kinds.vma.replies import Sample, SampleResponse
 from app.kinds.vma.served import PIX_FLOATS, NoveltyRule, ServedVMA
 from app.kinds.vma.wire import AUTO_SAMPLES, VmaJob, auto_samples
 from app.queue.messages import error_reply, ok_reply
 from app.queue.reader import Delivery
-from app.store.exemplars import AddCommit, WorkerExemplars
+from app.store.exemplars import AddCommit, WorkerExemplars, unpack_pixels
 from app.store.keys import Keys
 from app.worker.budget import UNBOUNDED, WorkBudget
 from app.worker.runner import Outcome, Runner
@@ -192,7 +192,7 @@ class VmaRunner(Runner[ServedVMA]):
                 job.params["samples"] = auto_samples(served.novelty.score if served.novelty else None)
         # (N, D): every drawing of every session, in as few passes as the budget allows
         e = self.budget.map_rows(model.query_embedding, [x], served.costs.embed)
-        parts, log_q = _address(model, items, x, e)
+        parts, log_q = _address(items, x, e)
         _bounds(served, parts, self.budget, self.priors)
         return list(_classify_bodies(parts, log_q, served.novelty))
 
@@ -245,9 +245,10 @@ class _Addressing:
     cand: Tensor  # (n, T) top addresses under q(a|x)
     samples: int  # z samples per candidate
     log_w: Tensor | None = None  # (n, T) log E_z[...] per candidate
+    bound: list[float] | None = None  # (n,) the likelihood bound log sum_a p(a) E_z[...]
 
 
-def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> tuple[list[_Addressing], Tensor]:
+def _address(items: list[Item], x: Tensor, e: Tensor) -> tuple[list[_Addressing], Tensor]:
     """Each classify job's addressing: its drawings' logits against its own memory, then the
     softmaxes, KLs, best logits and top candidates of all jobs in one pass over a padded
     (N, A_max) block (padded slots have logit and prior -inf, so q = 0 there); and that
@@ -258,7 +259,8 @@ def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> tuple
     rows, start = [], 0
     for _, job, mem in items:
         at = slice(start, start + job.count)
-        logits[at, : mem.size] = model.similarity(mem.h, e[at])  # (n, A)
+        # `models.vma.similarity`, with the memory's unit directions kept with it: one product per job.
+        logits[at, : mem.size] = e[at] @ mem.directions  # (n, D) @ (D, A) -> (n, A)
         log_prior[at, : mem.size] = mem.log_prior
         rows.append(at)
         start = at.stop
@@ -280,39 +282,50 @@ def _address(model: VMAEngine, items: list[Item], x: Tensor, e: Tensor) -> tuple
 
 
 def _bounds(served: ServedVMA, parts: list[_Addressing], budget: WorkBudget, priors: PriorCache) -> None:
-    """Fill each part's log_w: the decoder evaluations of all parts with the same (T, K) in as
-    few passes as the budget allows (a drawing's T K evaluations stay in one pass), with the
+    """Fill each part's log_w and bound: the decoder evaluations of all parts with the same (T, K)
+    in as few passes as the budget allows (a drawing's T K evaluations stay in one pass), with the
     candidates' p(z|m_a) and pyramids from ``priors`` (when it has a budget)."""
-    model = served.model
     groups: dict[tuple[int, int], list[_Addressing]] = {}
     for p in parts:
         if p.cand.shape[1]:
             groups.setdefault((p.cand.shape[1], p.samples), []).append(p)
-    z_dim = model.config.z_dim
     for (t, k), group in groups.items():
-        eps = []
-        for p in group:  # per request, from its seed: batch-independent
-            gen = torch.Generator().manual_seed(int(p.job.params["seed"]))
-            eps.append(torch.randn(p.x.shape[0], t, k, z_dim, generator=gen))  # (n, T, K, z)
-            p.log_w = torch.empty(p.x.shape[0], t, device=p.x.device)  # (n, T)
-        rows = [(p, i, e) for p, e in zip(group, eps, strict=True) for i in range(p.x.shape[0])]
+        rows = [(p, a) for p in group for a in p.cand.cpu().numpy()]  # per drawing: its part, its slots
+        eps = torch.cat([_z_noise(p, k, served.model.config.z_dim) for p in group])  # (R, T, K, z)
+        x = torch.cat([p.x for p in group])  # (R, 1, S, S)
         pixel_bytes = t * k * PIX_FLOATS * 4  # a drawing's candidates expanded K times
-        for span in budget.spans([t * k * served.costs.decoder_eval + pixel_bytes] * len(rows)):
-            chunk = rows[span]
-            xs = torch.stack([p.x[i] for p, i, _ in chunk])  # (c, 1, S, S)
-            slots = [(p, p.cand[i].cpu().numpy()) for p, i, _ in chunk]
-            m_a = torch.cat([p.mem.pixels(s, xs.device) for p, s in slots])  # (c T, 1, S, S)
-            prior = None
-            if priors.max_bytes > 0:
-                keys = [(p.job.sid, int(p.mem.ids[a])) for p, s in slots for a in s.tolist()]
-                packed = [p.mem.packed(a) for p, s in slots for a in s.tolist()]
-                prior = priors.lookup(model, served.token, keys, packed, m_a)
-            m_a = m_a.view(len(chunk), t, *xs.shape[1:])  # (c T, 1, S, S) -> (c, T, 1, S, S)
-            noise = torch.stack([e[i] for _, i, e in chunk]).to(xs.device)  # (c, T, K, z)
-            log_w = model.candidate_log_weights(xs, m_a, k, eps=noise, prior=prior)  # (c, T)
-            for (p, i, _), row in zip(chunk, log_w, strict=True):
-                assert p.log_w is not None, "filled above"
-                p.log_w[i] = row
+        spans = budget.spans([t * k * served.costs.decoder_eval + pixel_bytes] * len(rows))
+        log_w = torch.cat([_span_log_weights(served, rows[at], x[at], eps[at], k, priors) for at in spans])
+        # log w_a = log p(a) + log E_z[...] per candidate (R, T); the bound is their log-sum-exp
+        log_wa = log_w + torch.cat([p.mem.log_prior[p.cand] for p in group])
+        bound = torch.logsumexp(log_wa, dim=-1).tolist()  # (R, T) -> R
+        start = 0
+        for p in group:
+            at = slice(start, start + p.x.shape[0])
+            p.log_w, p.bound, start = log_w[at], bound[at], at.stop
+
+
+def _z_noise(p: _Addressing, k: int, z_dim: int) -> Tensor:
+    """The noise of z (n, T, K, z) for a part's candidates: from its request's seed, so that the
+    answer does not depend on the batch."""
+    gen = torch.Generator().manual_seed(int(p.job.params["seed"]))
+    return torch.randn(p.x.shape[0], p.cand.shape[1], k, z_dim, generator=gen)
+
+
+def _span_log_weights(
+    served: ServedVMA, rows: list[tuple[_Addressing, np.ndarray]], x: Tensor, eps: Tensor, k: int,
+    priors: PriorCache,
+) -> Tensor:  # fmt: skip
+    """log E_z[...] (c, T) of c drawings x (c, 1, S, S) against their candidates, eps (c, T, K, z)."""
+    model = served.model
+    packed = [p.mem.packed(a) for p, slots in rows for a in slots.tolist()]
+    m_a = torch.from_numpy(unpack_pixels(b"".join(packed))).unsqueeze(1).to(x.device)  # (c T, 1, S, S)
+    prior = None
+    if priors.max_bytes > 0:
+        keys = [(p.job.sid, int(p.mem.ids[a])) for p, slots in rows for a in slots.tolist()]
+        prior = priors.lookup(model, served.token, keys, packed, m_a)
+    m_a = m_a.view(len(rows), -1, *x.shape[1:])  # (c T, 1, S, S) -> (c, T, 1, S, S)
+    return model.candidate_log_weights(x, m_a, k, eps=eps.to(x.device), prior=prior)  # (c, T)
 
 
 def _novel(p: _Addressing, rule: NoveltyRule | None) -> list[bool | None]:
@@ -368,14 +381,11 @@ def _classify_bodies(
 def _classify_body(p: _Addressing, rule: NoveltyRule | None, tops: _Tops, rows: slice) -> dict[str, Any]:
     mem, job = p.mem, p.job
     names, n = mem.label_names, p.x.shape[0]
-    if p.log_w is None:  # samples = 0
-        bound: list[float | None] = [None] * n
-    else:
-        log_wa = p.log_w + mem.log_prior[p.cand]  # (n, T): log w_a = log p(a) + log E_z[...]
-        bound = torch.logsumexp(log_wa, dim=-1).tolist()
+    bound: list[float] | list[None] = [None] * n if p.bound is None else p.bound  # None: samples = 0
     top_k = min(int(job.params["top_k"]), mem.size)
     if job.params["method"] == "importance":
         assert p.log_w is not None, "the importance method needs samples"
+        log_wa = p.log_w + mem.log_prior[p.cand]  # (n, T): log w_a = log p(a) + log E_z[...]
         weights = log_wa.softmax(-1)  # (n, T): p(a|x) self-normalised over the candidates
         scores = label_scores(weights, mem.label_idx[p.cand], len(names)).cpu().numpy()
         top_p, at = weights.topk(min(top_k, weights.shape[1]), dim=-1)
