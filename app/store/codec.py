@@ -6,6 +6,7 @@ layout (dtype and shape of each field) is stored once per session as a short JSO
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import orjson
 
 _DTYPES: dict[str, np.dtype[Any]] = {"f4": np.dtype("<f4"), "u1": np.dtype("u1"), "i8": np.dtype("<i8")}
+_F4 = _DTYPES["f4"]
 
 
 class CodecError(ValueError):
@@ -21,6 +23,8 @@ class CodecError(ValueError):
 
 def encode_array(a: np.ndarray) -> tuple[bytes, list[object]]:
     """Raw bytes of `a` and its layout entry [dtype code, shape]."""
+    if a.dtype == _F4:  # nearly every array stored: tobytes() is C order whatever a's strides
+        return a.tobytes(), ["f4", list(a.shape)]
     for code, dt in _DTYPES.items():
         if a.dtype == dt or (a.dtype.kind == dt.kind and a.dtype.itemsize == dt.itemsize):
             return np.ascontiguousarray(a, dtype=dt).tobytes(), [code, list(a.shape)]
@@ -38,16 +42,22 @@ def decode_array(raw: bytes, entry: list[Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dt).reshape(dims)
 
 
-def _code(a: np.ndarray) -> str:
+def _code_of(dtype: np.dtype[Any]) -> str:
     for code, dt in _DTYPES.items():
-        if a.dtype.kind == dt.kind and a.dtype.itemsize == dt.itemsize:
+        if dtype.kind == dt.kind and dtype.itemsize == dt.itemsize:
             return code
-    raise CodecError(f"unsupported dtype {a.dtype}")
+    raise CodecError(f"unsupported dtype {dtype}")
 
 
 def layout_field(arrays: Mapping[str, np.ndarray]) -> bytes:
     """The `layout` field describing `arrays` (dtype and shape of each), without their bytes."""
-    layout = {name: [_code(a), list(a.shape)] for name, a in arrays.items()}
+    return _layout(tuple((name, a.dtype, a.shape) for name, a in arrays.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(entries: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]) -> bytes:
+    # Every commit of a session writes the same few layouts: each one is encoded once.
+    layout = {name: [_code_of(dtype), list(shape)] for name, dtype, shape in entries}
     return orjson.dumps(layout)  # compact: the same bytes json.dumps(separators=(",", ":")) wrote
 
 

@@ -107,6 +107,30 @@ def test_deviations_and_anomaly_flags() -> None:
     assert dist.anomalies(first, 0) == []  # a session's first 16 points are never flagged
 
 
+def test_a_batch_of_chunks_gets_the_deviations_and_flags_of_each_chunk_alone() -> None:
+    rng = np.random.default_rng(3)
+    lengths, firsts = [5, 2, 7], [0, 40, 12]
+    chunks = [rng.normal(0, 4, (t, 2)).astype(np.float32) for t in lengths]
+    means = [rng.normal(0, 1, (t, 2)).astype(np.float32) for t in lengths]
+    stds = [np.full((t, 2), 0.5, np.float32) for t in lengths]
+    prev = [None, (np.array([1.0, -1.0], np.float32), np.array([0.5, 0.0], np.float32)), None]
+    x = np.full((3, 7, 2), np.nan, np.float32)  # padded as the worker pads a batch
+    m, s = np.zeros((3, 7, 2), np.float32), np.ones((3, 7, 2), np.float32)
+    pm, ps = np.full((3, 2), np.nan, np.float32), np.full((3, 2), np.nan, np.float32)
+    for i, t in enumerate(lengths):
+        x[i, :t], m[i, :t], s[i, :t] = chunks[i], means[i], stds[i]
+        if prev[i] is not None:
+            pm[i], ps[i] = prev[i]
+    dev = dist.batch_deviations(x, m, s, pm, ps)
+    flags = dist.batch_anomalies(dev, firsts)
+    assert sum(len(f) for f in flags) > 2, "the test needs flagged points"
+    for i, t in enumerate(lengths):
+        alone = dist.deviations(chunks[i], means[i], stds[i], *(prev[i] or (None, None)))
+        np.testing.assert_array_equal(dev[i, :t], alone)
+        assert np.isnan(dev[i, t:]).all(), "padding is never a deviation"
+        assert flags[i] == dist.anomalies(alone, firsts[i])
+
+
 def test_the_store_knows_the_shape_of_the_statistics() -> None:
     from app.kinds.memnet.backup import STATS_ROWS as STORE_ROWS
     from models.memnet import STATS_ROWS

@@ -74,10 +74,19 @@ def deviations(
     ``means``/``stds`` (T, D) are the predictions made at each point of the chunk (for the
     next one); the first point's prediction is the one the session made before the chunk.
     """
-    before_m = np.full((1, x.shape[1]), np.nan, np.float32) if prev_mean is None else prev_mean[None]
-    before_s = np.full((1, x.shape[1]), np.nan, np.float32) if prev_std is None else prev_std[None]
-    pm = np.concatenate([before_m, means[:-1]])  # (T, D): the prediction each point was given
-    ps = np.concatenate([before_s, stds[:-1]])
+    nan = np.full(x.shape[1:], np.nan, np.float32)
+    before_m = nan if prev_mean is None else prev_mean
+    before_s = nan if prev_std is None else prev_std
+    return batch_deviations(x[None], means[None], stds[None], before_m[None], before_s[None])[0]
+
+
+def batch_deviations(
+    x: np.ndarray, means: np.ndarray, stds: np.ndarray, prev_mean: np.ndarray, prev_std: np.ndarray
+) -> np.ndarray:
+    """`deviations` of B chunks at once: x, means, stds (B, T, D), the predictions made before
+    the chunks (B, D), NaN in a row that has none."""
+    pm = np.concatenate([prev_mean[:, None], means[:, :-1]], axis=1)  # (B, T, D): each point's prediction
+    ps = np.concatenate([prev_std[:, None], stds[:, :-1]], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         dev = (x - pm) / ps
     return np.where(ps > 0, dev, np.nan).astype(np.float32)
@@ -85,11 +94,18 @@ def deviations(
 
 def anomalies(dev: np.ndarray, first_seq: int, level: float = ANOMALY_LEVEL) -> list[dict[str, Any]]:
     """The points outside their own ``level`` % one-step interval: index, seq, dim, scales away."""
-    limit = z_of(level)
+    return batch_anomalies(dev[None], [first_seq], level)[0]
+
+
+def batch_anomalies(
+    dev: np.ndarray, first_seqs: list[int], level: float = ANOMALY_LEVEL
+) -> list[list[dict[str, Any]]]:
+    """`anomalies` of B chunks' deviations (B, T, D) at once (NaN, as in padding, is never one)."""
     with np.errstate(invalid="ignore"):
-        hits = np.argwhere(np.abs(dev) > limit)
-    hits = hits[first_seq + hits[:, 0] >= ANOMALY_WARMUP]
-    return [
-        {"index": int(t), "seq": first_seq + int(t), "dim": int(d), "scales": round(float(dev[t, d]), 3)}
-        for t, d in hits
-    ]
+        hits = np.argwhere(np.abs(dev) > z_of(level))  # (hits, 3): row, t, d in row order
+    out: list[list[dict[str, Any]]] = [[] for _ in first_seqs]
+    for b, t, d in hits.tolist():
+        seq = first_seqs[b] + t
+        if seq >= ANOMALY_WARMUP:
+            out[b].append({"index": t, "seq": seq, "dim": d, "scales": round(float(dev[b, t, d]), 3)})
+    return out

@@ -198,16 +198,17 @@ def forecast_rows(
 
 
 def points_body(
-    served: ServedMemNet, seq: int, preds: np.ndarray, stds: np.ndarray, dev: np.ndarray,
+    seq: int, preds: np.ndarray, stds: np.ndarray, anomalies: list[dict[str, Any]] | None,
     forecast: np.ndarray | None, forecast_intervals: dict[str, Any] | None, levels: tuple[float, ...],
     repeat: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """The reply to one chunk of T points (preds (T, D)): the one shape `PointsResponse` documents."""
+    """The reply to one chunk of T points (preds (T, D)): the one shape `PointsResponse` documents;
+    ``anomalies`` None for a model without a predictive scale."""
     body: dict[str, Any] = {
         "seq": seq, "step": seq + preds.shape[0], "predictions": preds, "forecast": forecast,
         "intervals": dist.gaussian_intervals(preds, stds, list(levels)) if levels else None,
         "forecast_intervals": forecast_intervals if levels and forecast is not None else None,
-        "anomalies": dist.anomalies(dev, seq) if served.has_scale else None, "repeat": repeat,
+        "anomalies": anomalies, "repeat": repeat,
     }  # fmt: skip
     return body
 
@@ -218,8 +219,34 @@ OVERFLOW = (
 )
 
 
-def _present(arrays: list[np.ndarray | None]) -> list[np.ndarray]:
-    return [a for a in arrays if a is not None]
+def _deviations(
+    served: ServedMemNet, chunks: list[np.ndarray], old: list[SessionState | None], res: ChunkRows
+) -> np.ndarray:
+    """Every point's deviation from its own prediction (B, T_max, D), NaN past a row's chunk and
+    where no prediction was made (`dist.deviations`); a chunk's first point was predicted by its
+    session's state before the chunk."""
+    t_max, dim = max(c.shape[0] for c in chunks), chunks[0].shape[1]
+    x = np.full((len(chunks), t_max, dim), np.nan, np.float32)  # (B, T_max, D)
+    prev_mean = np.full((len(chunks), dim), np.nan, np.float32)  # (B, D)
+    prev_std = np.full_like(prev_mean, np.nan)
+    for i, (c, st) in enumerate(zip(chunks, old, strict=True)):
+        x[i, : c.shape[0]] = c
+        if st is not None and st.y is not None and st.y_std is not None:
+            prev_mean[i], prev_std[i] = served.to_client(st.y), st.y_std * served.std
+    return dist.batch_deviations(x, res.preds, res.stds, prev_mean, prev_std)
+
+
+def _finite_rows(res: ChunkRows, lengths: list[int], *state: np.ndarray) -> list[bool]:
+    """Per row: its chunk's predictions, its forecast and its new state (arrays (B, ...)) all finite."""
+    b, t_max = res.preds.shape[:2]
+    pad = (np.arange(t_max)[None, :] >= np.asarray(lengths)[:, None])[..., None]  # (B, T_max, 1)
+    ok = np.ones(b, dtype=bool)
+    for a in (res.preds, res.stds):
+        ok &= (np.isfinite(a) | pad).reshape(b, -1).all(1)  # (B, T_max, D) -> (B,)
+    for a in state:
+        ok &= np.isfinite(a).reshape(b, -1).all(1)  # (B, ...) -> (B,)
+    forecasts = zip(ok.tolist(), res.forecasts, strict=True)
+    return [o and (f is None or bool(np.isfinite(f).all())) for o, f in forecasts]
 
 
 class MemNetRunner(Runner[ServedMemNet]):
@@ -365,7 +392,8 @@ class MemNetRunner(Runner[ServedMemNet]):
                 self.budget,
             )
             forecast, intervals = fcs[0], ivs[0]
-        body = points_body(served, job.seq or 0, preds, stds, devs, forecast, intervals, job.levels, True)
+        flags = dist.anomalies(devs, job.seq or 0) if served.has_scale else None
+        body = points_body(job.seq or 0, preds, stds, flags, forecast, intervals, job.levels, True)
         out.replies.append((job.reply_to, ok_reply(job.job_id, body)))
         out.ack.append(ld.delivery.entry_id)
 
@@ -375,7 +403,6 @@ class MemNetRunner(Runner[ServedMemNet]):
             for ld in group
         ]
         old = [ld.state for ld in group]
-        prev = [self._previous_prediction(served, ld) for ld in group]
         batch = served.stack(old)  # type: ignore[arg-type]
         horizons = [ld.job.horizon for ld in group]
         levels = [ld.job.levels for ld in group]
@@ -389,12 +416,14 @@ class MemNetRunner(Runner[ServedMemNet]):
                          res.std_last[i] if served.has_scale else None)
             for i in range(len(group))
         ]  # fmt: skip
-        # Per row its commit, or None for a row whose state or predictions are not finite:
-        # refused below, nothing of it stored.
+        devs = _deviations(served, chunks, old, res) if served.has_scale else None
+        flags = None if devs is None else dist.batch_anomalies(devs, [ld.step for ld in group])
+        # Per row its commit, or None for a row whose state or predictions are not finite (float32
+        # overflows to inf on huge inputs, and such a state would answer null for ever): refused
+        # below, nothing of it stored.
+        finite = _finite_rows(res, [ld.job.length for ld in group], h, k, v, stats)
         commits = [
-            self._commit_of(served, ld, chunks[i], res, i, old[i], new[i], prev[i])
-            if new[i].is_finite(res.preds[i, : ld.job.length], res.stds[i], *_present([res.forecasts[i]]))
-            else None
+            self._commit_of(served, ld, res, i, old[i], new[i], devs, flags) if finite[i] else None
             for i, ld in enumerate(group)
         ]
         results = iter(self.states.commit([c for c in commits if c is not None]))
@@ -405,16 +434,15 @@ class MemNetRunner(Runner[ServedMemNet]):
             self._settle(ld, next(results), c.reply, state, c.etag, out)
 
     def _commit_of(
-        self, served: ServedMemNet, ld: Loaded, chunk: np.ndarray, res: ChunkRows, i: int,
-        old: SessionState | None, new: SessionState, prev: tuple[np.ndarray | None, np.ndarray | None],
+        self, served: ServedMemNet, ld: Loaded, res: ChunkRows, i: int, old: SessionState | None,
+        new: SessionState, devs: np.ndarray | None, flags: list[list[dict[str, Any]]] | None,
     ) -> Commit:  # fmt: skip
         """Row ``i`` of a run batch as a commit: its reply, new etag, scalars and state buffers."""
         job, t = ld.job, ld.job.length
         preds, stds = res.preds[i, :t], res.stds[i, :t]
-        devs = dist.deviations(chunk, preds, stds, *prev)
         body = points_body(
-            served, ld.step, preds, stds, devs, res.forecasts[i], res.forecast_intervals[i], job.levels,
-            False,
+            ld.step, preds, stds, None if flags is None else flags[i], res.forecasts[i],
+            res.forecast_intervals[i], job.levels, False,
         )  # fmt: skip
         etag = secrets.token_hex(8).encode()
         scalars = {
@@ -422,20 +450,11 @@ class MemNetRunner(Runner[ServedMemNet]):
             "last_seq": b"%d" % ld.step, "last_digest": job.digest.encode(), "etag": etag,
         }  # fmt: skip
         extra = {"last_pred": preds}  # what a retry of this chunk answers with
-        if served.has_scale:
-            extra.update(last_std=stds, last_dev=devs)
+        if devs is not None:
+            extra.update(last_std=stds, last_dev=devs[i, :t])
         pairs, patches = commit_args(old if ld.has_state else None, new, t, extra, scalars)
         ttl = int(ld.meta.get(b"ttl", b"3600"))
         return Commit(job.sid, job.job_id, ld.step, ttl, ok_reply(job.job_id, body), etag, pairs, patches)
-
-    def _previous_prediction(
-        self, served: ServedMemNet, ld: Loaded
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The (mean, std) in client units the session predicted for this chunk's first point."""
-        st = ld.state
-        if not served.has_scale or st is None or st.y is None or st.y_std is None:
-            return None, None
-        return served.to_client(st.y), st.y_std * served.std
 
     def _settle(
         self, ld: Loaded, res: object, reply: bytes, state: SessionState, etag: bytes, out: Outcome

@@ -38,14 +38,6 @@ class SessionState:
     y: np.ndarray | None = None  # (D,) the last prediction, model units (None before any point)
     y_std: np.ndarray | None = None  # (D,) its std; None for a model without a predictive scale
 
-    def is_finite(self, *others: np.ndarray) -> bool:
-        """Whether the state, and ``others`` (the predictions that came with it), are all finite:
-        float32 overflows to inf on huge inputs, and such a state would answer null for ever."""
-        arrays = [self.h, self.keys, self.values, *others]
-        if self.stats is not None:
-            arrays.append(self.stats)
-        return all(bool(np.isfinite(a).all()) for a in arrays)
-
     def copy(self) -> SessionState:
         """A copy that owns its arrays (the batch's buffers get reused)."""
         c = None if self.stats is None else self.stats.copy()
