@@ -206,7 +206,7 @@ def test_memnet_stream_and_backups_on_a_cluster(
     xs = series(60)
     got: list[list[float]] = []
     seq = 0
-    for size in (1, 5, 17, 1, 30, 6):  # longer than the ring of 8: patched in place, then wrapped
+    for size in (1, 5, 17, 1, 30, 6):  # shorter and longer than the ring of 8, then wrapped
         r = post(client, sid, xs[seq : seq + size], seq, horizon=4 if seq + size == 60 else 0)
         assert r.status_code == 200, r.text
         got += r.json()["predictions"]
