@@ -11,7 +11,6 @@ import redis
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.kinds.memnet.state import WHOLE_RINGS_UP_TO, SessionState, commit_args
 from app.store import scripts
 from app.store.codec import CodecError, decode_array, decode_fields, encode_array, encode_fields
 from app.store.keys import SESSION_ID_RE, Keys, entry_ms, new_job_id, new_session_id
@@ -266,36 +265,6 @@ def test_a_commit_refused_for_a_bad_patch_writes_nothing(rdb: redis.Redis, sessi
     with pytest.raises(redis.ResponseError, match="patch outside"):
         commit(rdb, keys, sid, 1, (("ring", 0, b"X"), ("ring", 3, b"YZ")), step=b"2")
     assert rdb.hgetall(keys.state(sid)) == {b"step": b"1", b"ring": b"abcd"}
-
-
-def _ring_state(seed: int, pos: int) -> SessionState:
-    rng = np.random.default_rng(seed)
-    ring = rng.normal(size=(2, 8, 4)).astype(np.float32)  # keys and values, N = 8 slots of 4
-    return SessionState(rng.normal(size=6).astype(np.float32), ring[0], ring[1], 8, pos)
-
-
-@pytest.mark.parametrize(("start", "length"), [(2, 3), (6, 4), (0, 8)])  # inside, wrapping, a whole lap
-def test_a_chunk_patched_into_the_ring_stores_what_sending_it_whole_stores(
-    rdb: redis.Redis, key_prefix: str, start: int, length: int
-) -> None:
-    keys, script = Keys(key_prefix), rdb.register_script(scripts.COMMIT_STATE)
-    old = _ring_state(0, start)
-    new = _ring_state(1, (start + length) % 8)
-    unwritten = [(start + length + i) % 8 for i in range(8 - length)]  # slots the chunk left alone
-    new.keys[unwritten], new.values[unwritten] = old.keys[unwritten], old.values[unwritten]
-    stored = []
-    for whole_up_to in (0, WHOLE_RINGS_UP_TO):  # patches, then the rings whole
-        sid = new_session_id()
-        rdb.hset(keys.meta(sid), mapping={"kind": "memnet", "ttl": 100, "version": 0})
-        for expected, (before, state, n) in enumerate([(None, old, 0), (old, new, length)]):
-            pairs, patches = commit_args(before, state, n, {}, {"step": b"%d" % (expected + 1)}, whole_up_to)
-            assert bool(patches) == (whole_up_to == 0 and before is not None and length < 8)
-            args = [expected, 100, b"reply", 50, len(pairs) // 2, *pairs, *patches]
-            session_keys = [keys.meta(sid), keys.state(sid), keys.reply(sid, "j")]
-            assert script(keys=session_keys, args=args) == expected + 1  # the new version
-        stored.append(rdb.hgetall(keys.state(sid)))
-    assert stored[0] == stored[1]
-    assert stored[0][b"keys"] == new.keys.tobytes() and stored[0][b"values"] == new.values.tobytes()
 
 
 def test_touch_slides_the_ttl_of_meta_and_state(rdb: redis.Redis, session) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 
-from app.kinds.memnet.state import SessionState, StateCache, commit_args, ring_runs
+from app.kinds.memnet.state import WHOLE_RINGS_UP_TO, SessionState, StateCache, commit_args, ring_runs
 from app.store import scripts
 from app.store.keys import Keys
 
@@ -36,7 +36,11 @@ def _write(state: SessionState, rows: np.ndarray) -> SessionState:
     return SessionState(h, keys, values, min(state.count + len(rows), n), pos)
 
 
-def test_patched_commits_leave_redis_equal_to_the_new_state(rdb: redis.Redis, key_prefix: str) -> None:
+# Patches (what a large ring gets), then this small ring's own way: written whole.
+@pytest.mark.parametrize("whole_up_to", [0, WHOLE_RINGS_UP_TO])
+def test_patched_and_whole_commits_leave_redis_equal_to_the_new_state(
+    rdb: redis.Redis, key_prefix: str, whole_up_to: int
+) -> None:
     keys = Keys(key_prefix)
     sid = "ab" * 16
     commit = rdb.register_script(scripts.COMMIT_STATE)
@@ -51,8 +55,8 @@ def test_patched_commits_leave_redis_equal_to_the_new_state(rdb: redis.Redis, ke
     for length in [1, 3, 7, 8, 2, 5, 19, 1, 6, 4]:
         rows = rng.standard_normal((length, dk)).astype(np.float32)
         new = _write(state, rows)
-        pairs, patches = commit_args(stored, new, length, {}, {"step": b"%d" % (step + length)})
-        assert bool(patches) == (stored is not None and length < n)
+        pairs, patches = commit_args(stored, new, length, {}, {"step": b"%d" % (step + length)}, whole_up_to)
+        assert bool(patches) == (whole_up_to == 0 and stored is not None and length < n)
         args = [step, 60, b"reply", 60, len(pairs) // 2, *pairs, *patches]
         version = commit(keys=[keys.meta(sid), keys.state(sid), keys.reply(sid, f"j{step}")], args=args)
         assert isinstance(version, int)
