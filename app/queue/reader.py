@@ -108,10 +108,10 @@ class BatchReader:
         self,
         entry_ids: dict[str, list[bytes]],
         messages: list[tuple[str, bytes]] | None = None,
-        read_next: bool = False,
+        read_next: int = 0,
     ) -> list[Delivery]:
-        """Publish `messages` (channel, payload), acknowledge and delete the entries, and with
-        `read_next` take the jobs already waiting (without blocking): one round trip.
+        """Publish `messages` (channel, payload), acknowledge and delete the entries, and take up
+        to `read_next` jobs already waiting (without blocking): one round trip.
 
         Deleting keeps the stream's length equal to its backlog (what the queue cap counts).
         Under load the next batch is usually waiting, so it costs no round trip of its own.
@@ -129,7 +129,7 @@ class BatchReader:
                 p.xack(stream, GROUP, *ids)
                 p.xdel(stream, *ids)
             if read_next:
-                p.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=self.max_batch)
+                p.xreadgroup(GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=read_next)
             res = p.execute()
         return self._deliveries(res[-1]) if read_next else []
 

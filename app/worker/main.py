@@ -90,6 +90,7 @@ class Worker:
         )
         self._retry: list[Delivery] = []
         self._next: list[Delivery] = []  # read with the last acknowledgement
+        self._held: list[Delivery] = []  # read, past their kind's batch cap: for the next batches
 
     def _load_models(self) -> None:
         if self.model_set.load_new():
@@ -180,16 +181,26 @@ class Worker:
                 # Unacknowledged jobs stay pending; they are re-run once Redis is back.
                 log.warning("redis error: %s; retrying in 1 s", e)
                 self.stopping.wait(1.0)
-        if self._next or self._retry:  # jobs in hand when asked to stop: finish them
+        self._finish_in_hand()
+        self.registry.leave(self.id)
+        log.info("worker %s stopped", self.id)
+
+    def _finish_in_hand(self) -> None:
+        """Run the jobs in hand when asked to stop (read ahead, held past a cap, to run again);
+        each batch takes at least one of them, and none are read meanwhile."""
+        for _ in range(self.settings.max_batch * 4):
+            if not (self._next or self._retry or self._held):
+                return
             try:
                 self._one_batch()
             except REDIS_DOWN as e:
                 log.warning("could not finish the jobs in hand (%s); another worker will", e)
-        self.registry.leave(self.id)
-        log.info("worker %s stopped", self.id)
+                return
 
     def _one_batch(self) -> None:
         batch, isolated = self._take_batch()
+        if not isolated:
+            batch = self._cap(batch)
         if not batch:
             return
         started = time.perf_counter()
@@ -222,7 +233,10 @@ class Worker:
         acks = {stream: out.ack for stream, out in outs.items()}
         messages = [m for out in outs.values() for m in out.messages()]
         # A job run alone leaves the jobs read with the last acknowledgement waiting in _next.
-        read_next = not isolated and not self.stopping.is_set()
+        # Jobs in hand count against the read, so that a worker holds no more than it would
+        # without caps: the jobs it holds are no other worker's to take.
+        room = max(self.settings.max_batch - len(self._held), 0)
+        read_next = 0 if isolated or self.stopping.is_set() else room
         try:
             taken = self.reader.ack(acks, messages, read_next=read_next)
             if suspect is not None and suspect.entry_id in acks.get(suspect.stream, ()):
@@ -252,13 +266,28 @@ class Worker:
         if any(d.deliveries > 1 for d in retry):
             self._retry = retry[1:]
             return retry[:1], True
-        batch = retry + self._next
-        self._next = []
+        batch = retry + self._held + self._next
+        self._held, self._next = [], []
         if not batch:
             batch = self.reader.read_batch(block_ms=500)
         elif len(batch) < self.settings.max_batch and retry:
             batch += self.reader.read_batch(block_ms=None)
         return batch, False
+
+    def _cap(self, batch: list[Delivery]) -> list[Delivery]:
+        """The batch within each kind's cap (`Runner.batch_cap`), in order; the rest held for the
+        next batches, ahead of the jobs read after them."""
+        caps = {stream: runner.batch_cap() for stream, runner in self.runners.items()}
+        taken: dict[str, int] = {}
+        keep: list[Delivery] = []
+        for d in batch:
+            cap = caps.get(d.stream)
+            if cap is not None and taken.get(d.stream, 0) >= cap:
+                self._held.append(d)
+                continue
+            taken[d.stream] = taken.get(d.stream, 0) + 1
+            keep.append(d)
+        return keep
 
     def _log_jobs(self, batch: list[Delivery], outs: dict[str, Outcome]) -> None:
         """One line per job answered (MEMSERVE_ACCESS_LOG), with the request id it came with."""

@@ -75,6 +75,11 @@ class Runner(Generic[Served]):
         """What this kind adds to the worker's heartbeat (its cache's hits and misses, say)."""
         return {}
 
+    def batch_cap(self) -> int | None:
+        """This kind's jobs per batch at most; None: as many as the worker reads (MEMSERVE_MAX_BATCH).
+        The worker keeps the jobs past the cap for its next batches."""
+        return None
+
     def key_of(self, name: str, version: str | None) -> ModelKey | None:
         """The loaded version a job runs on: the one it names, or, for a job that names none
         (queued by an API from before versions), the newest loaded; None when not loaded."""
