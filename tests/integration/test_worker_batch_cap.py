@@ -123,3 +123,28 @@ def test_a_worker_holds_no_more_jobs_than_max_batch(capped, rdb) -> None:
     worker.reader.ack = ack  # type: ignore[method-assign]
     _drive(worker, lambda: all(q.done() for q in queries))
     assert in_hand and max(in_hand) <= settings.max_batch, in_hand
+
+
+def test_the_vma_cap_is_8_on_a_cpu_none_on_a_gpu_and_the_setting_wins(
+    settings: Settings, ckpt_dir: Path
+) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from app.kinds.vma import worker as vma_worker
+    from app.kinds.vma.runner import CPU_BATCH, VmaRunner
+    from app.worker.backends import Backend
+    from models.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint("vma-test", ckpt_dir)
+    served = vma_worker.serve(model, card, ckpt_dir, Backend("onnx", torch.device("cpu"), 1, "cpu"))
+    assert not served.on_gpu  # this host's worker: ONNX Runtime on the CPU
+    r = redis.Redis.from_url(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    assert VmaRunner(r, keys, {("vma-test", "1"): served}, 60, 3).batch_cap() == CPU_BATCH == 8
+    # No GPU here: a model served on one is stood in for by its flag, all `batch_cap` reads.
+    on_gpu = SimpleNamespace(on_gpu=True)
+    assert VmaRunner(r, keys, {("vma-test", "1"): on_gpu}, 60, 3).batch_cap() is None  # type: ignore[dict-item]
+    assert VmaRunner(r, keys, {("vma-test", "1"): on_gpu}, 60, 3, max_batch=3).batch_cap() == 3  # type: ignore[dict-item]
+    r.close()

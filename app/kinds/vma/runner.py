@@ -74,8 +74,7 @@ class VmaRunner(Runner[ServedVMA]):
     def batch_cap(self) -> int | None:
         if self.max_batch is not None:
             return self.max_batch
-        on_gpu = any(served.device.type != "cpu" for served in self.models.values())
-        return None if on_gpu else CPU_BATCH
+        return None if any(served.on_gpu for served in self.models.values()) else CPU_BATCH
 
     def beat(self) -> dict[str, Any]:
         """The caches' hits and misses and the arithmetic options in use, for the heartbeat."""

@@ -84,9 +84,10 @@ class ServedVMA:
 
     def __init__(
         self, model: VMAEngine, card: dict[str, Any], device: torch.device, costs: VmaCosts,
-        precision: dict[str, str] | None = None,
+        precision: dict[str, str] | None = None, on_gpu: bool = False,
     ) -> None:  # fmt: skip
-        """``precision``: the arithmetic options this worker resolved (its heartbeat reports them)."""
+        """``precision``: the arithmetic options this worker resolved (its heartbeat reports them);
+        ``on_gpu``: whether its arithmetic runs on a GPU (torch's device or ONNX Runtime's)."""
         self.token = secrets.token_hex(8)  # names this loaded model in caches (never reused)
         self.model = model  # on `device` already
         self.card = card
@@ -95,3 +96,4 @@ class ServedVMA:
         self.novelty = novelty_rule(card)
         self.sample_temperature = sample_temperature(card)
         self.precision = precision
+        self.on_gpu = on_gpu
