@@ -156,13 +156,14 @@ class Settings(BaseSettings):
         "1.4x faster, see docs/benchmarks.md); GPU workers and the torch backend run fp32",
     )
     max_batch: int = Field(64, ge=1, description="jobs per batch at most")
-    vma_max_batch: int | None = Field(
+    vma_split_batch: int | None = Field(
         None,
         ge=1,
-        description="VMA jobs per batch at most (unset: 8 on a CPU worker, MEMSERVE_MAX_BATCH on a GPU). "
-        "On a CPU a drawing costs about the same past 8 to a batch, and a worker that takes every waiting "
-        "job at once answers them all together: the API then idles while the worker runs and the worker "
-        "while the API turns the replies round. Smaller batches keep both busy (docs/benchmarks.md)",
+        description="a worker runs at most half the VMA jobs in hand per batch, but never fewer than this "
+        "many (unset: 8 on a CPU worker; a GPU worker runs every job in hand). Taking every waiting job "
+        "at once, a worker answered them all together: the API then idled while the worker ran and the "
+        "worker while the API turned the replies round; with halves one batch's replies go out while the "
+        "next runs (docs/benchmarks.md)",
     )
     max_wait_ms: float = Field(
         0.5, ge=0, description="wait this long after a batch's oldest job was queued for more to join it"

@@ -277,7 +277,10 @@ class Worker:
     def _cap(self, batch: list[Delivery]) -> list[Delivery]:
         """The batch within each kind's cap (`Runner.batch_cap`), in order; the rest held for the
         next batches, ahead of the jobs read after them."""
-        caps = {stream: runner.batch_cap() for stream, runner in self.runners.items()}
+        in_hand: dict[str, int] = {}
+        for d in batch:
+            in_hand[d.stream] = in_hand.get(d.stream, 0) + 1
+        caps = {stream: self.runners[stream].batch_cap(n) for stream, n in in_hand.items()}
         taken: dict[str, int] = {}
         keep: list[Delivery] = []
         for d in batch:

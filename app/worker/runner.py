@@ -75,9 +75,9 @@ class Runner(Generic[Served]):
         """What this kind adds to the worker's heartbeat (its cache's hits and misses, say)."""
         return {}
 
-    def batch_cap(self) -> int | None:
-        """This kind's jobs per batch at most; None: as many as the worker reads (MEMSERVE_MAX_BATCH).
-        The worker keeps the jobs past the cap for its next batches."""
+    def batch_cap(self, in_hand: int) -> int | None:
+        """This kind's jobs per batch at most, with ``in_hand`` of them read and waiting; None: all
+        of them. The worker keeps the jobs past the cap for its next batches."""
         return None
 
     def key_of(self, name: str, version: str | None) -> ModelKey | None:

@@ -1,6 +1,7 @@
-"""A kind's batch cap (MEMSERVE_VMA_MAX_BATCH): the worker runs at most that many of the kind's
-jobs per batch, keeps the rest in hand for the next batches in order, answers every one of them,
-also when asked to stop with some held, and never holds more than MEMSERVE_MAX_BATCH jobs."""
+"""A kind's batch cap (VMA: half the jobs in hand, at least MEMSERVE_VMA_SPLIT_BATCH): the worker
+runs at most that many of the kind's jobs per batch, keeps the rest in hand for the next batches
+in order, answers every one of them, also when asked to stop with some held, and never holds more
+than MEMSERVE_MAX_BATCH jobs."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ QUERIES = 5
 
 @pytest.fixture
 def capped(settings: Settings, ckpt_dir: Path) -> Iterator[tuple[ApiServer, Worker, list[int], Settings]]:
-    """The API in this process and a worker with a VMA cap of 2 and MEMSERVE_MAX_BATCH 4, driven
-    batch by batch by the test; the sizes of the VMA batches it ran; its settings."""
-    settings = settings.model_copy(update={"vma_max_batch": 2, "max_batch": 4})
+    """The API in this process and a worker that splits VMA batches down to 2, with
+    MEMSERVE_MAX_BATCH 4, driven batch by batch by the test; the sizes of the VMA batches it ran;
+    its settings."""
+    settings = settings.model_copy(update={"vma_split_batch": 2, "max_batch": 4})
     api = ApiServer(settings).start()
     worker = Worker(settings)
     assert worker._register(), "Redis is unreachable"
@@ -84,7 +86,9 @@ def test_a_capped_kind_runs_in_batches_of_its_cap_and_every_job_is_answered(capp
     queries = _queue_queries(api, worker, rdb, stream)
     sizes.clear()
     _drive(worker, lambda: all(q.done() for q in queries))
-    assert sizes == [2, 2, 1], sizes  # 4 read (MEMSERVE_MAX_BATCH), 2 run, 2 held; then the 5th
+    # 4 read (MEMSERVE_MAX_BATCH): 2 run, 2 held, the 5th read with the acknowledgement; of those
+    # 3 in hand, 2 run (half, rounded up, at least the split); then the last
+    assert sizes == [2, 2, 1], sizes
     for i, q in enumerate(queries):
         r = q.result()
         assert r.status_code == 200, r.text
@@ -125,7 +129,7 @@ def test_a_worker_holds_no_more_jobs_than_max_batch(capped, rdb) -> None:
     assert in_hand and max(in_hand) <= settings.max_batch, in_hand
 
 
-def test_the_vma_cap_is_8_on_a_cpu_none_on_a_gpu_and_the_setting_wins(
+def test_the_vma_cap_is_half_in_hand_at_least_8_on_a_cpu_none_on_a_gpu(
     settings: Settings, ckpt_dir: Path
 ) -> None:
     from types import SimpleNamespace
@@ -133,7 +137,7 @@ def test_the_vma_cap_is_8_on_a_cpu_none_on_a_gpu_and_the_setting_wins(
     import torch
 
     from app.kinds.vma import worker as vma_worker
-    from app.kinds.vma.runner import CPU_BATCH, VmaRunner
+    from app.kinds.vma.runner import CPU_SPLIT, VmaRunner
     from app.worker.backends import Backend
     from models.checkpoint import load_checkpoint
 
@@ -142,9 +146,11 @@ def test_the_vma_cap_is_8_on_a_cpu_none_on_a_gpu_and_the_setting_wins(
     assert not served.on_gpu  # this host's worker: ONNX Runtime on the CPU
     r = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.key_prefix)
-    assert VmaRunner(r, keys, {("vma-test", "1"): served}, 60, 3).batch_cap() == CPU_BATCH == 8
+    on_cpu = VmaRunner(r, keys, {("vma-test", "1"): served}, 60, 3)
+    assert CPU_SPLIT == 8
+    assert [on_cpu.batch_cap(n) for n in (1, 8, 9, 16, 17, 40, 64)] == [8, 8, 8, 8, 9, 20, 32]
     # No GPU here: a model served on one is stood in for by its flag, all `batch_cap` reads.
-    on_gpu = SimpleNamespace(on_gpu=True)
-    assert VmaRunner(r, keys, {("vma-test", "1"): on_gpu}, 60, 3).batch_cap() is None  # type: ignore[dict-item]
-    assert VmaRunner(r, keys, {("vma-test", "1"): on_gpu}, 60, 3, max_batch=3).batch_cap() == 3  # type: ignore[dict-item]
+    gpu = {("vma-test", "1"): SimpleNamespace(on_gpu=True)}
+    assert VmaRunner(r, keys, gpu, 60, 3).batch_cap(64) is None  # type: ignore[arg-type]
+    assert [VmaRunner(r, keys, gpu, 60, 3, split=3).batch_cap(n) for n in (2, 6, 9)] == [3, 3, 5]  # type: ignore[arg-type]
     r.close()

@@ -36,10 +36,11 @@ from models.vma import address_kl, label_scores
 
 log = logging.getLogger(__name__)
 
-# VMA jobs per batch on a CPU worker unless set: a drawing's arithmetic costs about the same per
-# drawing past 8 to a batch, and a batch that takes every waiting job makes the worker and the
-# API wait on each other in turn (MEMSERVE_VMA_MAX_BATCH, docs/benchmarks.md).
-CPU_BATCH = 8
+# The fewest VMA jobs a CPU worker's batch is split down to unless set (MEMSERVE_VMA_SPLIT_BATCH):
+# a batch that takes every waiting job makes the worker and the API wait on each other in turn,
+# and a drawing's arithmetic costs about the same per drawing past 8 to a batch; below that,
+# each batch's own round trips weigh more (docs/benchmarks.md).
+CPU_SPLIT = 8
 
 Item = tuple[Delivery, VmaJob, DeviceMemory]
 
@@ -59,22 +60,27 @@ class VmaRunner(Runner[ServedVMA]):
         cache_bytes: int = 512 << 20,
         latest: dict[str, ModelKey] | None = None,
         budget: WorkBudget = UNBOUNDED,
-        max_batch: int | None = None,
+        split: int | None = None,
     ) -> None:
-        """``max_batch``: jobs per batch at most (MEMSERVE_VMA_MAX_BATCH); None: `CPU_BATCH` on a
-        CPU, the worker's own limit on a GPU."""
+        """``split``: the fewest jobs a batch is split down to (MEMSERVE_VMA_SPLIT_BATCH); None:
+        `CPU_SPLIT` on a CPU, no split on a GPU."""
         super().__init__(r, keys, models, reply_ttl_s, max_deliveries, latest)
-        self.max_batch = max_batch
+        self.split = split
         # A quarter of the budget keeps exemplars' p(z|m_a) and pyramids for the likelihood bound.
         self.priors = PriorCache(cache_bytes // 4)
         self.cache = MemoryCache(cache_bytes - self.priors.max_bytes)
         self.budget = budget
         self.exemplars = WorkerExemplars(r, keys, reply_ttl_s)
 
-    def batch_cap(self) -> int | None:
-        if self.max_batch is not None:
-            return self.max_batch
-        return None if any(served.on_gpu for served in self.models.values()) else CPU_BATCH
+    def batch_cap(self, in_hand: int) -> int | None:
+        """Half the jobs in hand, at least the split: the other half waits for the next batch, which
+        runs while the API sends this one's replies and queues the next requests."""
+        split = self.split
+        if split is None:
+            if any(served.on_gpu for served in self.models.values()):
+                return None
+            split = CPU_SPLIT
+        return max(split, -(-in_hand // 2))
 
     def beat(self) -> dict[str, Any]:
         """The caches' hits and misses and the arithmetic options in use, for the heartbeat."""

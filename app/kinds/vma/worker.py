@@ -61,5 +61,5 @@ def runner(
     return VmaRunner(
         r, keys, models, settings.reply_ttl_s, settings.max_deliveries,
         cache_bytes=settings.memory_cache_mb << 20, latest=latest, budget=budget,
-        max_batch=settings.vma_max_batch,
+        split=settings.vma_split_batch,
     )  # fmt: skip
