@@ -63,12 +63,18 @@ class Backend:
         on_cpu = self.placement is not None and self.placement.ort_device == "cpu"
         return self.name == "onnx" and on_cpu and self.query_embedding == "int8"
 
+    def on_gpu(self) -> bool:
+        """Whether this worker's arithmetic runs on a GPU: torch's device, or ONNX Runtime's
+        placement (which may be CUDA beside a CPU-only torch). Call after `graphs`."""
+        placed = self.placement
+        return self.device.type != "cpu" or (placed is not None and placed.ort_device != "cpu")
+
     def bf16_decoder(self) -> bool:
         """Whether VMA's decoder runs in bfloat16 here (asked for, on a CPU worker). Call after
         `graphs` (the ONNX placement decides where the worker runs)."""
         if self.decoder_precision != "bf16":
             return False
-        if self.device.type != "cpu" or (self.placement is not None and self.placement.ort_device != "cpu"):
+        if self.on_gpu():
             raise SettingsError("MEMSERVE_DECODER_PRECISION=bf16 is for CPU workers: set fp32")
         if not cpu_has_bf16_matrix_units():
             log.warning(

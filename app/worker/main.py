@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -277,18 +278,16 @@ class Worker:
     def _cap(self, batch: list[Delivery]) -> list[Delivery]:
         """The batch within each kind's cap (`Runner.batch_cap`), in order; the rest held for the
         next batches, ahead of the jobs read after them."""
-        in_hand: dict[str, int] = {}
-        for d in batch:
-            in_hand[d.stream] = in_hand.get(d.stream, 0) + 1
+        in_hand = Counter(d.stream for d in batch)
         caps = {stream: self.runners[stream].batch_cap(n) for stream, n in in_hand.items()}
-        taken: dict[str, int] = {}
+        taken: Counter[str] = Counter()
         keep: list[Delivery] = []
         for d in batch:
-            cap = caps.get(d.stream)
-            if cap is not None and taken.get(d.stream, 0) >= cap:
+            cap = caps[d.stream]
+            if cap is not None and taken[d.stream] >= cap:
                 self._held.append(d)
                 continue
-            taken[d.stream] = taken.get(d.stream, 0) + 1
+            taken[d.stream] += 1
             keep.append(d)
         return keep
 

@@ -44,9 +44,7 @@ def serve(model: VMA, card: dict[str, Any], card_dir: Path, backend: Backend) ->
     if backend.bf16_decoder():
         engine = Bf16Decoding(engine, model)
         precision["decoder"] = "bf16"
-    placed = backend.placement
-    on_gpu = backend.device.type != "cpu" or (placed is not None and placed.ort_device != "cpu")
-    return ServedVMA(engine, card, backend.device, costs, precision, on_gpu)
+    return ServedVMA(engine, card, backend.device, costs, precision, backend.on_gpu())
 
 
 def runner(
