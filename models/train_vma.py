@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --init: grow the generative nets to this many feature maps, keeping what the "
         "model computes (the new maps start unread; models.vma_widen)",
     )  # fmt: skip
+    p.add_argument(
+        "--decoder-warp", action="store_true",
+        help="the decoder reads m_a's pyramid through an affine warp chosen from z (with --init: "
+        "added at the identity, so step 0 computes what --init does)",
+    )  # fmt: skip
     p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
@@ -188,12 +193,13 @@ def make_model(args: argparse.Namespace) -> VMA:
     if args.init is None:
         config = VMAConfig(
             channels=args.channels, hidden_dim=args.hidden, match_dim=args.match_dim,
-            z_dim=args.z_dim, k_train=args.k, **_address_options(args),
+            z_dim=args.z_dim, k_train=args.k, decoder_warp=args.decoder_warp, **_address_options(args),
         )  # fmt: skip
         return VMA(config)
     init, _ = load_checkpoint(args.init, args.init_dir)
     assert isinstance(init, VMA), f"{args.init} is not a VMA checkpoint"
-    model = VMA(dataclasses.replace(init.config, **_address_options(args)))
+    warp = {"decoder_warp": True} if args.decoder_warp else {}
+    model = VMA(dataclasses.replace(init.config, **_address_options(args), **warp))
     own = model.state_dict()
     same = {
         k: v for k, v in init.state_dict().items()

@@ -85,6 +85,8 @@ class VMAConfig:
     address_net: str = "pyramid"
     address_channels: int = 64  # conv4's feature maps
     frame_span: int = 0  # conv4 only: re-frame drawings so the ink spans this many px (0: off)
+    # The decoder reads m_a's pyramid through an affine warp that [z, c(m_a)] chooses (0: off).
+    decoder_warp: bool = False
 
 
 def pyramid_sizes(c: VMAConfig) -> list[int]:
@@ -138,6 +140,41 @@ class Embedder(nn.Module):
         return self.head(self.pyramid(x)[-1])
 
 
+class AffineWarp(nn.Module):
+    """Resample maps through an affine transform chosen per row: the decoder's skips from m_a.
+
+    Drawings of one character by different people differ by a shift, a slant or a size more
+    than by their strokes; 3x3 convolutions can move a stroke by a pixel or two only. With the
+    warp, z can say "this exemplar, shifted and slanted", and the decoder copies m_a's strokes
+    where they belong. The map starts as the identity (zero weights), so a model trained
+    without it computes exactly what it did. The sampling grid is built from elementwise ops
+    (not ``affine_grid``) so that it exports to ONNX as it runs here.
+    """
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.theta = nn.Linear(in_dim, 6)
+        nn.init.zeros_(self.theta.weight)
+        nn.init.zeros_(self.theta.bias)
+        self.register_buffer("identity", torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), persistent=False)
+
+    def transforms(self, v: Tensor) -> Tensor:
+        """v (N, in_dim) -> (N, 6): x' = t0 x + t1 y + t2, y' = t3 x + t4 y + t5, normalised units."""
+        return self.identity + self.theta(v)
+
+    def forward(self, f: Tensor, t: Tensor) -> Tensor:
+        """f (N, C, s, s), t (N, 6) as ``transforms`` gives -> f resampled (N, C, s, s)."""
+        s = f.shape[-1]
+        u = (2 * torch.arange(s, dtype=f.dtype, device=f.device) + 1) / s - 1  # pixel centres
+        ux, uy = u.view(1, 1, s), u.view(1, s, 1)
+        t = t.to(f.dtype).view(-1, 6, 1, 1)  # (N, 6) -> (N, 6, 1, 1), in the maps' dtype
+        gx = t[:, 0] * ux + t[:, 1] * uy + t[:, 2]  # (N, s, s)
+        gy = t[:, 3] * ux + t[:, 4] * uy + t[:, 5]
+        grid = torch.stack([gx, gy], dim=-1)  # (N, s, s, 2)
+        # Border padding: a pyramid map's background is not zero (pixels enter centred).
+        return F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class Decoder(nn.Module):
     """p(x | z, m_a): [z, c(m_a)] -> top map, upsampled with skips from m_a's pyramid -> logits."""
 
@@ -155,6 +192,7 @@ class Decoder(nn.Module):
             ups.append(nn.ConvTranspose2d(2 * ch, ch, 3, stride=2, padding=1, output_padding=pad))
         self.ups = nn.ModuleList(ups)
         self.out = nn.Conv2d(2 * ch, 1, 3, padding=1)
+        self.warp = AffineWarp(2 * c.z_dim) if c.decoder_warp else None
         # Channels-last maps throughout when set (see models.vma_bf16): oneDNN's bfloat16
         # kernels work in that layout and would otherwise reorder every map twice.
         self.channels_last = False
@@ -162,11 +200,15 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor, c_m: Tensor, feats: list[Tensor]) -> Tensor:
         """z, c_m (N, z_dim); feats finest-first as ConvPyramid returns them -> logits (N, 1, S, S)."""
         top = self.sizes[-1]
-        y = F.relu(self.fc(torch.cat([z, c_m], dim=-1)))
+        zc = torch.cat([z, c_m], dim=-1)
+        y = F.relu(self.fc(zc))
         y = y.view(-1, self.c.channels, top, top)  # (N, C s s) -> (N, C, s, s)
         if self.channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
         skips = feats[::-1]  # top map first, then coarse to fine
+        if self.warp is not None:
+            t = self.warp.transforms(zc)
+            skips = [self.warp(f, t) for f in skips]
         for up, skip in zip(self.ups, skips[:-1], strict=True):
             y = F.relu(up(torch.cat([y, skip], dim=1)))  # (N, 2C, s, s) -> (N, C, next finer s)
         return self.out(torch.cat([y, skips[-1]], dim=1))  # (N, 2C, S, S) -> (N, 1, S, S)

@@ -53,6 +53,8 @@ class Bf16Decoder:
         # The first layer, a (1 x 128) @ (128 x 512) product per drawing, is faster in float32 (a
         # bfloat16 matmul this small costs more to set up than to run), and z stays unrounded.
         net.fc = _ToBf16(copy.deepcopy(decoder.fc))
+        if decoder.warp is not None:  # its transforms in float32: a bfloat16 shift is coarse
+            net.warp = copy.deepcopy(decoder.warp).float()
         self.net = net
 
     @staticmethod
