@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--decoder-warp", action="store_true",
-        help="the decoder reads m_a's pyramid through an affine warp chosen from z (with --init: "
+        help="the decoder reads m_a's pyramid rescaled and shifted as z chooses (with --init: "
         "added at the identity, so step 0 computes what --init does)",
     )  # fmt: skip
     p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")

@@ -1,4 +1,4 @@
-"""The decoder's affine warp of m_a's pyramid (`VMAConfig.decoder_warp`)."""
+"""The decoder's warp of m_a's pyramid (`VMAConfig.decoder_warp`): rescaled and shifted per axis."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 
 from models.checkpoint import load_checkpoint, read_card, save_checkpoint
 from models.export import export_checkpoint, feat_names, graph_paths
 from models.train_vma import main
-from models.vma import VMA, AffineWarp, VMAConfig
+from models.vma import VMA, AxisWarp, VMAConfig
 from models.vma_bf16 import Bf16Decoder
 from tests.conftest import write_fake_omniglot
 
@@ -32,15 +33,26 @@ def test_a_warp_at_its_start_computes_what_the_model_without_it_does():
         assert torch.allclose(plain.decode(z, c_m, feats), warped.decode(z, c_m, feats), atol=1e-5)
 
 
-def test_a_translation_moves_a_map_by_whole_pixels():
-    warp = AffineWarp(2)
+def test_a_shift_moves_a_map_by_whole_pixels():
     f = torch.zeros(1, 1, 7, 7)
     f[0, 0, 3, 2] = 1.0
-    # Output pixel (y, x) reads input at x' = x + 2 * 2/7 (normalised units): two columns to the right.
-    shift = warp.identity + torch.tensor([0.0, 0.0, 4.0 / 7, 0.0, 0.0, -2.0 / 7])
-    out = warp(f, shift.view(1, 6))
+    # Output pixel (y, x) reads input (y - 1, x + 2): one pixel is 2/7 in normalised units.
+    t = torch.tensor([[1.0, 4.0 / 7, 1.0, -2.0 / 7]])
+    out = AxisWarp(2)(f, t)
     assert out[0, 0].argmax().item() == 4 * 7 + 0, "the dot moves two columns left and one row down"
     assert abs(out.sum().item() - 1.0) < 1e-5, "whole-pixel shifts keep the ink"
+
+
+def test_the_warp_resamples_as_grid_sample_does():
+    torch.manual_seed(3)
+    f = torch.randn(5, 3, 14, 14)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0]) + 0.3 * torch.randn(5, 4)
+    u = (2 * torch.arange(14.0) + 1) / 14 - 1
+    gx = (t[:, 0, None] * u + t[:, 1, None])[:, None, :].expand(-1, 14, -1)  # (N, s, s) along width
+    gy = (t[:, 2, None] * u + t[:, 3, None])[:, :, None].expand(-1, -1, 14)
+    grid = torch.stack([gx, gy], dim=-1)
+    want = F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(AxisWarp(2)(f, t), want, atol=1e-5)
 
 
 def test_training_adds_the_warp_to_an_init_and_trains_it(tmp_path: Path):
