@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the decoder reads m_a's pyramid rescaled and shifted as z chooses (with --init: "
         "added at the identity, so step 0 computes what --init does)",
     )  # fmt: skip
+    p.add_argument("--warp-slant", action="store_true", help="--decoder-warp that also slants m_a")
     p.add_argument("--select", choices=["nll", "acc"], default="nll", help="keep the weights best by")
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--hidden", type=int, default=256)
@@ -180,6 +181,12 @@ def _address_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in names.items() if v is not None}
 
 
+def _warp_options(args: argparse.Namespace) -> dict:
+    if args.warp_slant:
+        return {"decoder_warp": True, "warp_slant": True}
+    return {"decoder_warp": True} if args.decoder_warp else {}
+
+
 def train_mode(model: VMA, args: argparse.Namespace) -> None:
     """model.train(), but frozen addressing nets stay in eval mode (batch norm keeps its statistics)."""
     model.train()
@@ -193,13 +200,12 @@ def make_model(args: argparse.Namespace) -> VMA:
     if args.init is None:
         config = VMAConfig(
             channels=args.channels, hidden_dim=args.hidden, match_dim=args.match_dim,
-            z_dim=args.z_dim, k_train=args.k, decoder_warp=args.decoder_warp, **_address_options(args),
+            z_dim=args.z_dim, k_train=args.k, **_warp_options(args), **_address_options(args),
         )  # fmt: skip
         return VMA(config)
     init, _ = load_checkpoint(args.init, args.init_dir)
     assert isinstance(init, VMA), f"{args.init} is not a VMA checkpoint"
-    warp = {"decoder_warp": True} if args.decoder_warp else {}
-    model = VMA(dataclasses.replace(init.config, **_address_options(args), **warp))
+    model = VMA(dataclasses.replace(init.config, **_address_options(args), **_warp_options(args)))
     own = model.state_dict()
     same = {
         k: v for k, v in init.state_dict().items()

@@ -85,8 +85,10 @@ class VMAConfig:
     address_net: str = "pyramid"
     address_channels: int = 64  # conv4's feature maps
     frame_span: int = 0  # conv4 only: re-frame drawings so the ink spans this many px (0: off)
-    # The decoder reads m_a's pyramid rescaled and shifted by amounts [z, c(m_a)] choose.
+    # The decoder reads m_a's pyramid rescaled and shifted by amounts [z, c(m_a)] choose,
+    # and with warp_slant also slanted (rows shifted in proportion to their height).
     decoder_warp: bool = False
+    warp_slant: bool = False
 
 
 def pyramid_sizes(c: VMAConfig) -> list[int]:
@@ -141,47 +143,56 @@ class Embedder(nn.Module):
 
 
 class AxisWarp(nn.Module):
-    """Rescale and shift maps along each axis by amounts chosen per row: the decoder's skips from m_a.
+    """Rescale, shift and optionally slant maps by amounts chosen per row: the decoder's skips from m_a.
 
-    Drawings of one character by different people differ by a shift or a size more than by
-    their strokes, and 3x3 convolutions move a stroke by a pixel or two only. With the warp, z
-    can say "this exemplar, smaller and further left", and the decoder copies m_a's strokes
-    where they belong. It starts as the identity (zero weights), so a model trained without it
-    computes exactly what it did.
+    Drawings of one character by different people differ by a shift, a size or a slant more
+    than by their strokes, and 3x3 convolutions move a stroke by a pixel or two only. With the
+    warp, z can say "this exemplar, smaller, further left and leaning", and the decoder copies
+    m_a's strokes where they belong. It starts as the identity (zero weights), so a model
+    trained without it computes exactly what it did.
 
-    The resampling is bilinear with border padding, as ``grid_sample`` would do it, but a
-    transform without rotation or shear is separable: out = W_y f W_x^T with (s, s)
-    interpolation matrices per row, two small matrix products that ONNX Runtime runs several
-    times faster than its ``GridSample``.
+    Output pixel (row i, column k) reads the input bilinearly (border padding, as
+    ``grid_sample`` would) at y = t2 v_i + t3 and x = t0 u_k + t1 + t4 v_i, in normalised
+    units, t4 being the slant. Without rotation the resampling is separable: rows first (one
+    (s, s) interpolation matrix), then columns (one matrix, or one per row with a slant).
+    These are small matrix products, which ONNX Runtime runs several times faster than its
+    ``GridSample``.
     """
 
-    def __init__(self, in_dim: int) -> None:
+    def __init__(self, in_dim: int, slant: bool) -> None:
         super().__init__()
-        self.theta = nn.Linear(in_dim, 4)
+        self.slant = slant
+        self.theta = nn.Linear(in_dim, 5 if slant else 4)
         nn.init.zeros_(self.theta.weight)
         nn.init.zeros_(self.theta.bias)
-        self.register_buffer("identity", torch.tensor([1.0, 0.0, 1.0, 0.0]), persistent=False)
+        identity = [1.0, 0.0, 1.0, 0.0] + ([0.0] if slant else [])
+        self.register_buffer("identity", torch.tensor(identity), persistent=False)
 
     def transforms(self, v: Tensor) -> Tensor:
-        """v (N, in_dim) -> (N, 4): x' = t0 x + t1, y' = t2 y + t3 in normalised units ([-1, 1])."""
+        """v (N, in_dim) -> (N, 4 or 5): t0 .. t3 (and the slant t4) of the class docstring."""
         return self.identity + self.theta(v)
 
     @staticmethod
-    def _weights(scale: Tensor, shift: Tensor, s: int) -> Tensor:
-        """Bilinear weights (N, s, s): row i holds the input pixels output pixel i reads."""
-        pix = torch.arange(s, dtype=scale.dtype, device=scale.device)
-        u = (2 * pix + 1) / s - 1  # output pixel centres, normalised
-        src = ((scale[:, None] * u + shift[:, None] + 1) * s - 1) / 2  # (N, s) input pixel coordinate
-        src = src.clamp(0, s - 1)  # border padding
-        return (1 - (src[:, :, None] - pix).abs()).relu()  # (N, s, 1) - (s,) -> (N, s, s)
+    def _weights(src: Tensor, s: int) -> Tensor:
+        """Normalised source coordinates (..., s) -> bilinear weights (..., s, s) over s input pixels."""
+        pix = torch.arange(s, dtype=src.dtype, device=src.device)
+        at = (((src + 1) * s - 1) / 2).clamp(0, s - 1)  # input pixel coordinate, border padding
+        return (1 - (at.unsqueeze(-1) - pix).abs()).relu()  # (..., s, 1) - (s,) -> (..., s, s)
 
     def forward(self, f: Tensor, t: Tensor) -> Tensor:
-        """f (N, C, s, s), t (N, 4) as ``transforms`` gives -> f resampled (N, C, s, s)."""
+        """f (N, C, s, s), t as ``transforms`` gives -> f resampled (N, C, s, s)."""
         s = f.shape[-1]
         t = t.to(f.dtype)
-        w_x = self._weights(t[:, 0], t[:, 1], s).unsqueeze(1)  # (N, s, s) -> (N, 1, s, s)
-        w_y = self._weights(t[:, 2], t[:, 3], s).unsqueeze(1)
-        return w_y @ f @ w_x.transpose(-1, -2)  # (N, C, s, s)
+        u = (2 * torch.arange(s, dtype=f.dtype, device=f.device) + 1) / s - 1  # pixel centres
+        w_y = self._weights(t[:, 2:3] * u + t[:, 3:4], s)  # (N, s, s)
+        g = w_y.unsqueeze(1) @ f  # rows resampled: (N, 1, s, s) @ (N, C, s, s) -> (N, C, s, s)
+        x_src = t[:, 0:1] * u + t[:, 1:2]  # (N, s) per output column
+        if not self.slant:
+            return g @ self._weights(x_src, s).transpose(-1, -2).unsqueeze(1)  # (N, C, s, s)
+        x_src = x_src.unsqueeze(1) + (t[:, 4:5] * u).unsqueeze(-1)  # (N, 1, s) + (N, s, 1) -> (N, s_i, s_k)
+        w_x = self._weights(x_src, s)  # (N, s_i, s_k, s_l)
+        rows = g.transpose(1, 2) @ w_x.transpose(-1, -2)  # (N, s_i, C, s_l) @ (N, s_i, s_l, s_k)
+        return rows.transpose(1, 2)  # (N, s_i, C, s_k) -> (N, C, s_i, s_k)
 
 
 class Decoder(nn.Module):
@@ -201,7 +212,7 @@ class Decoder(nn.Module):
             ups.append(nn.ConvTranspose2d(2 * ch, ch, 3, stride=2, padding=1, output_padding=pad))
         self.ups = nn.ModuleList(ups)
         self.out = nn.Conv2d(2 * ch, 1, 3, padding=1)
-        self.warp = AxisWarp(2 * c.z_dim) if c.decoder_warp else None
+        self.warp = AxisWarp(2 * c.z_dim, c.warp_slant) if c.decoder_warp else None
         # Channels-last maps throughout when set (see models.vma_bf16): oneDNN's bfloat16
         # kernels work in that layout and would otherwise reorder every map twice.
         self.channels_last = False
@@ -282,6 +293,7 @@ class VMA(nn.Module):
         assert c.k_train >= 2, "VIMCO needs at least two samples"
         assert c.address_net in ("pyramid", "conv4"), "address_net must be 'pyramid' or 'conv4'"
         assert c.frame_span == 0 or c.address_net == "conv4", "frame_span needs address_net='conv4'"
+        assert c.decoder_warp or not c.warp_slant, "warp_slant needs decoder_warp"
         self.config = c
         self.h_mem = address_embedder(c)  # h(m_a)
         self.h_query = address_embedder(c)  # h_q(x)

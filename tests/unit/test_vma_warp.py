@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -38,21 +39,25 @@ def test_a_shift_moves_a_map_by_whole_pixels():
     f[0, 0, 3, 2] = 1.0
     # Output pixel (y, x) reads input (y - 1, x + 2): one pixel is 2/7 in normalised units.
     t = torch.tensor([[1.0, 4.0 / 7, 1.0, -2.0 / 7]])
-    out = AxisWarp(2)(f, t)
+    out = AxisWarp(2, slant=False)(f, t)
     assert out[0, 0].argmax().item() == 4 * 7 + 0, "the dot moves two columns left and one row down"
     assert abs(out.sum().item() - 1.0) < 1e-5, "whole-pixel shifts keep the ink"
 
 
-def test_the_warp_resamples_as_grid_sample_does():
+@pytest.mark.parametrize("slant", [False, True])
+def test_the_warp_resamples_as_grid_sample_does(slant: bool):
     torch.manual_seed(3)
     f = torch.randn(5, 3, 14, 14)
-    t = torch.tensor([1.0, 0.0, 1.0, 0.0]) + 0.3 * torch.randn(5, 4)
+    warp = AxisWarp(2, slant)
+    t = warp.identity + 0.3 * torch.randn(5, len(warp.identity))
     u = (2 * torch.arange(14.0) + 1) / 14 - 1
     gx = (t[:, 0, None] * u + t[:, 1, None])[:, None, :].expand(-1, 14, -1)  # (N, s, s) along width
+    if slant:
+        gx = gx + (t[:, 4, None] * u)[:, :, None]  # each row shifted in proportion to its height
     gy = (t[:, 2, None] * u + t[:, 3, None])[:, :, None].expand(-1, -1, 14)
     grid = torch.stack([gx, gy], dim=-1)
     want = F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    assert torch.allclose(AxisWarp(2)(f, t), want, atol=1e-5)
+    assert torch.allclose(warp(f, t), want, atol=1e-5)
 
 
 def test_training_adds_the_warp_to_an_init_and_trains_it(tmp_path: Path):
@@ -61,18 +66,19 @@ def test_training_adds_the_warp_to_an_init_and_trains_it(tmp_path: Path):
     common = ["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--eval-every", "3",
               "--val-episodes", "4", "--quiet", *small]  # fmt: skip
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), "--name", "base", *common]) == 0
-    warp = ["--init", "base", "--init-dir", str(tmp_path / "a"), "--decoder-warp", "--lr", "1e-2",
+    warp = ["--init", "base", "--init-dir", str(tmp_path / "a"), "--warp-slant", "--lr", "1e-2",
             "--name", "w"]  # fmt: skip
     assert main(["vma", "--steps", "3", "--out", str(tmp_path / "b"), *warp, *common]) == 0
     model, card = load_checkpoint("w", tmp_path / "b")
-    assert card["config"]["decoder_warp"] is True
+    assert card["config"]["decoder_warp"] is True and card["config"]["warp_slant"] is True
     warp = model.decoder.warp
     assert warp is not None and warp.theta.weight.abs().max() > 0, "the warp trains"
 
 
-def test_the_exported_decoder_warps_as_the_network_does(tmp_path: Path):
+@pytest.mark.parametrize("slant", [False, True])
+def test_the_exported_decoder_warps_as_the_network_does(tmp_path: Path, slant: bool):
     torch.manual_seed(1)
-    model = VMA(dataclasses.replace(SMALL, decoder_warp=True)).eval()
+    model = VMA(dataclasses.replace(SMALL, decoder_warp=True, warp_slant=slant)).eval()
     assert model.decoder.warp is not None
     with torch.no_grad():
         model.decoder.warp.theta.weight.normal_(0.0, 0.3)  # far from the identity
@@ -92,7 +98,7 @@ def test_the_exported_decoder_warps_as_the_network_does(tmp_path: Path):
 
 def test_the_bfloat16_decoder_warps_too():
     torch.manual_seed(2)
-    model = VMA(dataclasses.replace(SMALL, decoder_warp=True)).eval()
+    model = VMA(dataclasses.replace(SMALL, decoder_warp=True, warp_slant=True)).eval()
     assert model.decoder.warp is not None
     with torch.no_grad():
         model.decoder.warp.theta.weight.normal_(0.0, 0.3)
