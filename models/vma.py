@@ -43,6 +43,11 @@ Choices the paper leaves open, and what this implementation does:
 * **Decoder skips.** The decoder maps [z, c(m_a)] to the top resolution and upsamples with
   3x3 transposed convs; before each one the pyramid map of m_a at that scale is concatenated,
   and a last 3x3 conv on [up, finest map] gives the pixel logits.
+* **Decoder warp (``decoder_warp``, beyond the paper).** Before the decoder reads m_a's
+  pyramid, every map is rescaled and shifted along each axis (optionally slanted too,
+  ``warp_slant``) by amounts a linear map of [z, c(m_a)] chooses, so a drawing that is the
+  exemplar drawn smaller or elsewhere can copy its strokes (``AxisWarp``). Off by default; it
+  starts at the identity when added to a trained model.
 * **Gaussians** are parameterised by mean and log standard deviation (no clamps).
 * **Memory layout: per-row memories with a mask.** ``m`` is (B, A, 1, S, S) with a bool
   ``mask`` (B, A), False = empty slot: its address logit is -inf, so it gets q(a|x) = 0,
