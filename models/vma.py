@@ -189,11 +189,18 @@ class AxisWarp(nn.Module):
         s = f.shape[-1]
         t = t.to(f.dtype)
         u = (2 * torch.arange(s, dtype=f.dtype, device=f.device) + 1) / s - 1  # pixel centres
+        n, c = f.shape[:2]
         w_y = self._weights(t[:, 2:3] * u + t[:, 3:4], s)  # (N, s, s)
-        g = w_y.unsqueeze(1) @ f  # rows resampled: (N, 1, s, s) @ (N, C, s, s) -> (N, C, s, s)
         x_src = t[:, 0:1] * u + t[:, 1:2]  # (N, s) per output column
         if not self.slant:
-            return g @ self._weights(x_src, s).transpose(-1, -2).unsqueeze(1)  # (N, C, s, s)
+            # One (C s, s) @ (s, s) product per row of the batch for each axis, the maps' last two
+            # dims swapped between them: far fewer, larger products than one per map and channel.
+            w_x = self._weights(x_src, s)  # (N, s, s)
+            g = f.reshape(n, c * s, s) @ w_x.transpose(1, 2)  # columns: (N, C s_j, s_l) -> (N, C s_j, s_k)
+            g = g.view(n, c, s, s).transpose(2, 3).reshape(n, c * s, s)  # (N, C s_k, s_j)
+            g = g @ w_y.transpose(1, 2)  # rows: (N, C s_k, s_j) -> (N, C s_k, s_i)
+            return g.view(n, c, s, s).transpose(2, 3)  # (N, C, s_i, s_k)
+        g = w_y.unsqueeze(1) @ f  # rows resampled: (N, 1, s, s) @ (N, C, s, s) -> (N, C, s, s)
         x_src = x_src.unsqueeze(1) + (t[:, 4:5] * u).unsqueeze(-1)  # (N, 1, s) + (N, s, 1) -> (N, s_i, s_k)
         w_x = self._weights(x_src, s)  # (N, s_i, s_k, s_l)
         rows = g.transpose(1, 2) @ w_x.transpose(-1, -2)  # (N, s_i, C, s_l) @ (N, s_i, s_l, s_k)
