@@ -158,10 +158,9 @@ class AxisWarp(nn.Module):
 
     Output pixel (row i, column k) reads the input bilinearly (border padding, as
     ``grid_sample`` would) at y = t2 v_i + t3 and x = t0 u_k + t1 + t4 v_i, in normalised
-    units, t4 being the slant. Without rotation the resampling is separable: rows first (one
-    (s, s) interpolation matrix), then columns (one matrix, or one per row with a slant).
-    These are small matrix products, which ONNX Runtime runs several times faster than its
-    ``GridSample``.
+    units, t4 being the slant. Without rotation the resampling is separable: one (s, s)
+    interpolation matrix per axis (with a slant, one per row for the columns), applied as
+    matrix products, which ONNX Runtime runs several times faster than its ``GridSample``.
     """
 
     def __init__(self, in_dim: int, slant: bool) -> None:
