@@ -375,6 +375,15 @@ def write_fake_omniglot(
     np.savez_compressed(path / f"images_{which}_28x28.npz", **arrays)
 
 
+def tiny_vma_training(path: Path, eval_every: int = 2) -> list[str]:
+    """A fake Omniglot background set under ``path`` and the `memserve train vma` arguments of a
+    tiny model trained on it, resumable state under ``path``/runs (the caller adds --out)."""
+    write_fake_omniglot(path, "background", 3, 8, np.random.default_rng(0), 0.02)
+    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
+    return ["--data", str(path), "--runs", str(path / "runs"), "--eval-every", str(eval_every),
+            "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+
+
 def wait_until_pending(r: redis.Redis, stream: str, timeout: float = 10.0) -> None:
     """Block until some job of ``stream`` is held, unacknowledged, by a worker."""
     deadline = time.monotonic() + timeout

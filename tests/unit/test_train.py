@@ -13,7 +13,7 @@ from models.checkpoint import load_checkpoint
 from models.data.timeseries import mackey_glass
 from models.evaluate import validation_view
 from models.train import is_spike, main
-from tests.conftest import write_fake_omniglot
+from tests.conftest import tiny_vma_training
 
 TINY = [
     "--hidden", "8", "--key-dim", "4", "--value-dim", "4", "--capacity", "8",
@@ -94,10 +94,7 @@ def test_validation_view_is_the_end_of_train() -> None:
 
 
 def test_train_vma_writes_a_checkpoint_and_resumes(tmp_path: Path) -> None:
-    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
-    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
-    common = ["--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--runs", str(tmp_path / "runs"),
-              "--eval-every", "2", "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    common = ["--out", str(tmp_path / "ck"), *tiny_vma_training(tmp_path)]
     assert main(["vma", "--steps", "4", *common]) == 0
     _, card = load_checkpoint("vma-omniglot", tmp_path / "ck")
     assert card["kind"] == "vma" and card["config"]["channels"] == 4

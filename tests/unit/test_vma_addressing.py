@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.train_vma import main
 from models.vma import VMA, VMAConfig
 from models.vma_addressing import FrameInk
-from tests.conftest import write_fake_omniglot
+from tests.conftest import tiny_vma_training
 
 
 def _glyph(top: int, left: int, size: int) -> torch.Tensor:
@@ -69,10 +68,7 @@ def test_frame_span_needs_conv4():
 
 
 def test_staged_training_keeps_the_generative_part_of_its_init(tmp_path: Path):
-    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
-    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
-    common = ["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--eval-every", "2",
-              "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    common = tiny_vma_training(tmp_path)
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), "--name", "base", *common]) == 0
     base, _ = load_checkpoint("base", tmp_path / "a")
     stage1 = ["--init", "base", "--init-dir", str(tmp_path / "a"), "--address-net", "conv4",
@@ -94,10 +90,7 @@ def test_staged_training_keeps_the_generative_part_of_its_init(tmp_path: Path):
 
 
 def test_frozen_addressing_keeps_h_and_its_statistics(tmp_path: Path):
-    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
-    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
-    common = ["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--eval-every", "2",
-              "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    common = tiny_vma_training(tmp_path)
     s1 = ["--address-net", "conv4", "--address-channels", "8", "--vimco-weight", "0", "--class-weight", "1",
           "--ways", "4", "--name", "s1"]  # fmt: skip
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), *s1, *common]) == 0

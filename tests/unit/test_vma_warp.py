@@ -16,7 +16,7 @@ from models.export import export_checkpoint, feat_names, graph_paths
 from models.train_vma import main
 from models.vma import VMA, AxisWarp, VMAConfig
 from models.vma_bf16 import Bf16Decoder
-from tests.conftest import write_fake_omniglot
+from tests.conftest import tiny_vma_training
 
 SMALL = VMAConfig(channels=4, hidden_dim=16, match_dim=8, z_dim=3)
 
@@ -61,10 +61,7 @@ def test_the_warp_resamples_as_grid_sample_does(slant: bool):
 
 
 def test_training_adds_the_warp_to_an_init_and_trains_it(tmp_path: Path):
-    write_fake_omniglot(tmp_path, "background", 3, 8, np.random.default_rng(0), 0.02)
-    small = ["--channels", "4", "--hidden", "16", "--match-dim", "8", "--z-dim", "4", "--val-frac", "0.4"]
-    common = ["--data", str(tmp_path), "--runs", str(tmp_path / "runs"), "--eval-every", "3",
-              "--val-episodes", "4", "--quiet", *small]  # fmt: skip
+    common = tiny_vma_training(tmp_path, eval_every=3)
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "a"), "--name", "base", *common]) == 0
     warp = ["--init", "base", "--init-dir", str(tmp_path / "a"), "--warp-slant", "--lr", "1e-2",
             "--name", "w"]  # fmt: skip
