@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a fast first stage before the joint one)",
     )  # fmt: skip
     p.add_argument(
+        "--address-update", choices=["vimco", "wake"], default="vimco",
+        help="how the VIMCO objective trains q(a|x): its score-function estimator (the paper's), "
+        "or the wake update toward the slots that explain each drawing best (lower variance)",
+    )  # fmt: skip
+    p.add_argument(
         "--init", default=None,
         help="start from this checkpoint's weights and sizes; the --address-* and --frame-span given "
         "here replace its addressing nets, which then start fresh where their shapes differ",
@@ -239,7 +244,7 @@ def train(args: argparse.Namespace, model: VMA, train_imgs: np.ndarray, val_imgs
         beta = min(1.0, step / args.kl_warmup) if args.kl_warmup > 0 else 1.0
         loss, nll = torch.zeros(()), math.nan
         if args.vimco_weight > 0:
-            vimco, bound = model.vimco_loss(x, m, None, args.k, beta, args.hide_memory)
+            vimco, bound = model.vimco_loss(x, m, None, args.k, beta, args.hide_memory, args.address_update)
             loss, nll = args.vimco_weight * vimco, -bound.mean().item()
         if args.class_weight > 0:
             loss = loss + args.class_weight * class_loss(model, x, m, labels, args.ways)
@@ -300,6 +305,7 @@ def write(model: VMA, best: dict[str, Tensor], args: argparse.Namespace, argv: l
         "kl_warmup": args.kl_warmup,
         "lr": args.lr, "weight_decay": args.weight_decay,
         "class_weight": args.class_weight, "vimco_weight": args.vimco_weight,
+        "address_update": args.address_update,
         "hide_memory": args.hide_memory, "freeze_addressing": args.freeze_addressing, "fresh": args.fresh,
         "init": args.init, "widen": args.widen, "select": args.select,
         "history": meta["history"],
@@ -325,6 +331,9 @@ def main(argv: list[str]) -> int:
     print(f"training on {len(train_imgs)} classes, validating on {len(val_imgs)} held-out characters")
     assert args.vimco_weight > 0 or args.class_weight > 0, "nothing to train: both weights are 0"
     assert not args.freeze_addressing or args.init is not None, "--freeze-addressing needs --init"
+    assert args.address_update == "vimco" or not args.freeze_addressing, (
+        "--address-update wake trains q(a|x), which --freeze-addressing keeps fixed"
+    )
     assert args.widen is None or args.init is not None, "--widen needs --init"
     model = make_model(args).to(args.device)
     train_mode(model, args)

@@ -420,6 +420,7 @@ class VMA(nn.Module):
         k: int | None = None,
         beta: float = 1.0,
         hide: float = 0.0,
+        address_update: str = "vimco",
     ) -> tuple[Tensor, Tensor]:
         """VIMCO surrogate (scalar, mean over rows; minimise it) and the bound L_K per row, detached.
 
@@ -429,12 +430,26 @@ class VMA(nn.Module):
         training: with the decoder's skips from m_a, a full KL from step 0 lets z collapse);
         the result is then not a bound. beta = 1 is the objective. ``hide`` > 0 hides m_a
         from the decoder for that share of queries (see ``log_likelihood_terms``).
+
+        ``address_update="wake"`` trains q(a|x) by the wake update instead: sum_k w~_k grad
+        log q(a_k|x), which moves q(a|x) toward the slots that explain x best, the
+        self-normalised estimate of the posterior p(a|x, M). It has a far smaller variance
+        than VIMCO's score-function term, which with a few samples barely tells apart drawings
+        of one character; every other gradient is VIMCO's.
         """
+        assert address_update in ("vimco", "wake"), "address_update must be 'vimco' or 'wake'"
         k = self.config.k_train if k is None else k
         assert k >= 2, "VIMCO needs at least two samples for its leave-one-out baseline"
         assert 0.0 <= beta <= 1.0, "beta must lie in [0, 1]"
         assert 0.0 <= hide < 1.0, "hide must lie in [0, 1)"
         log_w, log_qa = self._log_weights(x, m, mask, k, beta, hide)
+        if address_update == "wake":
+            # Same values; log q(a_k|x) inside log w no longer carries a gradient, so q(a|x)
+            # gets the wake update alone.
+            log_w = log_w + log_qa - log_qa.detach()
+            bound = torch.logsumexp(log_w, dim=-1) - math.log(k)  # (B,)
+            w_norm = log_w.detach().softmax(-1)  # w~_k (B, K)
+            return -(bound + (w_norm * log_qa).sum(-1)).mean(), bound.detach()
         bound = torch.logsumexp(log_w, dim=-1) - math.log(k)  # (B,)
         lw = log_w.detach()
         mean_others = (lw.sum(-1, keepdim=True) - lw) / (k - 1)  # (B, K)

@@ -81,12 +81,14 @@ def test_staged_training_keeps_the_generative_part_of_its_init(tmp_path: Path):
         if not name.startswith(("h_mem", "h_query")):
             assert torch.equal(s1.state_dict()[name], t), f"{name} changed though only addressing trained"
     stage2 = ["--init", "s1", "--init-dir", str(tmp_path / "b"), "--class-weight", "1",
-              "--hide-memory", "0.5", "--name", "s2"]  # fmt: skip
+              "--hide-memory", "0.5", "--address-update", "wake", "--name", "s2"]  # fmt: skip
     assert main(["vma", "--steps", "2", "--out", str(tmp_path / "c"), *stage2, *common]) == 0
     s2, card = load_checkpoint("s2", tmp_path / "c")
     assert card["config"]["address_net"] == "conv4", "the init's addressing nets carry on"
-    assert card["training"]["hide_memory"] == 0.5
+    assert card["training"]["hide_memory"] == 0.5 and card["training"]["address_update"] == "wake"
     assert not torch.equal(s2.decoder.out.weight, s1.decoder.out.weight), "the joint stage trains the decoder"
+    h_q1, h_q2 = s1.h_query.state_dict(), s2.h_query.state_dict()
+    assert any(not torch.equal(h_q2[k], t) for k, t in h_q1.items()), "the joint stage trains h_q"
 
 
 def test_frozen_addressing_keeps_h_and_its_statistics(tmp_path: Path):
