@@ -54,7 +54,6 @@ one CPU thread). Measured with one thread on a 2-core CPU shared with a training
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +65,7 @@ from tqdm import tqdm
 
 from models.checkpoint import load_checkpoint, read_card, resolve_card_path, write_card
 from models.data.omniglot import load_omniglot, sample_episode, split_characters
-from models.evaluate_vma_nll import SHOTS, m_of, nll_table, vae_row, x_of
+from models.evaluate_vma_nll import SHOTS, m_of, nll_table, std_error, vae_row, x_of
 from models.evaluate_vma_samples import format_samples, plot_samples, sample_quality
 from models.vae import VAE
 from models.vma import VMA, label_scores, similarity
@@ -81,7 +80,7 @@ NOVELTY_SCORES = ("address", "cosine", "bound")  # see novelty_scores
 def mean_ci(values: list[float] | np.ndarray) -> dict:
     """Mean and normal-approximation 95% interval over the given per-episode values."""
     v = np.asarray(values, dtype=np.float64)
-    half = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    half = 1.96 * std_error(v)
     return {"mean": float(v.mean()), "ci95": [float(v.mean() - half), float(v.mean() + half)], "n": len(v)}
 
 

@@ -29,8 +29,8 @@ def m_of(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))[None, :, None]  # (A, S, S) -> (1, A, 1, S, S)
 
 
-def _se(v: np.ndarray) -> float:
-    """Standard error of the mean."""
+def std_error(v: np.ndarray) -> float:
+    """Standard error of the mean (nan for fewer than two values)."""
     return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
@@ -106,7 +106,7 @@ def first_shots(m: Tensor, classes: int, shots: int) -> Tensor:
 def _paired(a: np.ndarray, b: np.ndarray) -> dict:
     """Mean of b - a over the same queries, with its standard error."""
     d = b - a
-    return {"mean": float(d.mean()), "se": _se(d)}
+    return {"mean": float(d.mean()), "se": std_error(d)}
 
 
 def nll_table(
@@ -137,7 +137,7 @@ def nll_table(
         for shots, v in per_shots.items():
             out.setdefault(f"C={classes}", {})[str(shots)] = {
                 "nll": float(-v["bound"].mean()),
-                "nll_se": _se(v["bound"]),
+                "nll_se": std_error(v["bound"]),
                 "kl_a": float(v["kl_a"].mean()),
                 "kl_z": float(v["kl_z"].mean()),
                 "queries": len(v["bound"]),
@@ -161,6 +161,6 @@ def vae_row(
     b = bound.numpy()
     paired = {str(shots): _paired(-b, -vma) for shots, vma in c1_bounds.items()}
     return {
-        "nll": float(-b.mean()), "nll_se": _se(b), "kl_z": float(vae.kl_z(x).mean()), "queries": len(x),
+        "nll": float(-b.mean()), "nll_se": std_error(b), "kl_z": float(vae.kl_z(x).mean()), "queries": len(x),
         "vs_vma": paired,
     }  # fmt: skip

@@ -146,11 +146,13 @@ def test_the_vma_cap_is_half_in_hand_at_least_8_on_a_cpu_none_on_a_gpu(
     assert not served.on_gpu  # this host's worker: ONNX Runtime on the CPU
     r = redis.Redis.from_url(settings.redis_url)
     keys = Keys(settings.key_prefix)
-    on_cpu = VmaRunner(r, keys, {("vma-test", "1"): served}, 60, 3)
-    assert CPU_SPLIT == 8
-    assert [on_cpu.batch_cap(n) for n in (1, 8, 9, 16, 17, 40, 64)] == [8, 8, 8, 8, 9, 20, 32]
-    # No GPU here: a model served on one is stood in for by its flag, all `batch_cap` reads.
-    gpu = {("vma-test", "1"): SimpleNamespace(on_gpu=True)}
-    assert VmaRunner(r, keys, gpu, 60, 3).batch_cap(64) is None  # type: ignore[arg-type]
-    assert [VmaRunner(r, keys, gpu, 60, 3, split=3).batch_cap(n) for n in (2, 6, 9)] == [3, 3, 5]  # type: ignore[arg-type]
-    r.close()
+    try:
+        on_cpu = VmaRunner(r, keys, {("vma-test", "1"): served}, 60, 3)
+        assert CPU_SPLIT == 8
+        assert [on_cpu.batch_cap(n) for n in (1, 8, 9, 16, 17, 40, 64)] == [8, 8, 8, 8, 9, 20, 32]
+        # No GPU here: a model served on one is stood in for by its flag, all `batch_cap` reads.
+        gpu = {("vma-test", "1"): SimpleNamespace(on_gpu=True)}
+        assert VmaRunner(r, keys, gpu, 60, 3).batch_cap(64) is None  # type: ignore[arg-type]
+        assert [VmaRunner(r, keys, gpu, 60, 3, split=3).batch_cap(n) for n in (2, 6, 9)] == [3, 3, 5]  # type: ignore[arg-type]
+    finally:
+        r.close()
