@@ -295,8 +295,9 @@ class Sample:
 @dataclass(frozen=True)
 class SampleSet:
     samples: list[Sample]
-    seed: int  # pass it again (with the same temperature) to get the same samples
+    seed: int  # pass it again (with the same temperature and anchor) to get the same samples
     temperature: float | None = None  # what they were drawn at; None from a server that predates it
+    anchor: float | None = None  # likewise
 
     def arrays(self) -> np.ndarray:
         """All samples as one (n, 28, 28) float array in [0, 1], 1 = ink."""
@@ -407,7 +408,8 @@ def parse_samples(d: dict[str, Any]) -> SampleSet:
         for s in d["samples"]
     ]
     temperature = None if d.get("temperature") is None else float(d["temperature"])
-    return SampleSet(samples, int(d["seed"]), temperature)
+    anchor = None if d.get("anchor") is None else float(d["anchor"])
+    return SampleSet(samples, int(d["seed"]), temperature, anchor)
 
 
 def parse_classify(d: dict[str, Any]) -> ClassifyReply:
@@ -590,10 +592,10 @@ def delete_exemplar(sid: str, eid: int) -> Call[None]:
 
 def samples(
     sid: str, n: int, label: str | int | None, exemplar_id: int | None, seed: int | None, format: str,
-    temperature: float | None = None,
+    temperature: float | None = None, anchor: float | None = None,
 ) -> Call[SampleSet]:  # fmt: skip
     body = _compact(n=n, label=label, exemplar_id=exemplar_id, seed=seed, format=format)
-    body.update(_compact(temperature=temperature))
+    body.update(_compact(temperature=temperature, anchor=anchor))
     return Call("POST", f"/v1/sessions/{_sid(sid)}/samples", _json(parse_samples), "read", json=body)
 
 

@@ -216,11 +216,14 @@ class Client(_Base):
     def samples(
         self, sid: str, n: int = 8, label: str | int | None = None, exemplar_id: int | None = None,
         seed: int | None = None, format: Format = "png", temperature: float | None = None,
+        anchor: float | None = None,
     ) -> SampleSet:  # fmt: skip
         """One-shot samples from the memory (or one label's or one exemplar's): PNG bytes (format
         "png") or 28 x 28 ink probabilities (format "probs"); `SampleSet.arrays()` gives arrays of either.
-        ``temperature`` below 1 keeps samples nearer the exemplar's character (default: the model's)."""
-        return self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature))
+        ``temperature`` below 1 keeps samples nearer the exemplar's character; ``anchor`` (0 to 1)
+        varies them around the exemplar's own style rather than the character's average (defaults:
+        the model's)."""
+        return self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature, anchor))
 
     def classify(
         self, sid: str, images: ImageLike | Sequence[ImageLike], method: Method | None = None,
@@ -352,9 +355,10 @@ class AsyncClient(_Base):
     async def samples(
         self, sid: str, n: int = 8, label: str | int | None = None, exemplar_id: int | None = None,
         seed: int | None = None, format: Format = "png", temperature: float | None = None,
+        anchor: float | None = None,
     ) -> SampleSet:  # fmt: skip
         """See `Client.samples`."""
-        return await self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature))
+        return await self._run(_wire.samples(sid, n, label, exemplar_id, seed, format, temperature, anchor))
 
     async def classify(
         self, sid: str, images: ImageLike | Sequence[ImageLike], method: Method | None = None,

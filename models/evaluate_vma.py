@@ -38,12 +38,13 @@ Everything is seeded (``--seed``) and deterministic for a given checkpoint and t
   maximising balanced accuracy (novel: score < threshold) is kept, and the score with the
   higher AUROC there goes into ``card["serving"]["novelty"]`` with its threshold. Balanced
   accuracy and AUROC of both on the evaluation alphabets are reported.
-* **Samples** (models/evaluate_vma_samples.py): per sampling temperature, the share of one-shot
-  samples that the model's own q(a|x) gives back to their exemplar in a 20-way memory
-  (fidelity), and their pixel diversity, each next to real drawings'; the served default
-  temperature is chosen from them (``--write`` stores it as ``serving.sample_temperature``).
+* **Samples** (models/evaluate_vma_samples.py): per sampling anchor and temperature, the share
+  of one-shot samples that the model's own q(a|x) gives back to their exemplar in a 20-way
+  memory (fidelity), and their pixel diversity, each next to real drawings'; the served default
+  is chosen from them (``--write`` stores it as ``serving.sample_anchor`` and
+  ``serving.sample_temperature``).
 * ``--plot`` writes ``<dir>/<name>-samples.png``: evaluation characters by row, the exemplar
-  (the whole memory) first, then one-shot samples (Bernoulli means) at the served temperature.
+  (the whole memory) first, then one-shot samples (Bernoulli means) as served.
 
 Cost: the NLL bound dominates (K decoder passes per query and setting, about 0.6 ms each on
 one CPU thread). Measured with one thread on a 2-core CPU shared with a training run: few-shot
@@ -360,12 +361,14 @@ def main(argv: list[str]) -> int:
             "score": metrics["novelty"]["score"],
             "threshold": round(metrics["novelty"]["threshold"], 4),
         }
-        serving["sample_temperature"] = metrics["samples"]["chosen"]
+        serving["sample_temperature"] = metrics["samples"]["chosen"]["temperature"]
+        serving["sample_anchor"] = metrics["samples"]["chosen"]["anchor"]
         write_card(card_path, fresh)
         print(f"wrote metrics and the novelty threshold into {card_path}")
     if args.plot:
         out = card_path.with_name(f"{card.get('name', card_path.stem)}-samples.png")
-        temperature = metrics["samples"]["chosen"]
-        plot_samples(model, load_omniglot("evaluation", args.data)[0], out, args.seed, temperature)
+        chosen = metrics["samples"]["chosen"]
+        images = load_omniglot("evaluation", args.data)[0]
+        plot_samples(model, images, out, args.seed, chosen["temperature"], chosen["anchor"])
         print(f"wrote {out}")
     return 0

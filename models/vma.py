@@ -534,13 +534,14 @@ class VMA(nn.Module):
         return torch.sigmoid(self.decoder(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
 
     @torch.inference_mode()
-    def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
+    def sample_from(self, m_a: Tensor, noise: Tensor, anchor: Tensor | None = None) -> Tensor:
         """Samples given their exemplars: m_a (N, 1, S, S), noise (N, z_dim) -> pixel probabilities (N, S, S).
 
         Serving batches the exemplars picked for many sessions into one call; with the same
-        noise the result equals ``sample``'s for the same addresses.
+        noise and no ``anchor`` the result equals ``sample``'s for the same addresses.
+        ``anchor`` (N,): see ``decode_samples``.
         """
-        return decode_samples(self, m_a, noise)
+        return decode_samples(self, m_a, noise, anchor)
 
     # The three parts serving composes (the ONNX backend runs the same parts as graphs).
     def z_prior(self, m_a: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
@@ -638,13 +639,24 @@ def similarity(h_m: Tensor, e: Tensor) -> Tensor:
     return dots / h_m.norm(dim=-1)
 
 
-def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor) -> Tensor:
-    """z = mu_p + sigma_p * noise ~ p(z|m_a), then Bernoulli means of p(x|z, m_a): (N, S, S)."""
+def decode_samples(parts: VMAParts, m_a: Tensor, noise: Tensor, anchor: Tensor | None = None) -> Tensor:
+    """z = mu + sigma_p * noise, then Bernoulli means of p(x|z, m_a): (N, S, S).
+
+    Without ``anchor`` (or where it is 0), mu = mu_p and z ~ p(z|m_a), the paper's sampler.
+    ``anchor`` (N,) in [0, 1] moves each row's mu that share of the way to the mean of
+    q(z|m_a, x = m_a), the z that redraws the exemplar itself: the samples then vary around the
+    exemplar's own style instead of around the prior's average drawing of its character, which
+    for a complex character is a blurred, rounded one. The spread stays the prior's.
+    """
     assert m_a.dim() == 4 and noise.dim() == 2 and noise.shape[0] == m_a.shape[0], (
         "m_a must be (N, 1, S, S) and noise (N, z_dim)"
     )
     mu, log_std, c_m, feats = parts.z_prior(m_a)
     assert noise.shape == mu.shape, "noise must be (N, z_dim)"
+    if anchor is not None and bool((anchor != 0).any()):
+        assert anchor.shape == (m_a.shape[0],), "anchor must be (N,)"
+        mu_self, _ = parts.z_posterior(m_a, m_a)
+        mu = mu + anchor.to(mu.dtype).unsqueeze(-1) * (mu_self - mu)  # (N,) -> (N, 1)
     return torch.sigmoid(parts.decode(mu + log_std.exp() * noise, c_m, feats)).squeeze(1)
 
 

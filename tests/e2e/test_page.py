@@ -247,6 +247,13 @@ def test_few_shot_panel_draw_remember_sample_classify(api: ApiServer, start_work
     expect(sources.first).not_to_have_attribute("src", varied[0])
     assert len(set(sources.evaluate_all("(imgs) => imgs.map((i) => i.src)"))) == 1
     assert len(set(varied)) > 1
+    # Anchored at the exemplar's own z, the mean drawing is another one.
+    prior_mean = sources.first.get_attribute("src")
+    page.select_option("#sample-anchor", "1")
+    page.click("#vma-samples")
+    expect(sources.first).not_to_have_attribute("src", prior_mean or "")
+    assert len(set(sources.evaluate_all("(imgs) => imgs.map((i) => i.src)"))) == 1
+    page.select_option("#sample-anchor", "")
     page.select_option("#sample-temperature", "")
 
     # The very drawing of exemplar 0 again: on the random-init test model its address ranks first

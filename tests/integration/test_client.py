@@ -217,6 +217,9 @@ def test_vma_exemplars_samples_and_classify(ms: Client, start_worker, tmp_path: 
     assert arrays.shape == (4, 28, 28) and arrays.min() >= 0 and arrays.max() <= 1
     assert {s.exemplar_id for s in probs.samples} == {1} and probs.samples[0].image is None
     assert {s.label for s in ms.samples(sid, n=6, label="c").samples} == {"c"}
+    anchored = ms.samples(sid, n=4, exemplar_id=1, seed=3, temperature=0.5, anchor=1.0)
+    assert (anchored.temperature, anchored.anchor) == (0.5, 1.0)
+    assert ms.samples(sid, n=4, exemplar_id=1, seed=3, temperature=0.5).pngs() != anchored.pngs()
 
     result = ms.classify(sid, imgs[:2], top_k=2, samples=1, seed=1)
     assert result.method == "posterior" and result.samples == 1 and len(result.results) == 2

@@ -172,6 +172,29 @@ def test_sample_temperature(served: httpx.Client) -> None:
         problem(served.post(url, json={"temperature": bad}), 422, "invalid-request")
 
 
+def test_sample_anchor(served: httpx.Client) -> None:
+    sid = new_session(served)
+    assert add(served, sid, drawings(2, seed=7), ["a", "b"]).status_code == 201
+    url = f"/v1/sessions/{sid}/samples"
+
+    def probs(**kw: object) -> tuple[np.ndarray, float]:
+        r = served.post(url, json={"n": 4, "exemplar_id": 0, "seed": 2, "format": "probs", **kw}).json()
+        return np.array([s["probs"] for s in r["samples"]]), r["anchor"]
+
+    default, a_default = probs()
+    assert a_default == 0.0, "a card without serving.sample_anchor samples around the prior's mean"
+    zero, _ = probs(anchor=0)
+    assert np.array_equal(default, zero)
+    anchored, a_one = probs(anchor=1)
+    assert a_one == 1.0 and not np.allclose(anchored, zero, atol=1e-4)
+    self_mean, _ = probs(anchor=1, temperature=0)
+    assert np.abs(self_mean - self_mean[0]).max() < 1e-4, "anchor 1 at temperature 0: one drawing"
+    prior_mean, _ = probs(anchor=0, temperature=0)
+    assert not np.allclose(self_mean[0], prior_mean[0], atol=1e-4), "two different centres"
+    for bad in (1.5, -0.1, "near"):
+        problem(served.post(url, json={"anchor": bad}), 422, "invalid-request")
+
+
 def test_deleting_an_exemplar_changes_what_queries_see(served: httpx.Client) -> None:
     sid = new_session(served)
     imgs = drawings(3, seed=5)

@@ -197,6 +197,8 @@ def test_vma_embeddings_and_decoder_probabilities(vmas: tuple[VMA, OnnxVMA]) -> 
     assert (p_torch - p_onnx).abs().max() <= TOL
     noise = torch.randn(12, model.config.z_dim, generator=torch.Generator().manual_seed(1))
     assert (model.sample_from(m, noise) - onnx_vma.sample_from(m, noise)).abs().max() <= TOL
+    anchor = torch.linspace(0, 1, 12)  # anchored samples read the z_posterior graph as well
+    assert (model.sample_from(m, noise, anchor) - onnx_vma.sample_from(m, noise, anchor)).abs().max() <= TOL
 
 
 def test_vma_class_ranking_and_bound(vmas: tuple[VMA, OnnxVMA]) -> None:

@@ -14,7 +14,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data.omniglot import load_omniglot
 from models.evaluate_vma import auroc, balanced_accuracy, best_threshold, few_shot, format_table
 from models.evaluate_vma_nll import first_shots, memory_bound, nll_batches
-from models.evaluate_vma_samples import choose_temperature
+from models.evaluate_vma_samples import choose_sampling
 from models.vae import VAE, VAEConfig
 from models.vma import VMA, VMAConfig, gauss_kl, gauss_logpdf
 from tests.conftest import write_fake_omniglot
@@ -80,11 +80,15 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
     chosen = m["novelty"]["scores"][rule["score"]]["calibration"]["auroc"]
     assert chosen == max(r["calibration"]["auroc"] for r in m["novelty"]["scores"].values())
     sq = m["samples"]
-    assert [r["temperature"] for r in sq["temperatures"]] == [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
-    for r in [*sq["temperatures"], sq["real"]]:
+    temperatures = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    assert [(r["anchor"], r["temperature"]) for r in sq["settings"]] == [
+        (a, t) for a in (0.0, 1.0) for t in temperatures
+    ]
+    for r in [*sq["settings"], sq["real"]]:
         assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["diversity"] <= 1.0
     assert sq["real"]["diversity"] > 0
-    assert card["serving"]["sample_temperature"] == sq["chosen"]
+    assert card["serving"]["sample_temperature"] == sq["chosen"]["temperature"]
+    assert card["serving"]["sample_anchor"] == sq["chosen"]["anchor"]
     assert m["settings"]["nll_k"] == 8 and m["settings"]["seed"] == 0
     assert (ckpt_dir / "vma-tiny-samples.png").stat().st_size > 1000
     table = format_table(m)
@@ -106,15 +110,20 @@ def test_nll_memories_are_nested_across_shot_counts(classes):
     assert torch.equal(first_shots(m, classes, 19), m)
 
 
-def test_choose_temperature_keeps_samples_varied() -> None:
+def test_choose_sampling_keeps_samples_varied() -> None:
     rows = [
-        {"temperature": 1.0, "fidelity": 0.4, "diversity": 0.11},
-        {"temperature": 0.8, "fidelity": 0.5, "diversity": 0.10},
-        {"temperature": 0.5, "fidelity": 0.6, "diversity": 0.05},
+        {"anchor": 0.0, "temperature": 1.0, "fidelity": 0.4, "diversity": 0.11},
+        {"anchor": 0.0, "temperature": 0.8, "fidelity": 0.5, "diversity": 0.10},
+        {"anchor": 0.0, "temperature": 0.5, "fidelity": 0.6, "diversity": 0.05},
+        {"anchor": 1.0, "temperature": 1.0, "fidelity": 0.55, "diversity": 0.099},
     ]
-    assert choose_temperature(rows, real_diversity=0.12) == 0.8, "0.5 is more faithful but too uniform"
-    assert choose_temperature(rows, real_diversity=0.06) == 0.5
-    assert choose_temperature(rows, real_diversity=0.5) == 1.0, "none varied enough: the prior itself"
+    at = lambda a, t: {"anchor": a, "temperature": t}  # noqa: E731
+    assert choose_sampling(rows, real_diversity=0.125) == at(0.0, 0.8), "0.5 and anchor 1 too uniform"
+    assert choose_sampling(rows, real_diversity=0.12) == at(1.0, 1.0), (
+        "anchored: more faithful, varied enough"
+    )
+    assert choose_sampling(rows, real_diversity=0.06) == at(0.0, 0.5)
+    assert choose_sampling(rows, real_diversity=0.5) == at(0.0, 1.0), "none varied enough: the prior itself"
 
 
 class _Projection(torch.nn.Module):

@@ -254,3 +254,24 @@ def test_sample_deterministic_and_restricted() -> None:
 
     xb, ab = model.sample(h_m.expand(2, -1, -1), [f.expand(2, -1, -1, -1, -1) for f in pyramid], None, 5)
     assert xb.shape == (2, 5, s, s) and ab.shape == (2, 5)
+
+
+@torch.inference_mode()
+def test_anchored_samples_vary_around_the_exemplars_own_z() -> None:
+    """anchor 0 is the prior's sampler; anchor 1 centres z on q(z|m_a, x = m_a); 0.5 halfway."""
+    torch.manual_seed(8)
+    model = VMA(TINY)
+    s, n = TINY.image_size, 5
+    m_a = _bits(n, 1, s, s)
+    noise = torch.randn(n, TINY.z_dim)
+    plain = model.sample_from(m_a, noise)
+    torch.testing.assert_close(model.sample_from(m_a, noise, torch.zeros(n)), plain)
+    mu_p, log_std, c_m, feats = model.z_prior(m_a)
+    mu_self, _ = model.z_posterior(m_a, m_a)
+    for share in (0.5, 1.0):
+        z = mu_p + share * (mu_self - mu_p) + log_std.exp() * noise
+        expected = torch.sigmoid(model.decode(z, c_m, feats)).squeeze(1)
+        torch.testing.assert_close(model.sample_from(m_a, noise, torch.full((n,), share)), expected)
+    mixed = model.sample_from(m_a, noise, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0]))  # per row
+    torch.testing.assert_close(mixed[0::2], plain[0::2])
+    assert not torch.allclose(mixed[1], plain[1]), "the anchor moved row 1's z"

@@ -57,6 +57,11 @@ def test_bf16_samples_are_the_fp32_samples_to_the_eye() -> None:
     low = Bf16Decoding(onnx_vma, torch_vma).sample_from(m_a, noise)
     assert low.shape == exact.shape == (8, 28, 28)
     assert (low - exact).abs().max() < 0.05
+    anchor = torch.ones(8)
+    assert (
+        Bf16Decoding(onnx_vma, torch_vma).sample_from(m_a, noise, anchor)
+        - onnx_vma.sample_from(m_a, noise, anchor)
+    ).abs().max() < 0.05
 
 
 @torch.inference_mode()

@@ -57,6 +57,6 @@ class Bf16Decoding:
         eps = candidate_noise(eps, x, m_a, samples, self.config.z_dim, generator)
         return importance_log_weights(self, x, m_a, eps, prior)
 
-    def sample_from(self, m_a: Tensor, noise: Tensor) -> Tensor:
+    def sample_from(self, m_a: Tensor, noise: Tensor, anchor: Tensor | None = None) -> Tensor:
         """As `VMA.sample_from`, with the bfloat16 decoder."""
-        return decode_samples(self, m_a, noise)
+        return decode_samples(self, m_a, noise, anchor)

@@ -33,8 +33,11 @@ class Sample(BaseModel):
 
 class SampleResponse(BaseModel):
     samples: list[Sample]
-    seed: int = Field(description="pass it again (with the same temperature) to get the same samples")
+    seed: int = Field(
+        description="pass it again (with the same temperature and anchor) to get the same samples"
+    )
     temperature: float = Field(description="the temperature the samples were drawn at")
+    anchor: float = Field(description="the anchor the samples were drawn at")
 
 
 class AddressScore(BaseModel):

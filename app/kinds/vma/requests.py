@@ -93,7 +93,10 @@ class SampleRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "not": _all_given("label", "exemplar_id"),
-            "examples": [{"n": 8, "label": "a", "seed": 7}, {"n": 2, "format": "probs", "temperature": 1.0}],
+            "examples": [
+                {"n": 8, "label": "a", "seed": 7},
+                {"n": 2, "format": "probs", "temperature": 1.0, "anchor": 0.0},
+            ],
         },
     )
 
@@ -109,6 +112,16 @@ class SampleRequest(BaseModel):
         description="z = mean + temperature x sd x noise under p(z|m_a): below 1 the samples stay nearer the "
         "exemplar's character, above 1 they vary more, 0 gives the mean drawing. Default: the model's "
         "measured choice (its card's `serving.sample_temperature`, 1 when it names none)",
+    )
+    anchor: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="how far the mean of z moves from p(z|m_a)'s toward the z that redraws the exemplar "
+        "itself: 0 is the model's own prior (samples vary around its average drawing of the character), "
+        "1 varies them around the exemplar's own style. Default: the model's measured choice (its "
+        "card's `serving.sample_anchor`, 0 when it names none)",
     )
     format: Literal["png", "probs"] = Field("png", description="base64 PNG or 28 x 28 ink probabilities")
 

@@ -109,7 +109,7 @@ async def post_samples(sid: str, body: SampleRequest, svc: ServicesDep, tenant: 
         sid, meta.model, "sample", svc.queue.channel, None, current_request_id(),
         model_version=meta.model_version,
         n=body.n, label=label, exemplar_id=body.exemplar_id, seed=seed, format=body.format,
-        temperature=body.temperature, ttl=meta.ttl_s,
+        temperature=body.temperature, anchor=body.anchor, ttl=meta.ttl_s,
     )  # fmt: skip
     return await _run(svc, job)
 

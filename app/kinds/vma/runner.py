@@ -224,6 +224,8 @@ class VmaRunner(Runner[ServedVMA]):
         for i, (_, job, mem) in enumerate(items):
             if job.params.get("temperature") is None:
                 job.params["temperature"] = served.sample_temperature
+            if job.params.get("anchor") is None:
+                job.params["anchor"] = served.sample_anchor
             picked = _pick_slots(mem, job, served.model.config.z_dim)
             if isinstance(picked, MemserveError):
                 bodies.append(error_reply(job.job_id, picked))
@@ -236,7 +238,11 @@ class VmaRunner(Runner[ServedVMA]):
             pairs = zip(owners, slots, strict=True)
             m_a = torch.cat([items[i][2].pixels(s, served.device) for i, s in pairs])  # (N, 1, S, S)
             z = torch.cat(noise).to(served.device)
-            decoded = self.budget.map_rows(served.model.sample_from, [m_a, z], served.costs.sample)
+            anchor = torch.tensor(
+                [float(items[i][1].params["anchor"]) for i, s in zip(owners, slots, strict=True) for _ in s],
+                device=served.device,
+            )  # (N,): each sample's job's
+            decoded = self.budget.map_rows(served.model.sample_from, [m_a, z, anchor], served.costs.sample)
             probs = decoded.cpu().numpy()
             start = 0
             for i, s in zip(owners, slots, strict=True):
@@ -464,6 +470,10 @@ def _sample_body(mem: DeviceMemory, job: VmaJob, slots: np.ndarray, probs: np.nd
             s["probs"] = np.round(p, 5).tolist()
         samples.append(Sample.model_validate(s))
     # Only the members set: a png sample has no probs member, a probs sample no image.
-    seed, temperature = int(job.params["seed"]), float(job.params["temperature"])
-    reply = SampleResponse(samples=samples, seed=seed, temperature=temperature)
+    seed, temperature, anchor = (
+        int(job.params["seed"]),
+        float(job.params["temperature"]),
+        float(job.params["anchor"]),
+    )
+    reply = SampleResponse(samples=samples, seed=seed, temperature=temperature, anchor=anchor)
     return reply.model_dump(exclude_unset=True)

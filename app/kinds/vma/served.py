@@ -37,7 +37,9 @@ class VmaCosts:
             decoder_eval=tensor_bytes(lambda: model.candidate_log_weights(x[:1], m_a, k, eps=eps), k),
             embed=max(tensor_bytes(lambda: model.query_embedding(x), 4),
                       tensor_bytes(lambda: model.memory_embedding(x), 4)),
-            sample=tensor_bytes(lambda: model.sample_from(x, torch.zeros(4, z, device=dev)), 4),
+            sample=tensor_bytes(
+                lambda: model.sample_from(x, torch.zeros(4, z, device=dev), torch.ones(4, device=dev)), 4
+            ),  # anchored, the dearer form: q(z|m_a, m_a) too
         )  # fmt: skip
 
 
@@ -79,6 +81,14 @@ def sample_temperature(card: dict[str, Any]) -> float:
     return t
 
 
+def sample_anchor(card: dict[str, Any]) -> float:
+    """The card's ``serving.sample_anchor``, chosen by ``memserve evaluate vma`` with the
+    temperature; 0 (the model's own prior) for a card that names none."""
+    a = float((card.get("serving") or {}).get("sample_anchor", 0.0))
+    assert 0.0 <= a <= 1.0, "serving.sample_anchor must be in [0, 1]"
+    return a
+
+
 class ServedVMA:
     """One loaded VMA checkpoint and what its card says about serving it."""
 
@@ -95,5 +105,6 @@ class ServedVMA:
         self.costs = costs
         self.novelty = novelty_rule(card)
         self.sample_temperature = sample_temperature(card)
+        self.sample_anchor = sample_anchor(card)
         self.precision = precision
         self.on_gpu = on_gpu

@@ -168,6 +168,8 @@ function sampleRequest() {
   if (kind === "ex") body.exemplar_id = Number(value);
   const temperature = $("sample-temperature").value;
   if (temperature !== "") body.temperature = Number(temperature);
+  const anchor = $("sample-anchor").value;
+  if (anchor !== "") body.anchor = Number(anchor);
   return body;
 }
 
