@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     load.add_argument("--sample-n", type=per_request, default=8, help="samples per /samples request")
     load.add_argument("--sample-format", choices=("png", "probs"), default="png")
+    load.add_argument(
+        "--sample-anchor", type=bounded(float, 0.0, 1.0), default=None,
+        help="the samples' anchor (default: the model's card's)",
+    )  # fmt: skip
     load.add_argument("--procs", type=count, default=1, help="client processes sharing the clients")
     timing = p.add_argument_group("timing (per memory size and endpoint)")
     timing.add_argument("--warmup", type=seconds, default=2.0, help="unmeasured load first, s")
@@ -144,7 +148,7 @@ def make_clients(
             bodies = tuple(classify_body(images, q, args.method, args.samples) for q in parts)
         else:
             labels = [str(x) for x in rng.choice(np.unique(plan[:, 0]), BODIES_PER_CLIENT // 2)]
-            bodies = sample_bodies(args.sample_n, args.sample_format, labels)
+            bodies = sample_bodies(args.sample_n, args.sample_format, labels, args.sample_anchor)
         clients.append((sids[c % len(sids)], bodies))
     return clients
 

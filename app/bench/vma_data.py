@@ -78,7 +78,9 @@ def classify_body(images: np.ndarray, queries: np.ndarray, method: str, samples:
     return orjson.dumps(body, option=NUMPY_JSON)
 
 
-def sample_bodies(n: int, fmt: str, labels: list[str]) -> tuple[bytes, ...]:
-    """/samples bodies alternating a draw from the whole memory with one restricted to a label."""
-    free = orjson.dumps({"n": n, "format": fmt})
-    return tuple(b for label in labels for b in (free, orjson.dumps({"n": n, "format": fmt, "label": label})))
+def sample_bodies(n: int, fmt: str, labels: list[str], anchor: float | None = None) -> tuple[bytes, ...]:
+    """/samples bodies alternating a draw from the whole memory with one restricted to a label;
+    ``anchor`` None leaves it to the model's card."""
+    base: dict = {"n": n, "format": fmt} if anchor is None else {"n": n, "format": fmt, "anchor": anchor}
+    free = orjson.dumps(base)
+    return tuple(b for label in labels for b in (free, orjson.dumps({**base, "label": label})))

@@ -73,6 +73,9 @@ def test_bodies_follow_the_api() -> None:
     samples = [orjson.loads(b) for b in vma_data.sample_bodies(8, "png", ["7", "9"])]
     free = {"n": 8, "format": "png"}
     assert samples == [free, {**free, "label": "7"}, free, {**free, "label": "9"}]
+    anchored = [orjson.loads(b) for b in vma_data.sample_bodies(8, "png", ["7"], 1.0)]
+    assert anchored == [{**free, "anchor": 1.0}, {**free, "anchor": 1.0, "label": "7"}]
+    assert vma.parse_args(["--sample-anchor", "0.5"]).sample_anchor == 0.5
 
 
 def test_shard_specs_keep_each_client_with_its_bodies() -> None:
