@@ -30,7 +30,7 @@ from torch import Tensor
 from models.vma import VMA
 
 TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-ANCHORS = (0.0, 1.0)
+ANCHORS = (0.0, 0.5, 1.0)
 KEEP_DIVERSITY = 0.8  # of the real drawings' pixel diversity
 WAYS = 20  # characters in the fidelity memory
 N = 8  # samples (and real drawings) per character

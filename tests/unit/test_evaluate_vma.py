@@ -82,7 +82,7 @@ def test_evaluation_end_to_end_writes_metrics_threshold_and_plot(data_dir, ckpt_
     sq = m["samples"]
     temperatures = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
     assert [(r["anchor"], r["temperature"]) for r in sq["settings"]] == [
-        (a, t) for a in (0.0, 1.0) for t in temperatures
+        (a, t) for a in (0.0, 0.5, 1.0) for t in temperatures
     ]
     for r in [*sq["settings"], sq["real"]]:
         assert 0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["diversity"] <= 1.0
