@@ -64,12 +64,15 @@ def test_one_shot_samples_and_classes_of_new_drawings(serve: Serve) -> None:
         assert _accuracy(c, sid, queries.astype(np.uint8), labels) >= 0.7
         card = json.loads((SHIPPED / f"{MODEL}.json").read_text())
         served_t = card["serving"].get("sample_temperature", 1.0)
+        served_anchor = card["serving"].get("sample_anchor", 0.0)
         # Samples of one exemplar resemble it more than they resemble the other characters: the
         # ink the 8 samples share, as a share of each character's ink, for every exemplar.
         own, others = [], []
         for k in range(10):
             reply = c.post(f"/v1/sessions/{sid}/samples", json={"n": 8, "exemplar_id": k, "seed": 1}).json()
-            assert reply["temperature"] == served_t, "the card's measured choice"
+            assert (reply["temperature"], reply["anchor"]) == (served_t, served_anchor), (
+                "the card's measured choice"
+            )
             ink = []
             for s in reply["samples"]:
                 img = np.asarray(Image.open(io.BytesIO(base64.b64decode(s["image"]))).convert("L")) < 128
