@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -149,14 +150,23 @@ def test_samples_are_seeded_and_restricted(served: httpx.Client) -> None:
     assert "image" not in one[0] or one[0]["image"] is None
 
 
+def _sampler(
+    served: httpx.Client, url: str, field: str, **fixed: object
+) -> Callable[..., tuple[np.ndarray, float]]:
+    """Samples of one exemplar as probabilities, and the reply's ``field`` (temperature, anchor)."""
+
+    def probs(**kw: object) -> tuple[np.ndarray, float]:
+        r = served.post(url, json={"format": "probs", **fixed, **kw}).json()
+        return np.array([s["probs"] for s in r["samples"]]), r[field]
+
+    return probs
+
+
 def test_sample_temperature(served: httpx.Client) -> None:
     sid = new_session(served)
     assert add(served, sid, drawings(2, seed=6), ["a", "b"]).status_code == 201
     url = f"/v1/sessions/{sid}/samples"
-
-    def probs(**kw: object) -> tuple[np.ndarray, float]:
-        r = served.post(url, json={"n": 6, "exemplar_id": 1, "seed": 4, "format": "probs", **kw}).json()
-        return np.array([s["probs"] for s in r["samples"]]), r["temperature"]
+    probs = _sampler(served, url, "temperature", n=6, exemplar_id=1, seed=4)
 
     default, t_default = probs()
     assert t_default == 1.0, "a card without serving.sample_temperature samples at the prior's own"
@@ -176,10 +186,7 @@ def test_sample_anchor(served: httpx.Client) -> None:
     sid = new_session(served)
     assert add(served, sid, drawings(2, seed=7), ["a", "b"]).status_code == 201
     url = f"/v1/sessions/{sid}/samples"
-
-    def probs(**kw: object) -> tuple[np.ndarray, float]:
-        r = served.post(url, json={"n": 4, "exemplar_id": 0, "seed": 2, "format": "probs", **kw}).json()
-        return np.array([s["probs"] for s in r["samples"]]), r["anchor"]
+    probs = _sampler(served, url, "anchor", n=4, exemplar_id=0, seed=2)
 
     default, a_default = probs()
     assert a_default == 0.0, "a card without serving.sample_anchor samples around the prior's mean"
